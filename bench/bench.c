@@ -1,0 +1,246 @@
+/* crimux-bench: what the relay costs. Calls the same CRI methods directly on
+ * a backend and through crimuxd, interleaved in one run, and prints latency
+ * percentiles, the crimux/direct ratio, throughput at 1 and 16 callers and
+ * crimuxd's resident memory. */
+#include "config.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "cri/api.pb-c.h"
+#include "cri/rpc.h"
+
+struct target {
+	const char *label;
+	struct rpc_channel *channel;
+};
+
+struct method {
+	const char *name;
+	const char *path;
+};
+
+static const struct method methods[] = {
+	{ "Version", "/runtime.v1.RuntimeService/Version" },
+	{ "ListContainers", "/runtime.v1.RuntimeService/ListContainers" },
+};
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int call_once(struct target *t, const struct method *m)
+{
+	struct rpc_result res = { 0 };
+	int r = rpc_channel_call(t->channel, m->path, "", 0, NULL, 10000, &res);
+	if (r == 0 && res.code != RPC_OK)
+		r = -EIO;
+	if (r < 0)
+		fprintf(stderr, "crimux-bench: %s via %s failed: %s\n", m->name, t->label,
+		        res.details ? res.details : strerror(-r));
+	rpc_result_clear(&res);
+	return r;
+}
+
+static int by_value(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double percentile(double *sorted, size_t n, double p)
+{
+	size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+	return sorted[i < n ? i : n - 1];
+}
+
+/* Latency: direct and crimux calls alternate, so both see the same machine. */
+static int latency(struct target *direct, struct target *crimux, const struct method *m, size_t n)
+{
+	_cleanup_free_ double *d = calloc(n, sizeof(double));
+	_cleanup_free_ double *c = calloc(n, sizeof(double));
+	if (!d || !c)
+		return -ENOMEM;
+	for (size_t i = 0; i < n / 10 + 1; i++) /* warm up both paths */
+		if (call_once(direct, m) < 0 || call_once(crimux, m) < 0)
+			return -EIO;
+	for (size_t i = 0; i < n; i++) {
+		struct target *first = i % 2 ? direct : crimux, *second = i % 2 ? crimux : direct;
+		double *first_out = i % 2 ? d : c, *second_out = i % 2 ? c : d;
+		double t0 = now_us();
+		if (call_once(first, m) < 0)
+			return -EIO;
+		double t1 = now_us();
+		if (call_once(second, m) < 0)
+			return -EIO;
+		double t2 = now_us();
+		first_out[i] = t1 - t0;
+		second_out[i] = t2 - t1;
+	}
+	qsort(d, n, sizeof(double), by_value);
+	qsort(c, n, sizeof(double), by_value);
+	double d50 = percentile(d, n, 0.5), d99 = percentile(d, n, 0.99);
+	double c50 = percentile(c, n, 0.5), c99 = percentile(c, n, 0.99);
+	printf("%-16s direct  p50 %8.1f us  p99 %8.1f us\n", m->name, d50, d99);
+	printf("%-16s crimux  p50 %8.1f us  p99 %8.1f us\n", m->name, c50, c99);
+	printf("%-16s ratio   p50 %8.2fx     p99 %8.2fx    (added p50 %.1f us)\n", m->name,
+	       c50 / d50, c99 / d99, c50 - d50);
+	return 0;
+}
+
+struct worker {
+	struct target *t;
+	const struct method *m;
+	double until;
+	size_t calls;
+	int failed;
+};
+
+static void *worker_run(void *arg)
+{
+	struct worker *w = arg;
+	while (now_us() < w->until) {
+		if (call_once(w->t, w->m) < 0) {
+			w->failed = 1;
+			break;
+		}
+		w->calls++;
+	}
+	return NULL;
+}
+
+static double throughput(struct target *t, const struct method *m, unsigned callers, double seconds)
+{
+	struct worker w[64];
+	pthread_t threads[64];
+	double start = now_us();
+	for (unsigned i = 0; i < callers; i++) {
+		w[i] = (struct worker){ .t = t, .m = m, .until = start + seconds * 1e6 };
+		pthread_create(&threads[i], NULL, worker_run, &w[i]);
+	}
+	size_t calls = 0;
+	int failed = 0;
+	for (unsigned i = 0; i < callers; i++) {
+		pthread_join(threads[i], NULL);
+		calls += w[i].calls;
+		failed |= w[i].failed;
+	}
+	return failed ? -1 : (double)calls / ((now_us() - start) / 1e6);
+}
+
+static long rss_kib(long pid)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	long kib = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	return kib;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(
+	    out,
+	    "Usage: crimux-bench --direct TARGET --crimux TARGET [--pid PID] [-n CALLS]\n"
+	    "                    [--seconds S]\n"
+	    "  --direct   the backend's CRI endpoint, e.g. unix:///run/containerd/containerd.sock\n"
+	    "  --crimux   crimuxd's endpoint in front of it\n"
+	    "  --pid      crimuxd's pid, to report its RSS\n"
+	    "  -n         calls per method and path for the latency figures (default 2000)\n"
+	    "  --seconds  duration of each throughput run (default 3)\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "direct", required_argument, NULL, 'd' },
+		{ "crimux", required_argument, NULL, 'c' },
+		{ "pid", required_argument, NULL, 'p' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *direct_target = NULL, *crimux_target = NULL;
+	long pid = 0;
+	size_t n = 2000;
+	double seconds = 3;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "d:c:p:n:s:h", options, NULL)) != -1) {
+		switch (opt) {
+		case 'd':
+			direct_target = optarg;
+			break;
+		case 'c':
+			crimux_target = optarg;
+			break;
+		case 'p':
+			pid = strtol(optarg, NULL, 10);
+			break;
+		case 'n':
+			n = strtoul(optarg, NULL, 10);
+			break;
+		case 's':
+			seconds = strtod(optarg, NULL);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!direct_target || !crimux_target || n == 0) {
+		usage(stderr);
+		return 2;
+	}
+
+	struct target direct = { .label = "direct" }, crimux = { .label = "crimux" };
+	struct rpc_channel_options dopts = { .name = "direct",
+		                             .target = direct_target,
+		                             .max_message = 16 * MIB };
+	struct rpc_channel_options copts = { .name = "crimux",
+		                             .target = crimux_target,
+		                             .max_message = 16 * MIB };
+	struct crx_err err = { 0 };
+	if (rpc_channel_new(&dopts, &direct.channel, &err) < 0 ||
+	    rpc_channel_new(&copts, &crimux.channel, &err) < 0) {
+		fprintf(stderr, "crimux-bench: %s\n", err.msg);
+		return 1;
+	}
+
+	printf("# latency, %zu calls per method and path, interleaved\n", n);
+	for (size_t i = 0; i < ARRAY_SIZE(methods); i++)
+		if (latency(&direct, &crimux, &methods[i], n) < 0)
+			return 1;
+
+	const struct method *list = &methods[1];
+	printf("# throughput, %s, %.0f s per run\n", list->name, seconds);
+	unsigned concurrency[] = { 1, 16 };
+	for (size_t i = 0; i < ARRAY_SIZE(concurrency); i++) {
+		double d = throughput(&direct, list, concurrency[i], seconds);
+		double c = throughput(&crimux, list, concurrency[i], seconds);
+		if (d < 0 || c < 0)
+			return 1;
+		printf("%2u callers       direct %8.0f calls/s  crimux %8.0f calls/s  (%.0f%% of "
+		       "direct)\n",
+		       concurrency[i], d, c, 100 * c / d);
+	}
+	if (pid > 0)
+		printf("# crimuxd RSS     %.1f MiB\n", (double)rss_kib(pid) / 1024);
+
+	rpc_channel_free(direct.channel);
+	rpc_channel_free(crimux.channel);
+	return 0;
+}

@@ -1,0 +1,879 @@
+/* The gRPC core adapter: the only file that includes grpc.h.
+ *
+ * One completion queue and one event thread carry every incoming call and
+ * every relayed call; a relay is a small state machine advanced by the
+ * completions of its batches, so the fast path never changes threads. */
+#include "config.h"
+
+#include "cri/rpc.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+
+/* Incoming calls requested from gRPC ahead of time. */
+#define PENDING_REQUESTS 8
+
+/* Reconnect quickly after a backend restarts: the kubelet retries every
+ * second, and gRPC's default backoff grows to two minutes. */
+#define RECONNECT_BACKOFF_MS     100
+#define MAX_RECONNECT_BACKOFF_MS 1000
+
+/* A completion: what to run, and on which object. */
+struct tag {
+	void (*fn)(void *obj, bool ok);
+	void *obj;
+};
+
+struct rpc_server {
+	grpc_server *server;
+	grpc_completion_queue *cq;
+	struct rpc_server_options opts;
+	char *address;
+	pthread_t event_thread;
+	bool started;
+	atomic_bool stopping;
+
+	pthread_mutex_t lock;
+	pthread_cond_t changed; /* calls reached zero, or shutdown completed */
+	unsigned calls;         /* accepted and not yet freed */
+	bool shutdown_done;
+	struct tag shutdown_tag;
+};
+
+struct rpc_channel {
+	grpc_channel *channel;
+	char *name;
+	char *target;
+};
+
+struct rpc_call {
+	struct rpc_server *server;
+	grpc_call *call;
+	grpc_call_details details;
+	grpc_metadata_array request_md;
+	grpc_byte_buffer *request_bb;
+	char *method;
+	struct rpc_buf request; /* flattened on demand */
+	struct timespec start;
+
+	/* Batches in flight plus one for the owner, who must still complete
+	 * the call; the call is freed when the count drops to zero. */
+	atomic_int refs;
+	atomic_bool closed;
+	int cancelled; /* written by RECV_CLOSE_ON_SERVER */
+
+	struct tag t_new, t_request, t_close, t_final;
+	bool initial_md_sent;
+	grpc_byte_buffer *reply_bb;
+	grpc_slice status_details;
+	int code;
+	char *message; /* the final status message, for the summary */
+	size_t response_bytes;
+
+	/* relay state, touched only on the event thread once relaying */
+	struct rpc_relay relay;
+	grpc_call *up;
+	grpc_byte_buffer *up_request;
+	grpc_metadata_array up_md, up_trailers;
+	grpc_byte_buffer *up_msg;
+	grpc_status_code up_status;
+	grpc_slice up_details;
+	bool up_eos, up_status_done;
+	struct tag t_up_first, t_up_status, t_up_msg, t_down_msg;
+};
+
+void rpc_buf_clear(struct rpc_buf *buf)
+{
+	free(buf->data);
+	buf->data = NULL;
+	buf->len = 0;
+}
+
+void rpc_result_clear(struct rpc_result *res)
+{
+	free(res->details);
+	res->details = NULL;
+	rpc_buf_clear(&res->reply);
+	res->code = RPC_OK;
+}
+
+static uint64_t elapsed_ns(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)(now.tv_sec - since->tv_sec) * 1000000000u + (uint64_t)now.tv_nsec -
+	       (uint64_t)since->tv_nsec;
+}
+
+static char *slice_strdup(grpc_slice s)
+{
+	size_t n = GRPC_SLICE_LENGTH(s);
+	char *str = malloc(n + 1);
+	if (str) {
+		memcpy(str, GRPC_SLICE_START_PTR(s), n);
+		str[n] = '\0';
+	}
+	return str;
+}
+
+static grpc_byte_buffer *byte_buffer_from(const void *data, size_t len)
+{
+	grpc_slice slice = grpc_slice_from_copied_buffer(data, len);
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+	grpc_slice_unref(slice);
+	return bb;
+}
+
+static int byte_buffer_flatten(grpc_byte_buffer *bb, struct rpc_buf *out)
+{
+	grpc_byte_buffer_reader reader;
+	if (!grpc_byte_buffer_reader_init(&reader, bb))
+		return -EBADMSG;
+	grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
+	grpc_byte_buffer_reader_destroy(&reader);
+	size_t n = GRPC_SLICE_LENGTH(all);
+	uint8_t *data = malloc(n ? n : 1);
+	if (!data) {
+		grpc_slice_unref(all);
+		return -ENOMEM;
+	}
+	memcpy(data, GRPC_SLICE_START_PTR(all), n);
+	grpc_slice_unref(all);
+	out->data = data;
+	out->len = n;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- calls */
+
+static void on_new_call(void *obj, bool ok);
+static void on_request(void *obj, bool ok);
+static void on_close(void *obj, bool ok);
+static void on_final(void *obj, bool ok);
+
+static struct rpc_call *call_alloc(struct rpc_server *server)
+{
+	struct rpc_call *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->server = server;
+	grpc_call_details_init(&c->details);
+	grpc_metadata_array_init(&c->request_md);
+	grpc_metadata_array_init(&c->up_md);
+	grpc_metadata_array_init(&c->up_trailers);
+	c->status_details = grpc_empty_slice();
+	c->up_details = grpc_empty_slice();
+	c->t_new = (struct tag){ on_new_call, c };
+	c->t_request = (struct tag){ on_request, c };
+	c->t_close = (struct tag){ on_close, c };
+	c->t_final = (struct tag){ on_final, c };
+	return c;
+}
+
+static void call_free(struct rpc_call *c)
+{
+	if (c->call)
+		grpc_call_unref(c->call);
+	if (c->up)
+		grpc_call_unref(c->up);
+	grpc_call_details_destroy(&c->details);
+	grpc_metadata_array_destroy(&c->request_md);
+	grpc_metadata_array_destroy(&c->up_md);
+	grpc_metadata_array_destroy(&c->up_trailers);
+	if (c->request_bb)
+		grpc_byte_buffer_destroy(c->request_bb);
+	if (c->up_request)
+		grpc_byte_buffer_destroy(c->up_request);
+	if (c->reply_bb)
+		grpc_byte_buffer_destroy(c->reply_bb);
+	if (c->up_msg)
+		grpc_byte_buffer_destroy(c->up_msg);
+	grpc_slice_unref(c->status_details);
+	grpc_slice_unref(c->up_details);
+	rpc_buf_clear(&c->request);
+	free(c->method);
+	free(c->message);
+	free(c);
+}
+
+/* The last reference is gone: report the call and release it. */
+static void call_unref(struct rpc_call *c)
+{
+	if (atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
+	struct rpc_server *s = c->server;
+	if (s->opts.finished) {
+		struct rpc_call_summary summary = {
+			.method = c->method,
+			.code = c->code,
+			.details = c->message,
+			.backend = c->relay.channel ? c->relay.channel->name : NULL,
+			.duration_ns = elapsed_ns(&c->start),
+			.request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
+			.response_bytes = c->response_bytes,
+		};
+		s->opts.finished(&summary, s->opts.userdata);
+	}
+	call_free(c);
+	pthread_mutex_lock(&s->lock);
+	if (--s->calls == 0)
+		pthread_cond_broadcast(&s->changed);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static bool start_batch(struct rpc_call *c, grpc_call *on, const grpc_op *ops, size_t n,
+                        struct tag *tag)
+{
+	atomic_fetch_add(&c->refs, 1);
+	if (grpc_call_start_batch(on, ops, n, tag, NULL) != GRPC_CALL_OK) {
+		call_unref(c);
+		return false;
+	}
+	return true;
+}
+
+static int request_call(struct rpc_server *s)
+{
+	struct rpc_call *c = call_alloc(s);
+	if (!c)
+		return -ENOMEM;
+	if (grpc_server_request_call(s->server, &c->call, &c->details, &c->request_md, s->cq, s->cq,
+	                             &c->t_new) != GRPC_CALL_OK) {
+		call_free(c);
+		return -EIO;
+	}
+	return 0;
+}
+
+static void on_new_call(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	struct rpc_server *s = c->server;
+	if (!ok) { /* the server is shutting down; this slot was never used */
+		call_free(c);
+		return;
+	}
+	if (!atomic_load(&s->stopping))
+		request_call(s);
+
+	clock_gettime(CLOCK_MONOTONIC, &c->start);
+	pthread_mutex_lock(&s->lock);
+	s->calls++;
+	pthread_mutex_unlock(&s->lock);
+	atomic_store(&c->refs, 1); /* the owner's */
+	c->method = slice_strdup(c->details.method);
+
+	grpc_op recv = { .op = GRPC_OP_RECV_MESSAGE };
+	recv.data.recv_message.recv_message = &c->request_bb;
+	grpc_op close_op = { .op = GRPC_OP_RECV_CLOSE_ON_SERVER };
+	close_op.data.recv_close_on_server.cancelled = &c->cancelled;
+	if (!c->method || !start_batch(c, c->call, &close_op, 1, &c->t_close) ||
+	    !start_batch(c, c->call, &recv, 1, &c->t_request)) {
+		grpc_call_cancel(c->call, NULL);
+		call_unref(c);
+	}
+}
+
+static void on_request(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	if (!ok) { /* cancelled before the request arrived: nobody to answer */
+		c->code = RPC_CANCELLED;
+		call_unref(c); /* the owner's reference */
+	} else if (!c->request_bb) {
+		rpc_call_fail(c, RPC_INVALID_ARGUMENT, "%s: the request carried no message",
+		              c->method);
+	} else {
+		c->server->opts.dispatch(c, c->server->opts.userdata);
+	}
+	call_unref(c);
+}
+
+static void on_close(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	atomic_store(&c->closed, true);
+	call_unref(c);
+}
+
+static void on_final(void *obj, bool ok)
+{
+	call_unref(obj);
+}
+
+const char *rpc_call_method(const struct rpc_call *call)
+{
+	return call->method;
+}
+
+const uint8_t *rpc_call_request(struct rpc_call *call, size_t *len)
+{
+	if (!call->request.data && call->request_bb &&
+	    byte_buffer_flatten(call->request_bb, &call->request) < 0) {
+		*len = 0;
+		return NULL;
+	}
+	*len = call->request.len;
+	return call->request.data;
+}
+
+bool rpc_call_cancelled(const struct rpc_call *call)
+{
+	return atomic_load(&call->closed) && call->cancelled;
+}
+
+int64_t rpc_call_time_left_ms(const struct rpc_call *call)
+{
+	gpr_timespec deadline = call->details.deadline;
+	if (gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) == 0)
+		return -1;
+	gpr_timespec left = gpr_time_sub(deadline, gpr_now(deadline.clock_type));
+	int64_t ms = gpr_time_to_millis(left);
+	return ms < 0 ? 0 : ms;
+}
+
+/* Sends the final status (with an optional message and trailers) and drops the
+ * owner's reference. */
+static void send_final(struct rpc_call *c, const grpc_metadata_array *md, grpc_byte_buffer *msg,
+                       int code, grpc_slice details, const grpc_metadata_array *trailers)
+{
+	grpc_op ops[3];
+	size_t n = 0;
+	c->code = code;
+	if (!c->message && GRPC_SLICE_LENGTH(details))
+		c->message = slice_strdup(details);
+	grpc_slice_unref(c->status_details);
+	c->status_details = details;
+	if (!c->initial_md_sent) {
+		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_INITIAL_METADATA };
+		if (md) {
+			ops[n].data.send_initial_metadata.count = md->count;
+			ops[n].data.send_initial_metadata.metadata = md->metadata;
+		}
+		n++;
+		c->initial_md_sent = true;
+	}
+	if (msg) {
+		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_MESSAGE };
+		ops[n++].data.send_message.send_message = msg;
+		c->response_bytes += grpc_byte_buffer_length(msg);
+	}
+	ops[n] = (grpc_op){ .op = GRPC_OP_SEND_STATUS_FROM_SERVER };
+	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
+	ops[n].data.send_status_from_server.status_details = &c->status_details;
+	if (trailers) {
+		ops[n].data.send_status_from_server.trailing_metadata_count = trailers->count;
+		ops[n].data.send_status_from_server.trailing_metadata = trailers->metadata;
+	}
+	n++;
+	start_batch(c, c->call, ops, n, &c->t_final);
+	call_unref(c);
+}
+
+void rpc_call_reply(struct rpc_call *call, const void *msg, size_t len)
+{
+	call->reply_bb = byte_buffer_from(msg, len);
+	send_final(call, NULL, call->reply_bb, RPC_OK, grpc_empty_slice(), NULL);
+}
+
+static void call_failv(struct rpc_call *call, int code, const char *fmt, va_list ap)
+{
+	char *details = NULL;
+	if (vasprintf(&details, fmt, ap) < 0)
+		details = NULL;
+	free(call->message);
+	call->message = details;
+	send_final(call, NULL, NULL, code,
+	           details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
+}
+
+void rpc_call_fail(struct rpc_call *call, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	call_failv(call, code, fmt, ap);
+	va_end(ap);
+}
+
+void rpc_call_fail_err(struct rpc_call *call, const struct crx_err *err)
+{
+	rpc_call_fail(call, rpc_code_from_errno(err->code), "%s", err->msg);
+}
+
+/* ---------------------------------------------------------------- relay */
+
+static void on_up_first(void *obj, bool ok);
+static void on_up_status(void *obj, bool ok);
+static void on_up_msg(void *obj, bool ok);
+static void on_down_msg(void *obj, bool ok);
+
+/* A failure to reach the backend reads better with the backend's name: the
+ * backend's own UNAVAILABLE arrives over a READY channel and is kept as is. */
+static grpc_slice relay_details(struct rpc_call *c)
+{
+	struct rpc_channel *ch = c->relay.channel;
+	if (c->up_status != GRPC_STATUS_UNAVAILABLE ||
+	    grpc_channel_check_connectivity_state(ch->channel, 0) == GRPC_CHANNEL_READY)
+		return grpc_slice_ref(c->up_details);
+	_cleanup_free_ char *orig = slice_strdup(c->up_details);
+	char *msg = NULL;
+	if (asprintf(&msg, "backend %s (%s) is unavailable: %s", ch->name, ch->target,
+	             orig ? orig : "") < 0)
+		return grpc_slice_ref(c->up_details);
+	grpc_slice s = grpc_slice_from_copied_string(msg);
+	free(msg);
+	return s;
+}
+
+static void relay_finish(struct rpc_call *c)
+{
+	grpc_byte_buffer *msg = c->relay.server_streaming ? NULL : c->up_msg;
+	if (c->relay.observe) {
+		struct rpc_buf reply = { 0 };
+		if (msg && c->up_status == GRPC_STATUS_OK)
+			byte_buffer_flatten(msg, &reply);
+		c->relay.observe((int)c->up_status, reply.data, reply.len, c->relay.observe_arg);
+		rpc_buf_clear(&reply);
+	}
+	send_final(c, &c->up_md, msg, (int)c->up_status, relay_details(c), &c->up_trailers);
+}
+
+void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
+{
+	struct rpc_server *s = c->server;
+	c->relay = *relay;
+	c->relay.request = NULL; /* copied below; the caller's buffer may go */
+	c->up = grpc_channel_create_call(relay->channel->channel, c->call, GRPC_PROPAGATE_DEFAULTS,
+	                                 s->cq, c->details.method, NULL,
+	                                 gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	if (!c->up) {
+		rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
+		              relay->channel->name);
+		return;
+	}
+	grpc_byte_buffer *request = c->request_bb;
+	if (relay->request)
+		request = c->up_request =
+		    byte_buffer_from(relay->request->data, relay->request->len);
+
+	c->t_up_first = (struct tag){ on_up_first, c };
+	c->t_up_status = (struct tag){ on_up_status, c };
+	c->t_up_msg = (struct tag){ on_up_msg, c };
+	c->t_down_msg = (struct tag){ on_down_msg, c };
+
+	grpc_op ops[6] = {
+		{ .op = GRPC_OP_SEND_INITIAL_METADATA },  { .op = GRPC_OP_SEND_MESSAGE },
+		{ .op = GRPC_OP_SEND_CLOSE_FROM_CLIENT }, { .op = GRPC_OP_RECV_INITIAL_METADATA },
+		{ .op = GRPC_OP_RECV_MESSAGE },           { .op = GRPC_OP_RECV_STATUS_ON_CLIENT },
+	};
+	ops[0].data.send_initial_metadata.count = c->request_md.count;
+	ops[0].data.send_initial_metadata.metadata = c->request_md.metadata;
+	ops[1].data.send_message.send_message = request;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->up_md;
+	ops[4].data.recv_message.recv_message = &c->up_msg;
+	ops[5].data.recv_status_on_client.trailing_metadata = &c->up_trailers;
+	ops[5].data.recv_status_on_client.status = &c->up_status;
+	ops[5].data.recv_status_on_client.status_details = &c->up_details;
+
+	/* Unary: one batch, one completion. A stream receives its status in a
+	 * batch of its own, while the messages go through one by one. */
+	bool stream = relay->server_streaming;
+	if (stream && !start_batch(c, c->up, &ops[5], 1, &c->t_up_status)) {
+		rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
+		              relay->channel->name);
+		return;
+	}
+	if (!start_batch(c, c->up, ops, stream ? 5 : 6, &c->t_up_first)) {
+		grpc_call_cancel(c->up, NULL);
+		if (stream)
+			c->up_eos = true; /* the status batch completes and finishes */
+		else
+			rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
+			              relay->channel->name);
+	}
+}
+
+/* Stream: hand the backend's message to the client, or finish after the last. */
+static void relay_forward(struct rpc_call *c, bool have_msg)
+{
+	if (!have_msg) {
+		c->up_eos = true;
+		if (c->up_status_done)
+			relay_finish(c);
+		return;
+	}
+	grpc_op ops[2];
+	size_t n = 0;
+	if (!c->initial_md_sent) {
+		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_INITIAL_METADATA };
+		ops[n].data.send_initial_metadata.count = c->up_md.count;
+		ops[n++].data.send_initial_metadata.metadata = c->up_md.metadata;
+		c->initial_md_sent = true;
+	}
+	ops[n] = (grpc_op){ .op = GRPC_OP_SEND_MESSAGE };
+	ops[n++].data.send_message.send_message = c->up_msg;
+	c->response_bytes += grpc_byte_buffer_length(c->up_msg);
+	if (!start_batch(c, c->call, ops, n, &c->t_down_msg)) {
+		grpc_call_cancel(c->up, NULL);
+		relay_forward(c, false);
+	}
+}
+
+static void on_up_first(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	if (c->relay.server_streaming)
+		relay_forward(c, ok && c->up_msg);
+	else
+		relay_finish(c);
+	call_unref(c);
+}
+
+static void on_up_status(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	c->up_status_done = true;
+	if (c->up_eos)
+		relay_finish(c);
+	call_unref(c);
+}
+
+static void on_down_msg(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	grpc_byte_buffer_destroy(c->up_msg);
+	c->up_msg = NULL;
+	if (!ok) { /* the client went away: stop the backend's stream too */
+		grpc_call_cancel(c->up, NULL);
+		relay_forward(c, false);
+	} else {
+		grpc_op recv = { .op = GRPC_OP_RECV_MESSAGE };
+		recv.data.recv_message.recv_message = &c->up_msg;
+		if (!start_batch(c, c->up, &recv, 1, &c->t_up_msg)) {
+			grpc_call_cancel(c->up, NULL);
+			relay_forward(c, false);
+		}
+	}
+	call_unref(c);
+}
+
+static void on_up_msg(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	relay_forward(c, ok && c->up_msg);
+	call_unref(c);
+}
+
+/* ---------------------------------------------------------------- server */
+
+static void on_shutdown(void *obj, bool ok)
+{
+	struct rpc_server *s = obj;
+	pthread_mutex_lock(&s->lock);
+	s->shutdown_done = true;
+	pthread_cond_broadcast(&s->changed);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void *event_loop(void *arg)
+{
+	struct rpc_server *s = arg;
+	for (;;) {
+		grpc_event ev =
+		    grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+		if (ev.type == GRPC_OP_COMPLETE) {
+			struct tag *tag = ev.tag;
+			tag->fn(tag->obj, ev.success != 0);
+		}
+	}
+	return NULL;
+}
+
+/* Channel arguments shared by the server and the backend channels. Retries
+ * are off: the kubelet retries itself, and the retry filter would buffer
+ * every message in case it had to send it again. BDP probing and channelz
+ * add frames and bookkeeping to every call and buy nothing on a local socket. */
+static size_t common_args(grpc_arg *args, size_t max_message)
+{
+	size_t n = 0;
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+		                .value.integer = (int)max_message };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_ENABLE_RETRIES,
+		                .value.integer = 0 };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE,
+		                .value.integer = 0 };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_ENABLE_CHANNELZ,
+		                .value.integer = 0 };
+	return n;
+}
+
+int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **out,
+                   struct crx_err *err)
+{
+	struct rpc_server *s = calloc(1, sizeof(*s));
+	if (!s || !(s->address = strdup(opts->address))) {
+		free(s);
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	}
+	grpc_init();
+	s->opts = *opts;
+	s->opts.address = s->address;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->changed, NULL);
+	s->shutdown_tag = (struct tag){ on_shutdown, s };
+
+	/* Only a receive limit: crimux relays whatever its backends send. */
+	grpc_arg args[8];
+	grpc_channel_args chargs = { .num_args = common_args(args, opts->max_message),
+		                     .args = args };
+	s->server = grpc_server_create(&chargs, NULL);
+	s->cq = grpc_completion_queue_create_for_next(NULL);
+	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+	int port = grpc_server_add_http2_port(s->server, opts->address, creds);
+	grpc_server_credentials_release(creds);
+	if (port == 0) {
+		rpc_server_free(s);
+		return crx_err_set(err, -EADDRNOTAVAIL, "cannot listen on %s", opts->address);
+	}
+	*out = s;
+	return 0;
+}
+
+int rpc_server_start(struct rpc_server *s, struct crx_err *err)
+{
+	grpc_server_start(s->server);
+	for (int i = 0; i < PENDING_REQUESTS; i++)
+		if (request_call(s) < 0)
+			return crx_err_set(err, -EIO, "cannot request calls from gRPC");
+	int r = pthread_create(&s->event_thread, NULL, event_loop, s);
+	if (r != 0)
+		return crx_err_set(err, -r, "cannot start the event thread: %s", strerror(r));
+	s->started = true;
+	return 0;
+}
+
+static bool wait_until(struct rpc_server *s, bool (*done)(struct rpc_server *), unsigned ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&s->lock);
+	int r = 0;
+	while (!done(s) && r == 0)
+		r = pthread_cond_timedwait(&s->changed, &s->lock, &until);
+	bool ok = done(s);
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
+static bool no_calls(struct rpc_server *s)
+{
+	return s->calls == 0;
+}
+
+static bool all_done(struct rpc_server *s)
+{
+	return s->calls == 0 && s->shutdown_done;
+}
+
+unsigned rpc_server_shutdown(struct rpc_server *s, unsigned grace_ms)
+{
+	if (!s->started)
+		return 0;
+	atomic_store(&s->stopping, true);
+	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+	unsigned cancelled = 0;
+	if (!wait_until(s, no_calls, grace_ms)) {
+		cancelled = rpc_server_calls_in_flight(s);
+		grpc_server_cancel_all_calls(s->server);
+	}
+	/* Cancelled calls finish promptly; the bound only guards against a bug. */
+	wait_until(s, all_done, 10000);
+	grpc_completion_queue_shutdown(s->cq);
+	pthread_join(s->event_thread, NULL);
+	s->started = false;
+	return cancelled;
+}
+
+unsigned rpc_server_calls_in_flight(struct rpc_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	unsigned n = s->calls;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+void rpc_server_free(struct rpc_server *s)
+{
+	if (!s)
+		return;
+	if (s->started)
+		rpc_server_shutdown(s, 0);
+	if (s->server)
+		grpc_server_destroy(s->server);
+	if (s->cq) {
+		grpc_completion_queue_shutdown(s->cq);
+		while (grpc_completion_queue_next(s->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL)
+		           .type != GRPC_QUEUE_SHUTDOWN)
+			;
+		grpc_completion_queue_destroy(s->cq);
+	}
+	pthread_cond_destroy(&s->changed);
+	pthread_mutex_destroy(&s->lock);
+	free(s->address);
+	free(s);
+	grpc_shutdown();
+}
+
+/* ---------------------------------------------------------------- channels */
+
+int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel **out,
+                    struct crx_err *err)
+{
+	struct rpc_channel *ch = calloc(1, sizeof(*ch));
+	if (!ch || !(ch->name = strdup(opts->name)) || !(ch->target = strdup(opts->target))) {
+		rpc_channel_free(ch);
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	}
+	grpc_init();
+	grpc_arg args[12];
+	size_t n = common_args(args, opts->max_message);
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+		                .value.integer = (int)opts->max_message };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+		                .value.integer = RECONNECT_BACKOFF_MS };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+		                .value.integer = RECONNECT_BACKOFF_MS };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
+		                .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+		                .value.integer = MAX_RECONNECT_BACKOFF_MS };
+	args[n++] = (grpc_arg){ .type = GRPC_ARG_STRING,
+		                .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
+		                .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION };
+	grpc_channel_args chargs = { .num_args = n, .args = args };
+	grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+	ch->channel = grpc_channel_create(opts->target, creds, &chargs);
+	grpc_channel_credentials_release(creds);
+	if (!ch->channel) {
+		rpc_channel_free(ch);
+		return crx_err_set(err, -EINVAL, "backend %s: bad address %s", opts->name,
+		                   opts->target);
+	}
+	grpc_channel_check_connectivity_state(ch->channel, 1); /* connect now */
+	*out = ch;
+	return 0;
+}
+
+void rpc_channel_free(struct rpc_channel *ch)
+{
+	if (!ch)
+		return;
+	if (ch->channel) {
+		grpc_channel_destroy(ch->channel);
+		grpc_shutdown();
+	}
+	free(ch->name);
+	free(ch->target);
+	free(ch);
+}
+
+const char *rpc_channel_name(const struct rpc_channel *ch)
+{
+	return ch->name;
+}
+
+const char *rpc_channel_target(const struct rpc_channel *ch)
+{
+	return ch->target;
+}
+
+int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req, size_t len,
+                     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res)
+{
+	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	if (timeout_ms)
+		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+		                        gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+	grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+	grpc_slice method_slice = grpc_slice_from_static_string(method);
+	grpc_call *call = grpc_channel_create_call(ch->channel, parent ? parent->call : NULL,
+	                                           GRPC_PROPAGATE_DEFAULTS, cq, method_slice, NULL,
+	                                           deadline, NULL);
+	int r = 0;
+	grpc_byte_buffer *request = byte_buffer_from(req, len), *reply = NULL;
+	grpc_metadata_array md, trailers;
+	grpc_metadata_array_init(&md);
+	grpc_metadata_array_init(&trailers);
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_op ops[6] = {
+		{ .op = GRPC_OP_SEND_INITIAL_METADATA },  { .op = GRPC_OP_SEND_MESSAGE },
+		{ .op = GRPC_OP_SEND_CLOSE_FROM_CLIENT }, { .op = GRPC_OP_RECV_INITIAL_METADATA },
+		{ .op = GRPC_OP_RECV_MESSAGE },           { .op = GRPC_OP_RECV_STATUS_ON_CLIENT },
+	};
+	ops[1].data.send_message.send_message = request;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &md;
+	ops[4].data.recv_message.recv_message = &reply;
+	ops[5].data.recv_status_on_client.trailing_metadata = &trailers;
+	ops[5].data.recv_status_on_client.status = &status;
+	ops[5].data.recv_status_on_client.status_details = &details;
+
+	if (!call ||
+	    grpc_call_start_batch(call, ops, ARRAY_SIZE(ops), call, NULL) != GRPC_CALL_OK) {
+		r = -EIO;
+	} else {
+		grpc_completion_queue_pluck(cq, call, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		*res = (struct rpc_result){ .code = (int)status };
+		if (GRPC_SLICE_LENGTH(details))
+			res->details = slice_strdup(details);
+		if (status == GRPC_STATUS_OK && reply)
+			r = byte_buffer_flatten(reply, &res->reply);
+		if (r < 0)
+			rpc_result_clear(res);
+	}
+	if (call)
+		grpc_call_unref(call);
+	grpc_completion_queue_shutdown(cq);
+	while (
+	    grpc_completion_queue_pluck(cq, NULL, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL).type !=
+	    GRPC_QUEUE_SHUTDOWN)
+		;
+	grpc_completion_queue_destroy(cq);
+	grpc_byte_buffer_destroy(request);
+	if (reply)
+		grpc_byte_buffer_destroy(reply);
+	grpc_slice_unref(details);
+	grpc_metadata_array_destroy(&md);
+	grpc_metadata_array_destroy(&trailers);
+	return r;
+}

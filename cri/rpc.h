@@ -1,0 +1,116 @@
+/* crimux's view of gRPC: a server that hands each incoming call to a dispatch
+ * function, and channels to backends over which calls are relayed or made.
+ *
+ * This header hides gRPC core; cri/grpc.c is the only file that includes
+ * grpc.h, because its API changes between minor releases.
+ *
+ * Threading: the server runs one event thread that owns every completion.
+ * dispatch() runs on it and must not block. Each incoming call is completed
+ * exactly once, with rpc_call_reply(), rpc_call_fail() or rpc_call_relay();
+ * these may be called from any thread. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "cri/status.h"
+
+struct rpc_server;
+struct rpc_channel;
+struct rpc_call;
+
+/* An owned byte string (a serialized protobuf message). */
+struct rpc_buf {
+	uint8_t *data;
+	size_t len;
+};
+void rpc_buf_clear(struct rpc_buf *buf);
+
+/* What a finished incoming call looked like, for the daemon's request log. */
+struct rpc_call_summary {
+	const char *method;
+	int code;
+	const char *details;
+	const char *backend; /* NULL when crimux answered itself */
+	uint64_t duration_ns;
+	size_t request_bytes;
+	size_t response_bytes;
+};
+
+struct rpc_server_options {
+	const char *address; /* "unix:///run/crimux/crimux.sock" */
+	size_t max_message;  /* largest message received, bytes */
+	void (*dispatch)(struct rpc_call *call, void *userdata);
+	void (*finished)(const struct rpc_call_summary *summary, void *userdata);
+	void *userdata;
+};
+
+int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **out,
+                   struct crx_err *err);
+/* Starts serving; the event and worker threads run until rpc_server_shutdown(). */
+int rpc_server_start(struct rpc_server *server, struct crx_err *err);
+/* Stops accepting calls, lets calls in flight finish for up to grace_ms, then
+ * cancels what is left (long streams) and waits until every call is freed.
+ * Returns the number of calls that had to be cancelled. */
+unsigned rpc_server_shutdown(struct rpc_server *server, unsigned grace_ms);
+void rpc_server_free(struct rpc_server *server);
+/* Calls started and not yet freed. */
+unsigned rpc_server_calls_in_flight(struct rpc_server *server);
+
+/* --- an incoming call --- */
+const char *rpc_call_method(const struct rpc_call *call);
+/* The request message, flattened on first use. NULL with *len 0 if empty. */
+const uint8_t *rpc_call_request(struct rpc_call *call, size_t *len);
+/* True once the client cancelled or the deadline passed. */
+bool rpc_call_cancelled(const struct rpc_call *call);
+/* Milliseconds left before the client's deadline; -1 if there is none. */
+int64_t rpc_call_time_left_ms(const struct rpc_call *call);
+
+void rpc_call_reply(struct rpc_call *call, const void *msg, size_t len);
+void rpc_call_fail(struct rpc_call *call, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Fails with the status code that err->code maps to and err's message. */
+void rpc_call_fail_err(struct rpc_call *call, const struct crx_err *err);
+
+/* Relays the call to a backend: request metadata and bytes out, response
+ * metadata, messages, status and trailers back, byte for byte. */
+struct rpc_relay {
+	struct rpc_channel *channel;
+	bool server_streaming;
+	/* Send these bytes instead of the client's request (policy rewrites). */
+	const struct rpc_buf *request;
+	/* Sees the backend's unary reply before the client does (to learn the IDs
+	 * of created objects). Runs on the event thread; must not block. */
+	void (*observe)(int code, const uint8_t *msg, size_t len, void *arg);
+	void *observe_arg;
+};
+void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
+
+/* --- channels to backends --- */
+struct rpc_channel_options {
+	const char *name;   /* the backend's name, used in error messages */
+	const char *target; /* "unix:///run/containerd/containerd.sock" */
+	size_t max_message;
+};
+int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel **out,
+                    struct crx_err *err);
+void rpc_channel_free(struct rpc_channel *channel);
+const char *rpc_channel_name(const struct rpc_channel *channel);
+const char *rpc_channel_target(const struct rpc_channel *channel);
+
+/* The outcome of a call made by crimux itself. */
+struct rpc_result {
+	int code;
+	char *details;        /* owned, may be NULL */
+	struct rpc_buf reply; /* unary reply; empty unless code == RPC_OK */
+};
+void rpc_result_clear(struct rpc_result *res);
+
+/* A blocking unary call, for worker threads and start-up. parent (may be
+ * NULL) passes on the client's deadline and cancellation; timeout_ms bounds
+ * the call (0: no bound of its own). Returns 0 when the backend answered,
+ * whatever the status, or a negative errno when no call could be made. */
+int rpc_channel_call(struct rpc_channel *channel, const char *method, const void *req, size_t len,
+                     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);

@@ -1,0 +1,326 @@
+#include "config.h"
+
+#include "daemon/conf.h"
+
+#include <dirent.h>
+#include <ini.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "common/util.h"
+
+/* State of one parse: inih does not pass line numbers to the handler, so the
+ * reader counts the lines it hands over. */
+struct parse {
+	struct crx_config *cfg;
+	const char *file;
+	FILE *in;
+	unsigned line;
+	struct crx_err *err;
+	bool failed;
+	unsigned failed_line;
+};
+
+static char *read_line(char *buf, int size, void *stream)
+{
+	struct parse *p = stream;
+	char *s = fgets(buf, size, p->in);
+	if (s)
+		p->line++;
+	return s;
+}
+
+static int fail(struct parse *p, const char *section, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(struct parse *p, const char *section, const char *key, const char *fmt, ...)
+{
+	if (p->failed)
+		return 0;
+	p->failed = true;
+	p->failed_line = p->line;
+	char what[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	crx_err_set(p->err, -EINVAL, "%s:%u: [%s] %s: %s", p->file, p->line, section, key, what);
+	return 0;
+}
+
+static int set_string(char **field, const char *value)
+{
+	char *copy = strdup(value);
+	if (!copy)
+		return -ENOMEM;
+	free(*field);
+	*field = copy;
+	return 0;
+}
+
+static const char *const level_names[] = {
+	[LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+};
+
+static int parse_log_level(const char *value)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(level_names); i++)
+		if (streq(level_names[i], value))
+			return (int)i;
+	return -EINVAL;
+}
+
+/* "10", "2.5s" or "500ms". */
+static int parse_duration_ms(const char *value, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(value, &end);
+	if (errno || end == value || v < 0)
+		return -EINVAL;
+	if (streq(end, "ms"))
+		v /= 1000;
+	else if (*end && !streq(end, "s"))
+		return -EINVAL;
+	if (v > 24 * 3600)
+		return -ERANGE;
+	*out = (unsigned)(v * 1000 + 0.5);
+	return 0;
+}
+
+static int main_key(struct parse *p, const char *key, const char *value)
+{
+	struct crx_config *cfg = p->cfg;
+	if (streq(key, "socket")) {
+		if (value[0] != '/')
+			return fail(p, "crimux", key, "must be an absolute path, not \"%s\"",
+			            value);
+		return set_string(&cfg->socket_path, value) == 0;
+	}
+	if (streq(key, "socket_mode")) {
+		char *end;
+		unsigned long mode = strtoul(value, &end, 8);
+		if (*end || end == value || mode > 07777)
+			return fail(p, "crimux", key, "\"%s\" is not an octal file mode", value);
+		cfg->socket_mode = (mode_t)mode;
+		return 1;
+	}
+	if (streq(key, "log_level")) {
+		int level = parse_log_level(value);
+		if (level < 0)
+			return fail(p, "crimux", key,
+			            "\"%s\" is not one of error, warning, notice, info, debug",
+			            value);
+		cfg->log_level = level;
+		return 1;
+	}
+	if (streq(key, "shutdown_timeout")) {
+		if (parse_duration_ms(value, &cfg->shutdown_timeout_ms) < 0)
+			return fail(p, "crimux", key, "\"%s\" is not a duration like 10s or 500ms",
+			            value);
+		return 1;
+	}
+	return fail(p, "crimux", key, "unknown key");
+}
+
+static struct crx_backend_config *backend_get(struct crx_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_backends; i++)
+		if (streq(cfg->backends[i].name, name))
+			return &cfg->backends[i];
+	struct crx_backend_config *more =
+	    realloc(cfg->backends, (cfg->n_backends + 1) * sizeof(*more));
+	if (!more)
+		return NULL;
+	cfg->backends = more;
+	struct crx_backend_config *b = &more[cfg->n_backends];
+	*b = (struct crx_backend_config){ .name = strdup(name), .type = strdup("cri") };
+	if (!b->name || !b->type) {
+		free(b->name);
+		free(b->type);
+		return NULL;
+	}
+	cfg->n_backends++;
+	return b;
+}
+
+static int backend_key(struct parse *p, const char *section, const char *name, const char *key,
+                       const char *value)
+{
+	struct crx_backend_config *b = backend_get(p->cfg, name);
+	if (!b)
+		return fail(p, section, key, "out of memory");
+	if (streq(key, "type")) {
+		if (!streq(value, "cri"))
+			return fail(p, section, key, "unknown backend type \"%s\" (known: cri)",
+			            value);
+		return set_string(&b->type, value) == 0;
+	}
+	if (streq(key, "endpoint")) {
+		if (value[0] == '/') { /* a bare socket path */
+			_cleanup_free_ char *target = NULL;
+			if (asprintf(&target, "unix://%s", value) < 0)
+				return fail(p, section, key, "out of memory");
+			return set_string(&b->endpoint, target) == 0;
+		}
+		if (strncmp(value, "unix://", 7) != 0 || value[7] != '/')
+			return fail(p, section, key,
+			            "\"%s\" is not a unix socket (unix:///path or /path)", value);
+		return set_string(&b->endpoint, value) == 0;
+	}
+	return fail(p, section, key, "unknown key");
+}
+
+/* `backend "name"` → type "backend", name "name". */
+static bool split_section(const char *section, char *type, size_t type_size, char *name,
+                          size_t name_size)
+{
+	const char *q = strchr(section, '"');
+	size_t len = strlen(section);
+	if (!q || len < 2 || section[len - 1] != '"' || q == section + len - 1)
+		return false;
+	size_t tlen = (size_t)(q - section);
+	while (tlen && section[tlen - 1] == ' ')
+		tlen--;
+	size_t nlen = (size_t)(section + len - 1 - (q + 1));
+	if (tlen == 0 || tlen >= type_size || nlen == 0 || nlen >= name_size ||
+	    memchr(q + 1, '"', nlen))
+		return false;
+	memcpy(type, section, tlen);
+	type[tlen] = '\0';
+	memcpy(name, q + 1, nlen);
+	name[nlen] = '\0';
+	return true;
+}
+
+static int on_entry(void *user, const char *section, const char *key, const char *value)
+{
+	struct parse *p = user;
+	if (p->failed)
+		return 0;
+	if (!*section)
+		return fail(p, "", key, "outside any section; put it under [crimux]");
+	if (streq(section, "crimux"))
+		return main_key(p, key, value);
+	char type[64], name[128];
+	if (split_section(section, type, sizeof(type), name, sizeof(name)) &&
+	    streq(type, "backend"))
+		return backend_key(p, section, name, key, value);
+	return fail(p, section, key, "unknown section (known: [crimux], [backend \"NAME\"])");
+}
+
+static int parse_file(struct crx_config *cfg, const char *file, struct crx_err *err)
+{
+	_cleanup_fclose_ FILE *in = fopen(file, "re");
+	if (!in)
+		return crx_err_set(err, -errno, "cannot read %s: %s", file, strerror(errno));
+	struct parse p = { .cfg = cfg, .file = file, .in = in, .err = err };
+	int r = ini_parse_stream(read_line, &p, on_entry, &p);
+	/* inih goes on after a syntax error: report whichever error came first. */
+	if (r > 0 && (!p.failed || (unsigned)r < p.failed_line))
+		return crx_err_set(err, -EINVAL, "%s:%d: syntax error", file, r);
+	if (p.failed)
+		return err ? err->code : -EINVAL;
+	if (r < 0)
+		return crx_err_set(err, -ENOMEM, "%s: out of memory", file);
+	return 0;
+}
+
+static int conf_filter(const struct dirent *d)
+{
+	size_t n = strlen(d->d_name);
+	return d->d_name[0] != '.' && n > 5 && streq(d->d_name + n - 5, ".conf");
+}
+
+static int parse_dropins(struct crx_config *cfg, const char *dir, struct crx_err *err)
+{
+	struct dirent **names;
+	int n = scandir(dir, &names, conf_filter, alphasort);
+	if (n < 0)
+		return errno == ENOENT
+		           ? 0
+		           : crx_err_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+	int r = 0;
+	for (int i = 0; i < n; i++) {
+		if (r == 0) {
+			_cleanup_free_ char *file = NULL;
+			if (asprintf(&file, "%s/%s", dir, names[i]->d_name) < 0)
+				r = crx_err_set(err, -ENOMEM, "out of memory");
+			else
+				r = parse_file(cfg, file, err);
+		}
+		free(names[i]);
+	}
+	free(names);
+	return r;
+}
+
+static int validate(const struct crx_config *cfg, const char *path, struct crx_err *err)
+{
+	if (cfg->n_backends == 0)
+		return crx_err_set(err, -EINVAL,
+		                   "%s: no backend configured; add a [backend \"NAME\"] section "
+		                   "with an endpoint",
+		                   path);
+	for (size_t i = 0; i < cfg->n_backends; i++)
+		if (!cfg->backends[i].endpoint)
+			return crx_err_set(err, -EINVAL, "%s: [backend \"%s\"] has no endpoint",
+			                   path, cfg->backends[i].name);
+	return 0;
+}
+
+int crx_config_load(const char *path, const char *dropin_dir, struct crx_config *out,
+                    struct crx_err *err)
+{
+	struct crx_config cfg = {
+		.socket_mode = 0660,
+		.log_level = LOG_INFO,
+		.shutdown_timeout_ms = 10000,
+	};
+	_cleanup_free_ char *default_dropins = NULL;
+	int r = set_string(&cfg.socket_path, CRX_DEFAULT_SOCKET);
+	if (r == 0)
+		r = parse_file(&cfg, path, err);
+	if (r == 0 && !dropin_dir) {
+		if (asprintf(&default_dropins, "%s.d", path) < 0)
+			r = crx_err_set(err, -ENOMEM, "out of memory");
+		dropin_dir = default_dropins;
+	}
+	if (r == 0)
+		r = parse_dropins(&cfg, dropin_dir, err);
+	if (r == 0)
+		r = validate(&cfg, path, err);
+	if (r < 0) {
+		crx_config_clear(&cfg);
+		return r;
+	}
+	*out = cfg;
+	return 0;
+}
+
+void crx_config_clear(struct crx_config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < cfg->n_backends; i++) {
+		free(cfg->backends[i].name);
+		free(cfg->backends[i].type);
+		free(cfg->backends[i].endpoint);
+	}
+	free(cfg->backends);
+	free(cfg->socket_path);
+	*cfg = (struct crx_config){ 0 };
+}
+
+const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_backends; i++)
+		if (streq(cfg->backends[i].name, name))
+			return &cfg->backends[i];
+	return NULL;
+}

@@ -1,0 +1,34 @@
+/* crimux.conf: INI sections read with inih. The main file comes first, then
+ * every *.conf of its drop-in directory in name order; later values win. */
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "common/err.h"
+
+#define CRX_DEFAULT_CONFIG "/etc/crimux/crimux.conf"
+#define CRX_DEFAULT_SOCKET "/run/crimux/crimux.sock"
+
+struct crx_backend_config {
+	char *name;
+	char *type;     /* "cri": any CRI endpoint, containerd first of all */
+	char *endpoint; /* gRPC target, "unix:///run/containerd/containerd.sock" */
+};
+
+struct crx_config {
+	char *socket_path;
+	mode_t socket_mode;
+	int log_level; /* syslog priority: LOG_ERR .. LOG_DEBUG */
+	unsigned shutdown_timeout_ms;
+	struct crx_backend_config *backends;
+	size_t n_backends;
+};
+
+/* Loads path and then its drop-ins (dropin_dir, or "<path>.d" when NULL).
+ * On error, err names the file, the line and the key. */
+int crx_config_load(const char *path, const char *dropin_dir, struct crx_config *out,
+                    struct crx_err *err);
+void crx_config_clear(struct crx_config *cfg);
+
+const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg, const char *name);

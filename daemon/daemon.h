@@ -1,0 +1,12 @@
+/* The daemon's life: take the socket, serve, and stop cleanly on a signal. */
+#pragma once
+
+#include "common/err.h"
+#include "daemon/conf.h"
+
+/* Blocks the signals the daemon waits for. Call before any thread exists,
+ * so that gRPC's threads inherit the mask and only sigwait() sees them. */
+void crx_daemon_block_signals(void);
+
+/* Serves until SIGTERM or SIGINT; 0 on a clean stop. */
+int crx_daemon_run(const struct crx_config *cfg, struct crx_err *err);

@@ -1,0 +1,114 @@
+"""Fixtures for integration tests against real components.
+
+Environment:
+  CRIMUX_SRCDIR       source tree (default: this repository)
+  CRIMUX_BUILDDIR     build tree (default: the source tree); crimuxd and
+                      images/crimux-pause are looked up there
+  CRIMUX_TEST_DIRECT  "1": the `cri` fixture talks to containerd directly
+  CRIMUX_TEST_BRIDGE, CRIMUX_TEST_SUBNET
+                      the lab's CNI bridge (default crxtest0, 198.18.0.0/24)
+
+Every test in this directory needs root; without it they are skipped.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lab import cri as lab_cri  # noqa: E402
+from lab import env  # noqa: E402
+
+SRCDIR = lab_cri.srcdir()
+BUILDDIR = os.path.abspath(os.environ.get("CRIMUX_BUILDDIR", SRCDIR))
+DIRECT = os.environ.get("CRIMUX_TEST_DIRECT") == "1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: runs real containerd/crimuxd (root)")
+
+
+def pytest_collection_modifyitems(config, items):
+    not_root = pytest.mark.skip(reason="integration tests need root (containerd, CNI, mounts)")
+    for item in items:
+        if str(item.path).startswith(HERE + os.sep):
+            item.add_marker(pytest.mark.integration)
+            if os.geteuid() != 0:
+                item.add_marker(not_root)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """A started env.Lab: registry with crimux/pause and crimux/busybox,
+    CNI network and containerd.  Torn down at the end of the session."""
+    workdir = tmp_path_factory.mktemp("lab")
+    pause = os.path.join(BUILDDIR, "images", "crimux-pause")
+    if not os.path.exists(pause):
+        pause = env.build_pause(SRCDIR, str(workdir / "crimux-pause"))
+    the_lab = env.Lab(str(workdir), pause,
+                      bridge=os.environ.get("CRIMUX_TEST_BRIDGE", "crxtest0"),
+                      subnet=os.environ.get("CRIMUX_TEST_SUBNET", "198.18.0.0/24"))
+    the_lab.start()
+    try:
+        yield the_lab
+    finally:
+        the_lab.stop()
+
+
+@pytest.fixture(scope="session")
+def crimuxd_binary():
+    path = os.path.join(BUILDDIR, "crimuxd")
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"crimuxd is not built ({path} missing)")
+    return path
+
+
+@pytest.fixture
+def crimuxd_factory(lab, crimuxd_binary):
+    """start(backends=None, extra_config="") -> a started env.Crimuxd;
+    every one started is stopped after the test."""
+    started = []
+
+    def start(backends=None, extra_config=""):
+        daemon = lab.crimuxd(crimuxd_binary, backends, extra_config)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def crimuxd(crimuxd_factory):
+    """A crimuxd in front of the lab's containerd, fresh for each test."""
+    return crimuxd_factory()
+
+
+@pytest.fixture(scope="session")
+def containerd_cri(lab):
+    """A CRI client straight to the lab's containerd, for cross-checks."""
+    with lab_cri.CRI(lab.containerd.endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+def cri(request, lab, containerd_cri):
+    """The CRI client under test: crimuxd, or containerd when
+    CRIMUX_TEST_DIRECT=1.  Pods left behind by the test are removed."""
+    endpoint = (lab.containerd.endpoint if DIRECT
+                else request.getfixturevalue("crimuxd").endpoint)
+    with lab_cri.CRI(endpoint) as client:
+        yield client
+    containerd_cri.remove_all_pods()
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    """A directory for PodSandboxConfig.log_directory."""
+    path = tmp_path / "pod-logs"
+    path.mkdir()
+    return str(path)

@@ -1,0 +1,154 @@
+/* crimux.conf: values, drop-ins, and errors that name file, line and key. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "daemon/conf.h"
+#include "tap.h"
+
+static char dir[] = "/tmp/crimux-test-config.XXXXXX";
+
+static const char *write_file(const char *name, const char *text)
+{
+	static char path[512];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+static int load(const char *text, struct crx_config *cfg, struct crx_err *err)
+{
+	char main_path[512];
+	snprintf(main_path, sizeof(main_path), "%s", write_file("crimux.conf", text));
+	return crx_config_load(main_path, NULL, cfg, err);
+}
+
+static void expect_error(const char *text, const char *needle, const char *name)
+{
+	struct crx_config cfg;
+	struct crx_err err = { 0 };
+	int r = load(text, &cfg, &err);
+	ok(r == -EINVAL, "%s: refused", name);
+	has_str(err.msg, needle, name);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir))
+		return 99;
+
+	struct crx_config cfg;
+	struct crx_err err = { 0 };
+	int r = load("# crimux\n"
+	             "[crimux]\n"
+	             "socket = /run/test/crimux.sock\n"
+	             "socket_mode = 0600\n"
+	             "log_level = debug\n"
+	             "shutdown_timeout = 2.5s\n"
+	             "\n"
+	             "[backend \"containerd\"]\n"
+	             "endpoint = unix:///run/containerd/containerd.sock\n"
+	             "[backend \"other\"]\n"
+	             "type = cri\n"
+	             "endpoint = /run/other.sock\n",
+	             &cfg, &err);
+	is_int(r, 0, "a full file loads");
+	if (r == 0) {
+		is_str(cfg.socket_path, "/run/test/crimux.sock", "socket");
+		is_int(cfg.socket_mode, 0600, "socket_mode is octal");
+		is_int(cfg.log_level, LOG_DEBUG, "log_level");
+		is_int(cfg.shutdown_timeout_ms, 2500, "shutdown_timeout in seconds");
+		is_int(cfg.n_backends, 2, "two backends");
+		is_str(cfg.backends[0].name, "containerd", "backend name from the section");
+		is_str(cfg.backends[0].type, "cri", "type defaults to cri");
+		is_str(cfg.backends[1].endpoint, "unix:///run/other.sock",
+		       "a bare path becomes a unix target");
+		ok(crx_config_backend(&cfg, "other") == &cfg.backends[1], "backend lookup");
+		ok(crx_config_backend(&cfg, "nope") == NULL, "unknown backend lookup");
+		crx_config_clear(&cfg);
+	}
+
+	r = load("[backend \"c\"]\nendpoint = /c.sock\n", &cfg, &err);
+	is_int(r, 0, "defaults");
+	if (r == 0) {
+		is_str(cfg.socket_path, CRX_DEFAULT_SOCKET, "default socket");
+		is_int(cfg.socket_mode, 0660, "default socket mode");
+		is_int(cfg.log_level, LOG_INFO, "default log level");
+		is_int(cfg.shutdown_timeout_ms, 10000, "default shutdown timeout");
+		crx_config_clear(&cfg);
+	}
+
+	/* Drop-ins are read in name order after the main file. */
+	char dropins[600];
+	snprintf(dropins, sizeof(dropins), "%s/crimux.conf.d", dir);
+	mkdir(dropins, 0755);
+	write_file("crimux.conf.d/20-level.conf", "[crimux]\nlog_level = warning\n");
+	write_file("crimux.conf.d/10-level.conf", "[crimux]\nlog_level = error\n");
+	write_file("crimux.conf.d/30-ignored.txt", "[nonsense\n");
+	write_file("crimux.conf.d/15-backend.conf",
+	           "[backend \"c\"]\nendpoint = unix:///override.sock\n");
+	r = load("[crimux]\nlog_level = debug\n[backend \"c\"]\nendpoint = /c.sock\n", &cfg, &err);
+	is_int(r, 0, "with drop-ins");
+	if (r == 0) {
+		is_int(cfg.log_level, LOG_WARNING, "the last drop-in wins");
+		is_str(cfg.backends[0].endpoint, "unix:///override.sock",
+		       "drop-ins override backends");
+		crx_config_clear(&cfg);
+	}
+	write_file("crimux.conf.d/40-bad.conf", "[crimux]\n\nbogus = 1\n");
+	r = load("[backend \"c\"]\nendpoint = /c.sock\n", &cfg, &err);
+	ok(r == -EINVAL, "a bad drop-in is refused");
+	has_str(err.msg, "crimux.conf.d/40-bad.conf:3: [crimux] bogus: unknown key",
+	        "the bad drop-in is named with its line");
+	unlink(write_file("crimux.conf.d/40-bad.conf", ""));
+	for (const char *f = "10-level.conf\0"
+	                     "15-backend.conf\0"
+	                     "20-level.conf\0"
+	                     "30-ignored.txt\0";
+	     *f; f += strlen(f) + 1) {
+		char p[700];
+		snprintf(p, sizeof(p), "%s/%s", dropins, f);
+		unlink(p);
+	}
+
+	expect_error("[crimux]\nsocket = relative.sock\n",
+	             "crimux.conf:2: [crimux] socket:", "relative socket path");
+	expect_error("[backend \"c\"]\nendpoint = /c.sock\n[crimux]\n\nlog_level = loud\n",
+	             "crimux.conf:5: [crimux] log_level: \"loud\" is not one of",
+	             "bad log level names line and key");
+	expect_error("[crimux]\nsocket_mode = 0999\n", ":2: [crimux] socket_mode:", "bad mode");
+	expect_error("[crimux]\nshutdown_timeout = soon\n",
+	             ":2: [crimux] shutdown_timeout:", "bad duration");
+	expect_error("[crimux]\nfoo = bar\n", ":2: [crimux] foo: unknown key", "unknown key");
+	expect_error("[runtime]\nfoo = bar\n", ":2: [runtime] foo: unknown section",
+	             "unknown section");
+	expect_error("[backend \"c\"]\ntype = podman\n",
+	             ":2: [backend \"c\"] type: unknown backend type", "unknown backend type");
+	expect_error("[backend \"c\"]\nendpoint = tcp://1.2.3.4:5\n",
+	             ":2: [backend \"c\"] endpoint: \"tcp://1.2.3.4:5\" is not a unix socket",
+	             "only unix endpoints");
+	expect_error("[crimux]\nlog_level = info\n", "no backend configured", "no backend");
+	expect_error("[backend \"c\"]\ntype = cri\n", "[backend \"c\"] has no endpoint",
+	             "backend without endpoint");
+	expect_error("[crimux\nsocket = /x\n", "crimux.conf:1: syntax error", "syntax error line");
+	expect_error("socket = /x\n", "crimux.conf:1: [] socket: outside any section",
+	             "a key before any section");
+
+	char missing[600];
+	snprintf(missing, sizeof(missing), "%s/missing.conf", dir);
+	r = crx_config_load(missing, NULL, &cfg, &err);
+	ok(r == -ENOENT, "a missing file is ENOENT");
+	has_str(err.msg, "missing.conf", "and names the file");
+
+	unlink(write_file("crimux.conf", ""));
+	rmdir(dropins);
+	rmdir(dir);
+	return tap_done();
+}
