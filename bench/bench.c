@@ -26,8 +26,8 @@ struct method {
 };
 
 static const struct method methods[] = {
-	{ "Version", "/runtime.v1.RuntimeService/Version" },
-	{ "ListContainers", "/runtime.v1.RuntimeService/ListContainers" },
+    {"Version", "/runtime.v1.RuntimeService/Version"},
+    {"ListContainers", "/runtime.v1.RuntimeService/ListContainers"},
 };
 
 static double now_us(void)
@@ -39,7 +39,7 @@ static double now_us(void)
 
 static int call_once(struct target *t, const struct method *m)
 {
-	struct rpc_result res = { 0 };
+	struct rpc_result res = {0};
 	int r = rpc_channel_call(t->channel, m->path, "", 0, NULL, 10000, &res);
 	if (r == 0 && res.code != RPC_OK)
 		r = -EIO;
@@ -123,7 +123,7 @@ static double throughput(struct target *t, const struct method *m, unsigned call
 	pthread_t threads[64];
 	double start = now_us();
 	for (unsigned i = 0; i < callers; i++) {
-		w[i] = (struct worker){ .t = t, .m = m, .until = start + seconds * 1e6 };
+		w[i] = (struct worker){.t = t, .m = m, .until = start + seconds * 1e6};
 		pthread_create(&threads[i], NULL, worker_run, &w[i]);
 	}
 	size_t calls = 0;
@@ -164,12 +164,9 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "direct", required_argument, NULL, 'd' },
-		{ "crimux", required_argument, NULL, 'c' },
-		{ "pid", required_argument, NULL, 'p' },
-		{ "seconds", required_argument, NULL, 's' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
+	    {"direct", required_argument, NULL, 'd'}, {"crimux", required_argument, NULL, 'c'},
+	    {"pid", required_argument, NULL, 'p'},    {"seconds", required_argument, NULL, 's'},
+	    {"help", no_argument, NULL, 'h'},         {0},
 	};
 	const char *direct_target = NULL, *crimux_target = NULL;
 	long pid = 0;
@@ -206,14 +203,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	struct target direct = { .label = "direct" }, crimux = { .label = "crimux" };
-	struct rpc_channel_options dopts = { .name = "direct",
-		                             .target = direct_target,
-		                             .max_message = 16 * MIB };
-	struct rpc_channel_options copts = { .name = "crimux",
-		                             .target = crimux_target,
-		                             .max_message = 16 * MIB };
-	struct crx_err err = { 0 };
+	struct target direct = {.label = "direct"}, crimux = {.label = "crimux"};
+	struct rpc_channel_options dopts = {
+	    .name = "direct", .target = direct_target, .max_message = 16 * MIB};
+	struct rpc_channel_options copts = {
+	    .name = "crimux", .target = crimux_target, .max_message = 16 * MIB};
+	struct crx_err err = {0};
 	if (rpc_channel_new(&dopts, &direct.channel, &err) < 0 ||
 	    rpc_channel_new(&copts, &crimux.channel, &err) < 0) {
 		fprintf(stderr, "crimux-bench: %s\n", err.msg);
@@ -227,7 +222,7 @@ int main(int argc, char **argv)
 
 	const struct method *list = &methods[1];
 	printf("# throughput, %s, %.0f s per run\n", list->name, seconds);
-	unsigned concurrency[] = { 1, 16 };
+	unsigned concurrency[] = {1, 16};
 	for (size_t i = 0; i < ARRAY_SIZE(concurrency); i++) {
 		double d = throughput(&direct, list, concurrency[i], seconds);
 		double c = throughput(&crimux, list, concurrency[i], seconds);

@@ -24,9 +24,12 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "common/workers.h"
 
 /* Incoming calls requested from gRPC ahead of time. */
 #define PENDING_REQUESTS 8
+/* Threads for rpc_call_defer() unless the options say otherwise. */
+#define DEFAULT_WORKERS 64
 
 /* Reconnect quickly after a backend restarts: the kubelet retries every
  * second, and gRPC's default backoff grows to two minutes. */
@@ -45,6 +48,7 @@ struct rpc_server {
 	struct rpc_server_options opts;
 	char *address;
 	pthread_t event_thread;
+	struct workers *workers;
 	bool started;
 	atomic_bool stopping;
 
@@ -77,8 +81,14 @@ struct rpc_call {
 	atomic_bool closed;
 	int cancelled; /* written by RECV_CLOSE_ON_SERVER */
 
-	struct tag t_new, t_request, t_close, t_final;
+	struct tag t_new, t_request, t_close, t_final, t_send;
 	bool initial_md_sent;
+
+	/* rpc_call_send(): one message in flight at a time, across threads */
+	pthread_mutex_t send_serial;
+	pthread_mutex_t send_lock;
+	pthread_cond_t send_done;
+	bool send_pending, send_ok;
 	grpc_byte_buffer *reply_bb;
 	grpc_slice status_details;
 	int code;
@@ -165,6 +175,7 @@ static void on_new_call(void *obj, bool ok);
 static void on_request(void *obj, bool ok);
 static void on_close(void *obj, bool ok);
 static void on_final(void *obj, bool ok);
+static void on_send(void *obj, bool ok);
 
 static struct rpc_call *call_alloc(struct rpc_server *server)
 {
@@ -178,10 +189,14 @@ static struct rpc_call *call_alloc(struct rpc_server *server)
 	grpc_metadata_array_init(&c->up_trailers);
 	c->status_details = grpc_empty_slice();
 	c->up_details = grpc_empty_slice();
-	c->t_new = (struct tag){ on_new_call, c };
-	c->t_request = (struct tag){ on_request, c };
-	c->t_close = (struct tag){ on_close, c };
-	c->t_final = (struct tag){ on_final, c };
+	c->t_new = (struct tag){on_new_call, c};
+	c->t_request = (struct tag){on_request, c};
+	c->t_close = (struct tag){on_close, c};
+	c->t_final = (struct tag){on_final, c};
+	c->t_send = (struct tag){on_send, c};
+	pthread_mutex_init(&c->send_serial, NULL);
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_cond_init(&c->send_done, NULL);
 	return c;
 }
 
@@ -208,6 +223,9 @@ static void call_free(struct rpc_call *c)
 	rpc_buf_clear(&c->request);
 	free(c->method);
 	free(c->message);
+	pthread_mutex_destroy(&c->send_serial);
+	pthread_mutex_destroy(&c->send_lock);
+	pthread_cond_destroy(&c->send_done);
 	free(c);
 }
 
@@ -219,13 +237,13 @@ static void call_unref(struct rpc_call *c)
 	struct rpc_server *s = c->server;
 	if (s->opts.finished) {
 		struct rpc_call_summary summary = {
-			.method = c->method,
-			.code = c->code,
-			.details = c->message,
-			.backend = c->relay.channel ? c->relay.channel->name : NULL,
-			.duration_ns = elapsed_ns(&c->start),
-			.request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
-			.response_bytes = c->response_bytes,
+		    .method = c->method,
+		    .code = c->code,
+		    .details = c->message,
+		    .backend = c->relay.channel ? c->relay.channel->name : NULL,
+		    .duration_ns = elapsed_ns(&c->start),
+		    .request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
+		    .response_bytes = c->response_bytes,
 		};
 		s->opts.finished(&summary, s->opts.userdata);
 	}
@@ -278,9 +296,9 @@ static void on_new_call(void *obj, bool ok)
 	atomic_store(&c->refs, 1); /* the owner's */
 	c->method = slice_strdup(c->details.method);
 
-	grpc_op recv = { .op = GRPC_OP_RECV_MESSAGE };
+	grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
 	recv.data.recv_message.recv_message = &c->request_bb;
-	grpc_op close_op = { .op = GRPC_OP_RECV_CLOSE_ON_SERVER };
+	grpc_op close_op = {.op = GRPC_OP_RECV_CLOSE_ON_SERVER};
 	close_op.data.recv_close_on_server.cancelled = &c->cancelled;
 	if (!c->method || !start_batch(c, c->call, &close_op, 1, &c->t_close) ||
 	    !start_batch(c, c->call, &recv, 1, &c->t_request)) {
@@ -360,7 +378,7 @@ static void send_final(struct rpc_call *c, const grpc_metadata_array *md, grpc_b
 	grpc_slice_unref(c->status_details);
 	c->status_details = details;
 	if (!c->initial_md_sent) {
-		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_INITIAL_METADATA };
+		ops[n] = (grpc_op){.op = GRPC_OP_SEND_INITIAL_METADATA};
 		if (md) {
 			ops[n].data.send_initial_metadata.count = md->count;
 			ops[n].data.send_initial_metadata.metadata = md->metadata;
@@ -369,11 +387,11 @@ static void send_final(struct rpc_call *c, const grpc_metadata_array *md, grpc_b
 		c->initial_md_sent = true;
 	}
 	if (msg) {
-		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_MESSAGE };
+		ops[n] = (grpc_op){.op = GRPC_OP_SEND_MESSAGE};
 		ops[n++].data.send_message.send_message = msg;
 		c->response_bytes += grpc_byte_buffer_length(msg);
 	}
-	ops[n] = (grpc_op){ .op = GRPC_OP_SEND_STATUS_FROM_SERVER };
+	ops[n] = (grpc_op){.op = GRPC_OP_SEND_STATUS_FROM_SERVER};
 	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
 	ops[n].data.send_status_from_server.status_details = &c->status_details;
 	if (trailers) {
@@ -415,6 +433,81 @@ void rpc_call_fail_err(struct rpc_call *call, const struct crx_err *err)
 	rpc_call_fail(call, rpc_code_from_errno(err->code), "%s", err->msg);
 }
 
+struct deferred {
+	struct rpc_call *call;
+	void (*fn)(struct rpc_call *call, void *arg);
+	void *arg;
+};
+
+static void run_deferred(void *arg)
+{
+	struct deferred *d = arg;
+	d->fn(d->call, d->arg);
+	free(d);
+}
+
+int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void *arg), void *arg)
+{
+	struct deferred *d = malloc(sizeof(*d));
+	int r = d ? 0 : -ENOMEM;
+	if (d) {
+		*d = (struct deferred){call, fn, arg};
+		r = workers_submit(call->server->workers, run_deferred, d);
+	}
+	if (r < 0) {
+		free(d);
+		rpc_call_fail(call, RPC_UNAVAILABLE, "crimux cannot take more work now: %s",
+		              strerror(-r));
+	}
+	return r;
+}
+
+static void on_send(void *obj, bool ok)
+{
+	struct rpc_call *c = obj;
+	pthread_mutex_lock(&c->send_lock);
+	c->send_ok = ok;
+	c->send_pending = false;
+	pthread_cond_broadcast(&c->send_done);
+	pthread_mutex_unlock(&c->send_lock);
+	call_unref(c);
+}
+
+int rpc_call_send(struct rpc_call *c, const void *msg, size_t len)
+{
+	pthread_mutex_lock(&c->send_serial);
+	grpc_byte_buffer *bb = byte_buffer_from(msg, len);
+	grpc_op ops[2];
+	size_t n = 0;
+	if (!c->initial_md_sent) {
+		ops[n++] = (grpc_op){.op = GRPC_OP_SEND_INITIAL_METADATA};
+		c->initial_md_sent = true;
+	}
+	ops[n] = (grpc_op){.op = GRPC_OP_SEND_MESSAGE};
+	ops[n++].data.send_message.send_message = bb;
+	c->send_pending = true;
+	bool ok = start_batch(c, c->call, ops, n, &c->t_send);
+	if (ok) {
+		pthread_mutex_lock(&c->send_lock);
+		while (c->send_pending)
+			pthread_cond_wait(&c->send_done, &c->send_lock);
+		ok = c->send_ok;
+		pthread_mutex_unlock(&c->send_lock);
+		c->response_bytes += len;
+	}
+	grpc_byte_buffer_destroy(bb);
+	pthread_mutex_unlock(&c->send_serial);
+	return ok ? 0 : -ECANCELED;
+}
+
+void rpc_call_finish(struct rpc_call *call, int code, const char *details)
+{
+	pthread_mutex_lock(&call->send_serial); /* after any send still in flight */
+	pthread_mutex_unlock(&call->send_serial);
+	send_final(call, NULL, NULL, code,
+	           details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
+}
+
 /* ---------------------------------------------------------------- relay */
 
 static void on_up_first(void *obj, bool ok);
@@ -444,7 +537,7 @@ static void relay_finish(struct rpc_call *c)
 {
 	grpc_byte_buffer *msg = c->relay.server_streaming ? NULL : c->up_msg;
 	if (c->relay.observe) {
-		struct rpc_buf reply = { 0 };
+		struct rpc_buf reply = {0};
 		if (msg && c->up_status == GRPC_STATUS_OK)
 			byte_buffer_flatten(msg, &reply);
 		c->relay.observe((int)c->up_status, reply.data, reply.len, c->relay.observe_arg);
@@ -471,15 +564,15 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 		request = c->up_request =
 		    byte_buffer_from(relay->request->data, relay->request->len);
 
-	c->t_up_first = (struct tag){ on_up_first, c };
-	c->t_up_status = (struct tag){ on_up_status, c };
-	c->t_up_msg = (struct tag){ on_up_msg, c };
-	c->t_down_msg = (struct tag){ on_down_msg, c };
+	c->t_up_first = (struct tag){on_up_first, c};
+	c->t_up_status = (struct tag){on_up_status, c};
+	c->t_up_msg = (struct tag){on_up_msg, c};
+	c->t_down_msg = (struct tag){on_down_msg, c};
 
 	grpc_op ops[6] = {
-		{ .op = GRPC_OP_SEND_INITIAL_METADATA },  { .op = GRPC_OP_SEND_MESSAGE },
-		{ .op = GRPC_OP_SEND_CLOSE_FROM_CLIENT }, { .op = GRPC_OP_RECV_INITIAL_METADATA },
-		{ .op = GRPC_OP_RECV_MESSAGE },           { .op = GRPC_OP_RECV_STATUS_ON_CLIENT },
+	    {.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
+	    {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
+	    {.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
 	};
 	ops[0].data.send_initial_metadata.count = c->request_md.count;
 	ops[0].data.send_initial_metadata.metadata = c->request_md.metadata;
@@ -520,12 +613,12 @@ static void relay_forward(struct rpc_call *c, bool have_msg)
 	grpc_op ops[2];
 	size_t n = 0;
 	if (!c->initial_md_sent) {
-		ops[n] = (grpc_op){ .op = GRPC_OP_SEND_INITIAL_METADATA };
+		ops[n] = (grpc_op){.op = GRPC_OP_SEND_INITIAL_METADATA};
 		ops[n].data.send_initial_metadata.count = c->up_md.count;
 		ops[n++].data.send_initial_metadata.metadata = c->up_md.metadata;
 		c->initial_md_sent = true;
 	}
-	ops[n] = (grpc_op){ .op = GRPC_OP_SEND_MESSAGE };
+	ops[n] = (grpc_op){.op = GRPC_OP_SEND_MESSAGE};
 	ops[n++].data.send_message.send_message = c->up_msg;
 	c->response_bytes += grpc_byte_buffer_length(c->up_msg);
 	if (!start_batch(c, c->call, ops, n, &c->t_down_msg)) {
@@ -562,7 +655,7 @@ static void on_down_msg(void *obj, bool ok)
 		grpc_call_cancel(c->up, NULL);
 		relay_forward(c, false);
 	} else {
-		grpc_op recv = { .op = GRPC_OP_RECV_MESSAGE };
+		grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
 		recv.data.recv_message.recv_message = &c->up_msg;
 		if (!start_batch(c, c->up, &recv, 1, &c->t_up_msg)) {
 			grpc_call_cancel(c->up, NULL);
@@ -613,18 +706,15 @@ static void *event_loop(void *arg)
 static size_t common_args(grpc_arg *args, size_t max_message)
 {
 	size_t n = 0;
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-		                .value.integer = (int)max_message };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_ENABLE_RETRIES,
-		                .value.integer = 0 };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE,
-		                .value.integer = 0 };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_ENABLE_CHANNELZ,
-		                .value.integer = 0 };
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+	                       .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+	                       .value.integer = (int)max_message};
+	args[n++] = (grpc_arg){
+	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_RETRIES, .value.integer = 0};
+	args[n++] = (grpc_arg){
+	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0};
+	args[n++] = (grpc_arg){
+	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_CHANNELZ, .value.integer = 0};
 	return n;
 }
 
@@ -641,12 +731,11 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 	s->opts.address = s->address;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->changed, NULL);
-	s->shutdown_tag = (struct tag){ on_shutdown, s };
+	s->shutdown_tag = (struct tag){on_shutdown, s};
 
 	/* Only a receive limit: crimux relays whatever its backends send. */
 	grpc_arg args[8];
-	grpc_channel_args chargs = { .num_args = common_args(args, opts->max_message),
-		                     .args = args };
+	grpc_channel_args chargs = {.num_args = common_args(args, opts->max_message), .args = args};
 	s->server = grpc_server_create(&chargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
@@ -667,7 +756,10 @@ int rpc_server_start(struct rpc_server *s, struct crx_err *err)
 	for (int i = 0; i < PENDING_REQUESTS; i++)
 		if (request_call(s) < 0)
 			return crx_err_set(err, -EIO, "cannot request calls from gRPC");
-	int r = pthread_create(&s->event_thread, NULL, event_loop, s);
+	int r = workers_new(s->opts.workers ? s->opts.workers : DEFAULT_WORKERS, &s->workers);
+	if (r < 0)
+		return crx_err_set(err, r, "cannot create the worker pool");
+	r = pthread_create(&s->event_thread, NULL, event_loop, s);
 	if (r != 0)
 		return crx_err_set(err, -r, "cannot start the event thread: %s", strerror(r));
 	s->started = true;
@@ -718,6 +810,8 @@ unsigned rpc_server_shutdown(struct rpc_server *s, unsigned grace_ms)
 	wait_until(s, all_done, 10000);
 	grpc_completion_queue_shutdown(s->cq);
 	pthread_join(s->event_thread, NULL);
+	workers_free(s->workers);
+	s->workers = NULL;
 	s->started = false;
 	return cancelled;
 }
@@ -765,22 +859,22 @@ int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel *
 	grpc_init();
 	grpc_arg args[12];
 	size_t n = common_args(args, opts->max_message);
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
-		                .value.integer = (int)opts->max_message };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-		                .value.integer = RECONNECT_BACKOFF_MS };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-		                .value.integer = RECONNECT_BACKOFF_MS };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-		                .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-		                .value.integer = MAX_RECONNECT_BACKOFF_MS };
-	args[n++] = (grpc_arg){ .type = GRPC_ARG_STRING,
-		                .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
-		                .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION };
-	grpc_channel_args chargs = { .num_args = n, .args = args };
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+	                       .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+	                       .value.integer = (int)opts->max_message};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+	                       .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+	                       .value.integer = RECONNECT_BACKOFF_MS};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+	                       .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+	                       .value.integer = RECONNECT_BACKOFF_MS};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+	                       .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+	                       .value.integer = MAX_RECONNECT_BACKOFF_MS};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_STRING,
+	                       .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
+	                       .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION};
+	grpc_channel_args chargs = {.num_args = n, .args = args};
 	grpc_channel_credentials *creds = grpc_insecure_credentials_create();
 	ch->channel = grpc_channel_create(opts->target, creds, &chargs);
 	grpc_channel_credentials_release(creds);
@@ -837,9 +931,9 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 	grpc_status_code status = GRPC_STATUS_UNKNOWN;
 	grpc_slice details = grpc_empty_slice();
 	grpc_op ops[6] = {
-		{ .op = GRPC_OP_SEND_INITIAL_METADATA },  { .op = GRPC_OP_SEND_MESSAGE },
-		{ .op = GRPC_OP_SEND_CLOSE_FROM_CLIENT }, { .op = GRPC_OP_RECV_INITIAL_METADATA },
-		{ .op = GRPC_OP_RECV_MESSAGE },           { .op = GRPC_OP_RECV_STATUS_ON_CLIENT },
+	    {.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
+	    {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
+	    {.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
 	};
 	ops[1].data.send_message.send_message = request;
 	ops[3].data.recv_initial_metadata.recv_initial_metadata = &md;
@@ -853,7 +947,7 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 		r = -EIO;
 	} else {
 		grpc_completion_queue_pluck(cq, call, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-		*res = (struct rpc_result){ .code = (int)status };
+		*res = (struct rpc_result){.code = (int)status};
 		if (GRPC_SLICE_LENGTH(details))
 			res->details = slice_strdup(details);
 		if (status == GRPC_STATUS_OK && reply)
@@ -876,4 +970,130 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 	grpc_metadata_array_destroy(&md);
 	grpc_metadata_array_destroy(&trailers);
 	return r;
+}
+
+/* ---------------------------------------------------------------- client streams */
+
+struct rpc_stream {
+	grpc_completion_queue *cq;
+	grpc_call *call;
+	grpc_byte_buffer *request, *msg;
+	grpc_metadata_array md, trailers;
+	grpc_status_code status;
+	grpc_slice details;
+	bool status_started, ended;
+	int tag_start, tag_msg, tag_status; /* addresses used as tags */
+};
+
+static bool stream_pluck(struct rpc_stream *st, void *tag)
+{
+	grpc_event ev =
+		grpc_completion_queue_pluck(st->cq, tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+int rpc_stream_open(struct rpc_channel *ch, const char *method, const void *req, size_t len,
+		    struct rpc_call *parent, unsigned timeout_ms, struct rpc_stream **out)
+{
+	struct rpc_stream *st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	if (timeout_ms)
+		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+					gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+	st->cq = grpc_completion_queue_create_for_pluck(NULL);
+	grpc_metadata_array_init(&st->md);
+	grpc_metadata_array_init(&st->trailers);
+	st->details = grpc_empty_slice();
+	st->request = byte_buffer_from(req, len);
+	st->call = grpc_channel_create_call(ch->channel, parent ? parent->call : NULL,
+					    GRPC_PROPAGATE_DEFAULTS, st->cq,
+					    grpc_slice_from_static_string(method), NULL, deadline,
+					    NULL);
+	grpc_op ops[4] = {
+		{.op = GRPC_OP_SEND_INITIAL_METADATA},
+		{.op = GRPC_OP_SEND_MESSAGE},
+		{.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT},
+		{.op = GRPC_OP_RECV_INITIAL_METADATA},
+	};
+	ops[1].data.send_message.send_message = st->request;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &st->md;
+	grpc_op status = {.op = GRPC_OP_RECV_STATUS_ON_CLIENT};
+	status.data.recv_status_on_client.trailing_metadata = &st->trailers;
+	status.data.recv_status_on_client.status = &st->status;
+	status.data.recv_status_on_client.status_details = &st->details;
+	if (!st->call ||
+	    grpc_call_start_batch(st->call, &status, 1, &st->tag_status, NULL) != GRPC_CALL_OK) {
+		rpc_stream_free(st);
+		return -EIO;
+	}
+	st->status_started = true;
+	if (grpc_call_start_batch(st->call, ops, ARRAY_SIZE(ops), &st->tag_start, NULL) !=
+	    GRPC_CALL_OK) {
+		rpc_stream_free(st);
+		return -EIO;
+	}
+	stream_pluck(st, &st->tag_start); /* a failure shows in the status */
+	*out = st;
+	return 0;
+}
+
+static void stream_end(struct rpc_stream *st, struct rpc_result *res)
+{
+	if (!st->ended) {
+		stream_pluck(st, &st->tag_status);
+		st->ended = true;
+	}
+	*res = (struct rpc_result){.code = (int)st->status};
+	if (GRPC_SLICE_LENGTH(st->details))
+		res->details = slice_strdup(st->details);
+}
+
+int rpc_stream_next(struct rpc_stream *st, struct rpc_buf *msg, struct rpc_result *res)
+{
+	if (st->ended) {
+		stream_end(st, res);
+		return 0;
+	}
+	grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
+	recv.data.recv_message.recv_message = &st->msg;
+	if (grpc_call_start_batch(st->call, &recv, 1, &st->tag_msg, NULL) != GRPC_CALL_OK)
+		return -EIO;
+	if (!stream_pluck(st, &st->tag_msg) || !st->msg) {
+		stream_end(st, res);
+		return 0;
+	}
+	int r = byte_buffer_flatten(st->msg, msg);
+	grpc_byte_buffer_destroy(st->msg);
+	st->msg = NULL;
+	return r < 0 ? r : 1;
+}
+
+void rpc_stream_cancel(struct rpc_stream *st)
+{
+	grpc_call_cancel(st->call, NULL);
+}
+
+void rpc_stream_free(struct rpc_stream *st)
+{
+	if (!st)
+		return;
+	if (st->call) {
+		if (st->status_started && !st->ended) {
+			grpc_call_cancel(st->call, NULL);
+			stream_pluck(st, &st->tag_status);
+		}
+		grpc_call_unref(st->call);
+	}
+	grpc_completion_queue_shutdown(st->cq);
+	while (grpc_completion_queue_pluck(st->cq, NULL, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL)
+		       .type != GRPC_QUEUE_SHUTDOWN)
+		;
+	grpc_completion_queue_destroy(st->cq);
+	grpc_byte_buffer_destroy(st->request);
+	grpc_metadata_array_destroy(&st->md);
+	grpc_metadata_array_destroy(&st->trailers);
+	grpc_slice_unref(st->details);
+	free(st);
 }

@@ -5,9 +5,11 @@
  * grpc.h, because its API changes between minor releases.
  *
  * Threading: the server runs one event thread that owns every completion.
- * dispatch() runs on it and must not block. Each incoming call is completed
- * exactly once, with rpc_call_reply(), rpc_call_fail() or rpc_call_relay();
- * these may be called from any thread. */
+ * dispatch() runs on it and must not block: it answers, relays, or defers the
+ * call to a worker thread. Each incoming call is completed exactly once, with
+ * rpc_call_reply(), rpc_call_fail(), rpc_call_relay() or, for a server stream
+ * crimux produces itself, rpc_call_send()... rpc_call_finish(); these may be
+ * called from any thread. */
 #pragma once
 
 #include <stdbool.h>
@@ -42,6 +44,7 @@ struct rpc_call_summary {
 struct rpc_server_options {
 	const char *address; /* "unix:///run/crimux/crimux.sock" */
 	size_t max_message;  /* largest message received, bytes */
+	unsigned workers;    /* most threads for rpc_call_defer(); 0: default */
 	void (*dispatch)(struct rpc_call *call, void *userdata);
 	void (*finished)(const struct rpc_call_summary *summary, void *userdata);
 	void *userdata;
@@ -88,6 +91,16 @@ struct rpc_relay {
 };
 void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
 
+/* Runs fn(call, arg) on a worker thread; fn completes the call. On failure
+ * the call has been failed already. */
+int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void *arg), void *arg);
+
+/* A server stream from crimux itself: rpc_call_send() blocks until the
+ * message is on its way (one at a time, from any number of threads) and
+ * returns -ECANCELED once the client has gone; rpc_call_finish() ends it. */
+int rpc_call_send(struct rpc_call *call, const void *msg, size_t len);
+void rpc_call_finish(struct rpc_call *call, int code, const char *details);
+
 /* --- channels to backends --- */
 struct rpc_channel_options {
 	const char *name;   /* the backend's name, used in error messages */
@@ -114,3 +127,14 @@ void rpc_result_clear(struct rpc_result *res);
  * whatever the status, or a negative errno when no call could be made. */
 int rpc_channel_call(struct rpc_channel *channel, const char *method, const void *req, size_t len,
                      struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);
+
+/* A server stream read by crimux from a backend (blocking, for workers). */
+struct rpc_stream;
+int rpc_stream_open(struct rpc_channel *channel, const char *method, const void *req, size_t len,
+		    struct rpc_call *parent, unsigned timeout_ms, struct rpc_stream **out);
+/* 1 and the next message, or 0 at the end of the stream, when res holds the
+ * status; negative errno when reading failed. */
+int rpc_stream_next(struct rpc_stream *stream, struct rpc_buf *msg, struct rpc_result *res);
+/* Makes a pending rpc_stream_next() return; safe from any thread. */
+void rpc_stream_cancel(struct rpc_stream *stream);
+void rpc_stream_free(struct rpc_stream *stream);

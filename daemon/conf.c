@@ -12,6 +12,7 @@
 #include <syslog.h>
 
 #include "common/util.h"
+#include "runtimes/backend.h"
 
 /* State of one parse: inih does not pass line numbers to the handler, so the
  * reader counts the lines it hands over. */
@@ -63,8 +64,8 @@ static int set_string(char **field, const char *value)
 }
 
 static const char *const level_names[] = {
-	[LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+    [LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+    [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
 
 static int parse_log_level(const char *value)
@@ -139,7 +140,7 @@ static struct crx_backend_config *backend_get(struct crx_config *cfg, const char
 		return NULL;
 	cfg->backends = more;
 	struct crx_backend_config *b = &more[cfg->n_backends];
-	*b = (struct crx_backend_config){ .name = strdup(name), .type = strdup("cri") };
+	*b = (struct crx_backend_config){.name = strdup(name), .type = strdup("cri")};
 	if (!b->name || !b->type) {
 		free(b->name);
 		free(b->type);
@@ -149,6 +150,32 @@ static struct crx_backend_config *backend_get(struct crx_config *cfg, const char
 	return b;
 }
 
+/* Kept for the backend type to check once the whole configuration is read
+ * (the type may be set after its keys, or in a later drop-in). */
+static int set_option(struct parse *p, struct crx_backend_config *b, const char *key,
+                      const char *value)
+{
+	struct crx_option *o = NULL;
+	for (size_t i = 0; i < b->n_options && !o; i++)
+		if (streq(b->options[i].key, key))
+			o = &b->options[i];
+	if (!o) {
+		struct crx_option *more = realloc(b->options, (b->n_options + 1) * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		b->options = more;
+		o = &more[b->n_options];
+		*o = (struct crx_option){.key = strdup(key)};
+		if (!o->key)
+			return -ENOMEM;
+		b->n_options++;
+	}
+	o->line = p->line;
+	if (set_string(&o->value, value) < 0 || set_string(&o->file, p->file) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
 static int backend_key(struct parse *p, const char *section, const char *name, const char *key,
                        const char *value)
 {
@@ -156,9 +183,9 @@ static int backend_key(struct parse *p, const char *section, const char *name, c
 	if (!b)
 		return fail(p, section, key, "out of memory");
 	if (streq(key, "type")) {
-		if (!streq(value, "cri"))
-			return fail(p, section, key, "unknown backend type \"%s\" (known: cri)",
-			            value);
+		if (!backend_type_find(value))
+			return fail(p, section, key, "unknown backend type \"%s\" (known: %s)",
+			            value, BACKEND_TYPE_NAMES);
 		return set_string(&b->type, value) == 0;
 	}
 	if (streq(key, "endpoint")) {
@@ -173,7 +200,7 @@ static int backend_key(struct parse *p, const char *section, const char *name, c
 			            "\"%s\" is not a unix socket (unix:///path or /path)", value);
 		return set_string(&b->endpoint, value) == 0;
 	}
-	return fail(p, section, key, "unknown key");
+	return set_option(p, b, key, value) == 0 ? 1 : fail(p, section, key, "out of memory");
 }
 
 /* `backend "name"` → type "backend", name "name". */
@@ -219,7 +246,7 @@ static int parse_file(struct crx_config *cfg, const char *file, struct crx_err *
 	_cleanup_fclose_ FILE *in = fopen(file, "re");
 	if (!in)
 		return crx_err_set(err, -errno, "cannot read %s: %s", file, strerror(errno));
-	struct parse p = { .cfg = cfg, .file = file, .in = in, .err = err };
+	struct parse p = {.cfg = cfg, .file = file, .in = in, .err = err};
 	int r = ini_parse_stream(read_line, &p, on_entry, &p);
 	/* inih goes on after a syntax error: report whichever error came first. */
 	if (r > 0 && (!p.failed || (unsigned)r < p.failed_line))
@@ -278,9 +305,9 @@ int crx_config_load(const char *path, const char *dropin_dir, struct crx_config 
                     struct crx_err *err)
 {
 	struct crx_config cfg = {
-		.socket_mode = 0660,
-		.log_level = LOG_INFO,
-		.shutdown_timeout_ms = 10000,
+	    .socket_mode = 0660,
+	    .log_level = LOG_INFO,
+	    .shutdown_timeout_ms = 10000,
 	};
 	_cleanup_free_ char *default_dropins = NULL;
 	int r = set_string(&cfg.socket_path, CRX_DEFAULT_SOCKET);
@@ -308,13 +335,20 @@ void crx_config_clear(struct crx_config *cfg)
 	if (!cfg)
 		return;
 	for (size_t i = 0; i < cfg->n_backends; i++) {
-		free(cfg->backends[i].name);
-		free(cfg->backends[i].type);
-		free(cfg->backends[i].endpoint);
+		struct crx_backend_config *b = &cfg->backends[i];
+		for (size_t j = 0; j < b->n_options; j++) {
+			free(b->options[j].key);
+			free(b->options[j].value);
+			free(b->options[j].file);
+		}
+		free(b->options);
+		free(b->name);
+		free(b->type);
+		free(b->endpoint);
 	}
 	free(cfg->backends);
 	free(cfg->socket_path);
-	*cfg = (struct crx_config){ 0 };
+	*cfg = (struct crx_config){0};
 }
 
 const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg, const char *name)
@@ -322,5 +356,13 @@ const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg
 	for (size_t i = 0; i < cfg->n_backends; i++)
 		if (streq(cfg->backends[i].name, name))
 			return &cfg->backends[i];
+	return NULL;
+}
+
+const char *crx_backend_option(const struct crx_backend_config *b, const char *key)
+{
+	for (size_t i = 0; i < b->n_options; i++)
+		if (streq(b->options[i].key, key))
+			return b->options[i].value;
 	return NULL;
 }

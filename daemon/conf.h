@@ -10,10 +10,21 @@
 #define CRX_DEFAULT_CONFIG "/etc/crimux/crimux.conf"
 #define CRX_DEFAULT_SOCKET "/run/crimux/crimux.sock"
 
+/* A key only one kind of backend understands, kept with where it was set so
+ * that the backend's own check can point at the line. */
+struct crx_option {
+	char *key;
+	char *value;
+	char *file;
+	unsigned line;
+};
+
 struct crx_backend_config {
 	char *name;
 	char *type;     /* "cri": any CRI endpoint, containerd first of all */
-	char *endpoint; /* gRPC target, "unix:///run/containerd/containerd.sock" */
+	char *endpoint; /* "unix:///run/containerd/containerd.sock" */
+	struct crx_option *options;
+	size_t n_options;
 };
 
 struct crx_config {
@@ -32,3 +43,5 @@ int crx_config_load(const char *path, const char *dropin_dir, struct crx_config 
 void crx_config_clear(struct crx_config *cfg);
 
 const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg, const char *name);
+/* The value of a backend-specific key, or NULL when it is not set. */
+const char *crx_backend_option(const struct crx_backend_config *b, const char *key);

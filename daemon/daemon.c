@@ -16,7 +16,7 @@
 #include "cri/rpc.h"
 #include "daemon/log.h"
 
-static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
+static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP};
 
 static sigset_t signal_set(void)
 {
@@ -118,11 +118,11 @@ int crx_daemon_run(const struct crx_config *cfg, struct crx_err *err)
 		goto out;
 	}
 	struct rpc_server_options opts = {
-		.address = address,
-		.max_message = 16 * MIB,
-		.dispatch = router_dispatch,
-		.finished = log_call,
-		.userdata = router,
+	    .address = address,
+	    .max_message = 16 * MIB,
+	    .dispatch = router_dispatch,
+	    .finished = log_call,
+	    .userdata = router,
 	};
 	/* Created without group or world access, then opened up to socket_mode. */
 	mode_t old_umask = umask(0177);

@@ -24,10 +24,10 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ 0 },
+	    {"config", required_argument, NULL, 'c'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {0},
 	};
 	const char *config_path = CRX_DEFAULT_CONFIG;
 	int opt;
@@ -55,7 +55,7 @@ int main(int argc, char **argv)
 
 	crx_daemon_block_signals();
 	struct crx_config cfg;
-	struct crx_err err = { 0 };
+	struct crx_err err = {0};
 	if (crx_config_load(config_path, NULL, &cfg, &err) < 0) {
 		fprintf(stderr, "crimuxd: %s\n", err.msg);
 		return EXIT_FAILURE;

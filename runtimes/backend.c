@@ -8,15 +8,20 @@
 #include "common/util.h"
 
 static const struct backend_ops *const known_types[] = {
-	&cri_backend_ops,
+    &cri_backend_ops,
 };
+
+const struct backend_ops *backend_type_find(const char *type)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(known_types); i++)
+		if (streq(known_types[i]->type, type))
+			return known_types[i];
+	return NULL;
+}
 
 int backend_open(const struct crx_backend_config *cfg, struct backend **out, struct crx_err *err)
 {
-	const struct backend_ops *ops = NULL;
-	for (size_t i = 0; i < ARRAY_SIZE(known_types); i++)
-		if (streq(known_types[i]->type, cfg->type))
-			ops = known_types[i];
+	const struct backend_ops *ops = backend_type_find(cfg->type);
 	if (!ops)
 		return crx_err_set(err, -EINVAL, "backend %s: unknown type %s", cfg->name,
 		                   cfg->type);

@@ -12,6 +12,8 @@ struct backend;
 
 struct backend_ops {
 	const char *type;
+	/* Checks a key of this backend type's own (NULL: it has none). */
+	int (*check_option)(const char *key, const char *value, struct crx_err *err);
 	int (*open)(struct backend *b, const struct crx_backend_config *cfg, struct crx_err *err);
 	void (*close)(struct backend *b);
 	/* Completes an incoming call: relays it or answers it. m is NULL for a
@@ -28,6 +30,9 @@ struct backend {
 };
 
 extern const struct backend_ops cri_backend_ops;
+
+#define BACKEND_TYPE_NAMES "cri"
+const struct backend_ops *backend_type_find(const char *type);
 
 int backend_open(const struct crx_backend_config *cfg, struct backend **out, struct crx_err *err);
 void backend_free(struct backend *b);

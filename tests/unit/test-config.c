@@ -33,7 +33,7 @@ static int load(const char *text, struct crx_config *cfg, struct crx_err *err)
 static void expect_error(const char *text, const char *needle, const char *name)
 {
 	struct crx_config cfg;
-	struct crx_err err = { 0 };
+	struct crx_err err = {0};
 	int r = load(text, &cfg, &err);
 	ok(r == -EINVAL, "%s: refused", name);
 	has_str(err.msg, needle, name);
@@ -45,7 +45,7 @@ int main(void)
 		return 99;
 
 	struct crx_config cfg;
-	struct crx_err err = { 0 };
+	struct crx_err err = {0};
 	int r = load("# crimux\n"
 	             "[crimux]\n"
 	             "socket = /run/test/crimux.sock\n"
@@ -134,6 +134,9 @@ int main(void)
 	expect_error("[backend \"c\"]\nendpoint = tcp://1.2.3.4:5\n",
 	             ":2: [backend \"c\"] endpoint: \"tcp://1.2.3.4:5\" is not a unix socket",
 	             "only unix endpoints");
+	expect_error("[backend \"c\"]\nendpoint = /c.sock\n\nbogus = 1\n",
+	             "crimux.conf:4: [backend \"c\"] bogus: unknown key",
+	             "a key the backend type does not know, with its line");
 	expect_error("[crimux]\nlog_level = info\n", "no backend configured", "no backend");
 	expect_error("[backend \"c\"]\ntype = cri\n", "[backend \"c\"] has no endpoint",
 	             "backend without endpoint");

@@ -32,18 +32,44 @@ static void *reply_later(void *arg)
 	return NULL;
 }
 
-/* The fake backend: echoes, fails or answers late, by method. */
+/* A worker thread streams "1", "2", ... up to the count in the request. */
+static void stream_count(struct rpc_call *call, void *arg)
+{
+	size_t len;
+	const uint8_t *req = rpc_call_request(call, &len);
+	int count = atoi((const char *)req);
+	for (int i = 1; i <= count; i++) {
+		char msg[16];
+		int n = snprintf(msg, sizeof(msg), "%d", i);
+		if (rpc_call_send(call, msg, (size_t)n) < 0)
+			break;
+	}
+	rpc_call_finish(call, RPC_OK, NULL);
+}
+
+static void echo_on_worker(struct rpc_call *call, void *arg)
+{
+	size_t len;
+	const uint8_t *req = rpc_call_request(call, &len);
+	rpc_call_reply(call, req, len);
+}
+
+/* The fake backend: echoes, fails, streams or answers late, by method. */
 static void backend_dispatch(struct rpc_call *call, void *userdata)
 {
 	const char *m = rpc_call_method(call);
 	size_t len;
 	const uint8_t *req = rpc_call_request(call, &len);
 	atomic_fetch_add(&backend_calls, 1);
-	if (strstr(m, "/Fail")) {
+	if (strstr(m, "/Count")) {
+		rpc_call_defer(call, stream_count, NULL);
+	} else if (strstr(m, "/Deferred")) {
+		rpc_call_defer(call, echo_on_worker, NULL);
+	} else if (strstr(m, "/Fail")) {
 		rpc_call_fail(call, RPC_NOT_FOUND, "container \"%.*s\" not found", (int)len, req);
 	} else if (strstr(m, "/Slow")) {
 		struct slow_reply *s = malloc(sizeof(*s));
-		*s = (struct slow_reply){ call, 300 };
+		*s = (struct slow_reply){call, 300};
 		pthread_t t;
 		pthread_create(&t, NULL, reply_later, s);
 		pthread_detach(t);
@@ -58,13 +84,13 @@ static struct rpc_server *serve(const char *sock, void (*dispatch)(struct rpc_ca
 	char address[600];
 	snprintf(address, sizeof(address), "unix://%s", sock);
 	struct rpc_server_options opts = {
-		.address = address,
-		.max_message = 16 * MIB,
-		.dispatch = dispatch,
-		.userdata = userdata,
+	    .address = address,
+	    .max_message = 16 * MIB,
+	    .dispatch = dispatch,
+	    .userdata = userdata,
 	};
 	struct rpc_server *s = NULL;
-	struct crx_err err = { 0 };
+	struct crx_err err = {0};
 	if (rpc_server_new(&opts, &s, &err) < 0 || rpc_server_start(s, &err) < 0) {
 		printf("# %s\n", err.msg);
 		exit(99);
@@ -76,9 +102,8 @@ static struct rpc_channel *channel_to(const char *sock)
 {
 	char target[600];
 	snprintf(target, sizeof(target), "unix://%s", sock);
-	struct rpc_channel_options opts = { .name = "test",
-		                            .target = target,
-		                            .max_message = 64 * MIB };
+	struct rpc_channel_options opts = {
+	    .name = "test", .target = target, .max_message = 64 * MIB};
 	struct rpc_channel *ch;
 	if (rpc_channel_new(&opts, &ch, NULL) < 0)
 		exit(99);
@@ -96,7 +121,7 @@ static void *load_thread(void *arg)
 	for (int i = 0; i < 200; i++) {
 		char msg[32];
 		int n = snprintf(msg, sizeof(msg), "call %d", i);
-		struct rpc_result res = { 0 };
+		struct rpc_result res = {0};
 		if (rpc_channel_call(l->ch, "/runtime.v1.RuntimeService/ContainerStatus", msg,
 		                     (size_t)n, NULL, 5000, &res) < 0 ||
 		    res.code != RPC_OK || res.reply.len != (size_t)n ||
@@ -130,17 +155,17 @@ int main(void)
 	struct rpc_server *backend = serve(backend_sock, backend_dispatch, NULL);
 	char endpoint[600];
 	snprintf(endpoint, sizeof(endpoint), "unix://%s", backend_sock);
-	struct crx_backend_config bc = { .name = "fake", .type = "cri", .endpoint = endpoint };
-	struct crx_config cfg = { .backends = &bc, .n_backends = 1 };
+	struct crx_backend_config bc = {.name = "fake", .type = "cri", .endpoint = endpoint};
+	struct crx_config cfg = {.backends = &bc, .n_backends = 1};
 	struct router *router;
-	struct crx_err err = { 0 };
+	struct crx_err err = {0};
 	if (router_new(&cfg, &router, &err) < 0) {
 		printf("# %s\n", err.msg);
 		return 99;
 	}
 	struct rpc_server *front = serve(front_sock, router_dispatch, router);
 	struct rpc_channel *client = channel_to(front_sock);
-	struct rpc_result res = { 0 };
+	struct rpc_result res = {0};
 
 	/* Version is crimux's own answer. */
 	int r =
@@ -171,6 +196,25 @@ int main(void)
 	   "an unknown method is relayed");
 	rpc_result_clear(&res);
 
+	/* Replies from worker threads, and server streams, relay too. */
+	r = rpc_channel_call(client, "/test.Echo/Deferred", "later", 5, NULL, 5000, &res);
+	ok(r == 0 && res.code == RPC_OK && res.reply.len == 5, "a deferred reply is relayed");
+	rpc_result_clear(&res);
+	struct rpc_stream *st;
+	r = rpc_stream_open(client, "/test.Stream/Count", "3", 1, NULL, 5000, &st);
+	ok(r == 0, "a stream opens");
+	struct rpc_buf msg = {0};
+	char got[32] = "";
+	while (r == 0 && rpc_stream_next(st, &msg, &res) > 0) {
+		strncat(got, (const char *)msg.data, msg.len);
+		rpc_buf_clear(&msg);
+	}
+	is_str(got, "123", "every streamed message arrives, in order");
+	is_int(res.code, RPC_OK, "and the stream ends with OK");
+	rpc_result_clear(&res);
+	if (r == 0)
+		rpc_stream_free(st);
+
 	/* The backend's status code and message come back unchanged. */
 	r = rpc_channel_call(client, "/test.Echo/Fail", "abc", 3, NULL, 5000, &res);
 	is_int(res.code, RPC_NOT_FOUND, "the backend's NOT_FOUND is relayed");
@@ -193,7 +237,7 @@ int main(void)
 	struct load loads[16];
 	pthread_t threads[16];
 	for (int i = 0; i < 16; i++) {
-		loads[i] = (struct load){ client, 0 };
+		loads[i] = (struct load){client, 0};
 		pthread_create(&threads[i], NULL, load_thread, &loads[i]);
 	}
 	int failures = 0;
@@ -211,7 +255,7 @@ int main(void)
 	/* Shutdown lets a call in flight finish. */
 	while (rpc_server_calls_in_flight(front) != 0) /* the cancelled call above */
 		usleep(1000);
-	struct pending_call pending = { .ch = client };
+	struct pending_call pending = {.ch = client};
 	pthread_t slow;
 	pthread_create(&slow, NULL, slow_call, &pending);
 	while (rpc_server_calls_in_flight(front) == 0)
