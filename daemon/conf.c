@@ -294,10 +294,21 @@ static int validate(const struct crx_config *cfg, const char *path, struct crx_e
 		                   "%s: no backend configured; add a [backend \"NAME\"] section "
 		                   "with an endpoint",
 		                   path);
-	for (size_t i = 0; i < cfg->n_backends; i++)
-		if (!cfg->backends[i].endpoint)
+	for (size_t i = 0; i < cfg->n_backends; i++) {
+		const struct crx_backend_config *b = &cfg->backends[i];
+		if (!b->endpoint)
 			return crx_err_set(err, -EINVAL, "%s: [backend \"%s\"] has no endpoint",
-			                   path, cfg->backends[i].name);
+			                   path, b->name);
+		const struct backend_ops *ops = backend_type_find(b->type);
+		for (size_t j = 0; j < b->n_options; j++) {
+			const struct crx_option *o = &b->options[j];
+			int r = ops->check_option ? ops->check_option(o->key, o->value, err)
+			                          : crx_err_set(err, -EINVAL, "unknown key");
+			if (r < 0)
+				return crx_err_prefix(err, "%s:%u: [backend \"%s\"] %s", o->file,
+				                      o->line, b->name, o->key);
+		}
+	}
 	return 0;
 }
 
