@@ -78,8 +78,18 @@ def crimuxd_factory(lab, crimuxd_binary):
         return daemon
 
     yield start
+    problems = []
     for daemon in started:
-        daemon.stop()
+        running = daemon.daemon.running()
+        code = daemon.stop()
+        # Each daemon must stop cleanly on SIGTERM, and a sanitizer build
+        # must have nothing to report, whatever the test did with it.
+        if running and code != 0:
+            problems.append(f"crimuxd exited {code} on SIGTERM")
+        log = daemon.log()
+        if "Sanitizer" in log or "runtime error:" in log:
+            problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture

@@ -494,13 +494,13 @@ class Lab:
         if errors:
             raise errors[0]
 
-    def crimuxd(self, binary, backends=None, extra_config=""):
+    def crimuxd(self, binary, backends=None, extra_config="", log_level="debug"):
         """Start a crimuxd in front of this lab's containerd (unless `backends`
         says otherwise), with its files in a new workdir/crimuxd<N>."""
         self._crimuxd_count += 1
         return Crimuxd(binary, os.path.join(self.workdir, f"crimuxd{self._crimuxd_count}"),
                        backends or {"containerd": self.containerd.endpoint},
-                       extra_config).start()
+                       extra_config, log_level).start()
 
     def __enter__(self):
         return self.start()

@@ -37,7 +37,9 @@ static void stream_count(struct rpc_call *call, void *arg)
 {
 	size_t len;
 	const uint8_t *req = rpc_call_request(call, &len);
-	int count = atoi((const char *)req);
+	char text[16] = "";
+	memcpy(text, req, len < sizeof(text) - 1 ? len : sizeof(text) - 1);
+	int count = atoi(text);
 	for (int i = 1; i <= count; i++) {
 		char msg[16];
 		int n = snprintf(msg, sizeof(msg), "%d", i);
