@@ -26,8 +26,8 @@ struct method {
 };
 
 static const struct method methods[] = {
-    {"Version", "/runtime.v1.RuntimeService/Version"},
-    {"ListContainers", "/runtime.v1.RuntimeService/ListContainers"},
+	{"Version", "/runtime.v1.RuntimeService/Version"},
+	{"ListContainers", "/runtime.v1.RuntimeService/ListContainers"},
 };
 
 static double now_us(void)
@@ -45,7 +45,7 @@ static int call_once(struct target *t, const struct method *m)
 		r = -EIO;
 	if (r < 0)
 		fprintf(stderr, "crimux-bench: %s via %s failed: %s\n", m->name, t->label,
-		        res.details ? res.details : strerror(-r));
+			res.details ? res.details : strerror(-r));
 	rpc_result_clear(&res);
 	return r;
 }
@@ -150,23 +150,23 @@ static long rss_kib(long pid)
 
 static void usage(FILE *out)
 {
-	fprintf(
-	    out,
-	    "Usage: crimux-bench --direct TARGET --crimux TARGET [--pid PID] [-n CALLS]\n"
-	    "                    [--seconds S]\n"
-	    "  --direct   the backend's CRI endpoint, e.g. unix:///run/containerd/containerd.sock\n"
-	    "  --crimux   crimuxd's endpoint in front of it\n"
-	    "  --pid      crimuxd's pid, to report its RSS\n"
-	    "  -n         calls per method and path for the latency figures (default 2000)\n"
-	    "  --seconds  duration of each throughput run (default 3)\n");
+	fprintf(out,
+		"Usage: crimux-bench --direct TARGET --crimux TARGET [--pid PID] [-n CALLS]\n"
+		"                    [--seconds S]\n"
+		"  --direct   the backend's CRI endpoint, e.g. "
+		"unix:///run/containerd/containerd.sock\n"
+		"  --crimux   crimuxd's endpoint in front of it\n"
+		"  --pid      crimuxd's pid, to report its RSS\n"
+		"  -n         calls per method and path for the latency figures (default 2000)\n"
+		"  --seconds  duration of each throughput run (default 3)\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-	    {"direct", required_argument, NULL, 'd'}, {"crimux", required_argument, NULL, 'c'},
-	    {"pid", required_argument, NULL, 'p'},    {"seconds", required_argument, NULL, 's'},
-	    {"help", no_argument, NULL, 'h'},         {0},
+		{"direct", required_argument, NULL, 'd'}, {"crimux", required_argument, NULL, 'c'},
+		{"pid", required_argument, NULL, 'p'},    {"seconds", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},         {0},
 	};
 	const char *direct_target = NULL, *crimux_target = NULL;
 	long pid = 0;
@@ -205,9 +205,9 @@ int main(int argc, char **argv)
 
 	struct target direct = {.label = "direct"}, crimux = {.label = "crimux"};
 	struct rpc_channel_options dopts = {
-	    .name = "direct", .target = direct_target, .max_message = 16 * MIB};
+		.name = "direct", .target = direct_target, .max_message = 16 * MIB};
 	struct rpc_channel_options copts = {
-	    .name = "crimux", .target = crimux_target, .max_message = 16 * MIB};
+		.name = "crimux", .target = crimux_target, .max_message = 16 * MIB};
 	struct crx_err err = {0};
 	if (rpc_channel_new(&dopts, &direct.channel, &err) < 0 ||
 	    rpc_channel_new(&copts, &crimux.channel, &err) < 0) {

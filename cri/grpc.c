@@ -237,13 +237,13 @@ static void call_unref(struct rpc_call *c)
 	struct rpc_server *s = c->server;
 	if (s->opts.finished) {
 		struct rpc_call_summary summary = {
-		    .method = c->method,
-		    .code = c->code,
-		    .details = c->message,
-		    .backend = c->relay.channel ? c->relay.channel->name : NULL,
-		    .duration_ns = elapsed_ns(&c->start),
-		    .request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
-		    .response_bytes = c->response_bytes,
+			.method = c->method,
+			.code = c->code,
+			.details = c->message,
+			.backend = c->relay.channel ? c->relay.channel->name : NULL,
+			.duration_ns = elapsed_ns(&c->start),
+			.request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
+			.response_bytes = c->response_bytes,
 		};
 		s->opts.finished(&summary, s->opts.userdata);
 	}
@@ -255,7 +255,7 @@ static void call_unref(struct rpc_call *c)
 }
 
 static bool start_batch(struct rpc_call *c, grpc_call *on, const grpc_op *ops, size_t n,
-                        struct tag *tag)
+			struct tag *tag)
 {
 	atomic_fetch_add(&c->refs, 1);
 	if (grpc_call_start_batch(on, ops, n, tag, NULL) != GRPC_CALL_OK) {
@@ -271,7 +271,7 @@ static int request_call(struct rpc_server *s)
 	if (!c)
 		return -ENOMEM;
 	if (grpc_server_request_call(s->server, &c->call, &c->details, &c->request_md, s->cq, s->cq,
-	                             &c->t_new) != GRPC_CALL_OK) {
+				     &c->t_new) != GRPC_CALL_OK) {
 		call_free(c);
 		return -EIO;
 	}
@@ -315,7 +315,7 @@ static void on_request(void *obj, bool ok)
 		call_unref(c); /* the owner's reference */
 	} else if (!c->request_bb) {
 		rpc_call_fail(c, RPC_INVALID_ARGUMENT, "%s: the request carried no message",
-		              c->method);
+			      c->method);
 	} else {
 		c->server->opts.dispatch(c, c->server->opts.userdata);
 	}
@@ -368,7 +368,7 @@ int64_t rpc_call_time_left_ms(const struct rpc_call *call)
 /* Sends the final status (with an optional message and trailers) and drops the
  * owner's reference. */
 static void send_final(struct rpc_call *c, const grpc_metadata_array *md, grpc_byte_buffer *msg,
-                       int code, grpc_slice details, const grpc_metadata_array *trailers)
+		       int code, grpc_slice details, const grpc_metadata_array *trailers)
 {
 	grpc_op ops[3];
 	size_t n = 0;
@@ -417,7 +417,7 @@ static void call_failv(struct rpc_call *call, int code, const char *fmt, va_list
 	free(call->message);
 	call->message = details;
 	send_final(call, NULL, NULL, code,
-	           details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
+		   details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
 }
 
 void rpc_call_fail(struct rpc_call *call, int code, const char *fmt, ...)
@@ -457,7 +457,7 @@ int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void
 	if (r < 0) {
 		free(d);
 		rpc_call_fail(call, RPC_UNAVAILABLE, "crimux cannot take more work now: %s",
-		              strerror(-r));
+			      strerror(-r));
 	}
 	return r;
 }
@@ -505,7 +505,7 @@ void rpc_call_finish(struct rpc_call *call, int code, const char *details)
 	pthread_mutex_lock(&call->send_serial); /* after any send still in flight */
 	pthread_mutex_unlock(&call->send_serial);
 	send_final(call, NULL, NULL, code,
-	           details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
+		   details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
 }
 
 /* ---------------------------------------------------------------- relay */
@@ -526,7 +526,7 @@ static grpc_slice relay_details(struct rpc_call *c)
 	_cleanup_free_ char *orig = slice_strdup(c->up_details);
 	char *msg = NULL;
 	if (asprintf(&msg, "backend %s (%s) is unavailable: %s", ch->name, ch->target,
-	             orig ? orig : "") < 0)
+		     orig ? orig : "") < 0)
 		return grpc_slice_ref(c->up_details);
 	grpc_slice s = grpc_slice_from_copied_string(msg);
 	free(msg);
@@ -546,23 +546,30 @@ static void relay_finish(struct rpc_call *c)
 	send_final(c, &c->up_md, msg, (int)c->up_status, relay_details(c), &c->up_trailers);
 }
 
+/* The relay could not even start; the observer still hears of it, once. */
+static void relay_fail(struct rpc_call *c)
+{
+	if (c->relay.observe)
+		c->relay.observe(RPC_INTERNAL, NULL, 0, c->relay.observe_arg);
+	rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s", c->relay.channel->name);
+}
+
 void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 {
 	struct rpc_server *s = c->server;
 	c->relay = *relay;
 	c->relay.request = NULL; /* copied below; the caller's buffer may go */
 	c->up = grpc_channel_create_call(relay->channel->channel, c->call, GRPC_PROPAGATE_DEFAULTS,
-	                                 s->cq, c->details.method, NULL,
-	                                 gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+					 s->cq, c->details.method, NULL,
+					 gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 	if (!c->up) {
-		rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
-		              relay->channel->name);
+		relay_fail(c);
 		return;
 	}
 	grpc_byte_buffer *request = c->request_bb;
 	if (relay->request)
 		request = c->up_request =
-		    byte_buffer_from(relay->request->data, relay->request->len);
+			byte_buffer_from(relay->request->data, relay->request->len);
 
 	c->t_up_first = (struct tag){on_up_first, c};
 	c->t_up_status = (struct tag){on_up_status, c};
@@ -570,9 +577,9 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 	c->t_down_msg = (struct tag){on_down_msg, c};
 
 	grpc_op ops[6] = {
-	    {.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
-	    {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
-	    {.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
+		{.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
+		{.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
+		{.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
 	};
 	ops[0].data.send_initial_metadata.count = c->request_md.count;
 	ops[0].data.send_initial_metadata.metadata = c->request_md.metadata;
@@ -587,8 +594,7 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 	 * batch of its own, while the messages go through one by one. */
 	bool stream = relay->server_streaming;
 	if (stream && !start_batch(c, c->up, &ops[5], 1, &c->t_up_status)) {
-		rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
-		              relay->channel->name);
+		relay_fail(c);
 		return;
 	}
 	if (!start_batch(c, c->up, ops, stream ? 5 : 6, &c->t_up_first)) {
@@ -596,8 +602,7 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 		if (stream)
 			c->up_eos = true; /* the status batch completes and finishes */
 		else
-			rpc_call_fail(c, RPC_INTERNAL, "cannot start a call to backend %s",
-			              relay->channel->name);
+			relay_fail(c);
 	}
 }
 
@@ -687,8 +692,8 @@ static void *event_loop(void *arg)
 {
 	struct rpc_server *s = arg;
 	for (;;) {
-		grpc_event ev =
-		    grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		grpc_event ev = grpc_completion_queue_next(
+			s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_OP_COMPLETE) {
@@ -707,19 +712,22 @@ static size_t common_args(grpc_arg *args, size_t max_message)
 {
 	size_t n = 0;
 	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-	                       .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-	                       .value.integer = (int)max_message};
-	args[n++] = (grpc_arg){
-	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_RETRIES, .value.integer = 0};
-	args[n++] = (grpc_arg){
-	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE, .value.integer = 0};
-	args[n++] = (grpc_arg){
-	    .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_CHANNELZ, .value.integer = 0};
+			       .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+			       .value.integer = (int)max_message};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_ENABLE_RETRIES,
+			       .value.integer = 0};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE,
+			       .value.integer = 0};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_ENABLE_CHANNELZ,
+			       .value.integer = 0};
 	return n;
 }
 
 int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **out,
-                   struct crx_err *err)
+		   struct crx_err *err)
 {
 	struct rpc_server *s = calloc(1, sizeof(*s));
 	if (!s || !(s->address = strdup(opts->address))) {
@@ -835,7 +843,7 @@ void rpc_server_free(struct rpc_server *s)
 	if (s->cq) {
 		grpc_completion_queue_shutdown(s->cq);
 		while (grpc_completion_queue_next(s->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL)
-		           .type != GRPC_QUEUE_SHUTDOWN)
+			       .type != GRPC_QUEUE_SHUTDOWN)
 			;
 		grpc_completion_queue_destroy(s->cq);
 	}
@@ -849,7 +857,7 @@ void rpc_server_free(struct rpc_server *s)
 /* ---------------------------------------------------------------- channels */
 
 int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel **out,
-                    struct crx_err *err)
+		    struct crx_err *err)
 {
 	struct rpc_channel *ch = calloc(1, sizeof(*ch));
 	if (!ch || !(ch->name = strdup(opts->name)) || !(ch->target = strdup(opts->target))) {
@@ -860,20 +868,20 @@ int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel *
 	grpc_arg args[12];
 	size_t n = common_args(args, opts->max_message);
 	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-	                       .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
-	                       .value.integer = (int)opts->max_message};
+			       .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+			       .value.integer = (int)opts->max_message};
 	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-	                       .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-	                       .value.integer = RECONNECT_BACKOFF_MS};
+			       .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+			       .value.integer = RECONNECT_BACKOFF_MS};
 	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-	                       .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-	                       .value.integer = RECONNECT_BACKOFF_MS};
+			       .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+			       .value.integer = RECONNECT_BACKOFF_MS};
 	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-	                       .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-	                       .value.integer = MAX_RECONNECT_BACKOFF_MS};
+			       .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+			       .value.integer = MAX_RECONNECT_BACKOFF_MS};
 	args[n++] = (grpc_arg){.type = GRPC_ARG_STRING,
-	                       .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
-	                       .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION};
+			       .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
+			       .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION};
 	grpc_channel_args chargs = {.num_args = n, .args = args};
 	grpc_channel_credentials *creds = grpc_insecure_credentials_create();
 	ch->channel = grpc_channel_create(opts->target, creds, &chargs);
@@ -881,7 +889,7 @@ int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel *
 	if (!ch->channel) {
 		rpc_channel_free(ch);
 		return crx_err_set(err, -EINVAL, "backend %s: bad address %s", opts->name,
-		                   opts->target);
+				   opts->target);
 	}
 	grpc_channel_check_connectivity_state(ch->channel, 1); /* connect now */
 	*out = ch;
@@ -912,17 +920,17 @@ const char *rpc_channel_target(const struct rpc_channel *ch)
 }
 
 int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req, size_t len,
-                     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res)
+		     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res)
 {
 	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
 	if (timeout_ms)
 		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-		                        gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+					gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
 	grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
 	grpc_slice method_slice = grpc_slice_from_static_string(method);
 	grpc_call *call = grpc_channel_create_call(ch->channel, parent ? parent->call : NULL,
-	                                           GRPC_PROPAGATE_DEFAULTS, cq, method_slice, NULL,
-	                                           deadline, NULL);
+						   GRPC_PROPAGATE_DEFAULTS, cq, method_slice, NULL,
+						   deadline, NULL);
 	int r = 0;
 	grpc_byte_buffer *request = byte_buffer_from(req, len), *reply = NULL;
 	grpc_metadata_array md, trailers;
@@ -931,9 +939,9 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 	grpc_status_code status = GRPC_STATUS_UNKNOWN;
 	grpc_slice details = grpc_empty_slice();
 	grpc_op ops[6] = {
-	    {.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
-	    {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
-	    {.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
+		{.op = GRPC_OP_SEND_INITIAL_METADATA},  {.op = GRPC_OP_SEND_MESSAGE},
+		{.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_INITIAL_METADATA},
+		{.op = GRPC_OP_RECV_MESSAGE},           {.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
 	};
 	ops[1].data.send_message.send_message = request;
 	ops[3].data.recv_initial_metadata.recv_initial_metadata = &md;
@@ -958,9 +966,8 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 	if (call)
 		grpc_call_unref(call);
 	grpc_completion_queue_shutdown(cq);
-	while (
-	    grpc_completion_queue_pluck(cq, NULL, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL).type !=
-	    GRPC_QUEUE_SHUTDOWN)
+	while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL)
+		       .type != GRPC_QUEUE_SHUTDOWN)
 		;
 	grpc_completion_queue_destroy(cq);
 	grpc_byte_buffer_destroy(request);
@@ -1007,10 +1014,9 @@ int rpc_stream_open(struct rpc_channel *ch, const char *method, const void *req,
 	grpc_metadata_array_init(&st->trailers);
 	st->details = grpc_empty_slice();
 	st->request = byte_buffer_from(req, len);
-	st->call = grpc_channel_create_call(ch->channel, parent ? parent->call : NULL,
-					    GRPC_PROPAGATE_DEFAULTS, st->cq,
-					    grpc_slice_from_static_string(method), NULL, deadline,
-					    NULL);
+	st->call = grpc_channel_create_call(
+		ch->channel, parent ? parent->call : NULL, GRPC_PROPAGATE_DEFAULTS, st->cq,
+		grpc_slice_from_static_string(method), NULL, deadline, NULL);
 	grpc_op ops[4] = {
 		{.op = GRPC_OP_SEND_INITIAL_METADATA},
 		{.op = GRPC_OP_SEND_MESSAGE},

@@ -36,8 +36,8 @@ static bool is_streaming(const char *name)
 static void build_table(void)
 {
 	const ProtobufCServiceDescriptor *services[] = {
-	    &runtime__v1__runtime_service__descriptor,
-	    &runtime__v1__image_service__descriptor,
+		&runtime__v1__runtime_service__descriptor,
+		&runtime__v1__image_service__descriptor,
 	};
 	size_t n = 0;
 	for (size_t s = 0; s < ARRAY_SIZE(services); s++)
@@ -53,12 +53,12 @@ static void build_table(void)
 			if (asprintf(&path, "/%s/%s", services[s]->name, m->name) < 0)
 				abort();
 			*e = (struct cri_method){
-			    .path = path,
-			    .name = m->name,
-			    .image_service = s == 1,
-			    .server_streaming = is_streaming(m->name),
-			    .request = m->input,
-			    .response = m->output,
+				.path = path,
+				.name = m->name,
+				.image_service = s == 1,
+				.server_streaming = is_streaming(m->name),
+				.request = m->input,
+				.response = m->output,
 			};
 		}
 	}
@@ -82,4 +82,9 @@ const struct cri_method *cri_method_at(size_t i)
 {
 	pthread_once(&table_once, build_table);
 	return i < table_len ? &table[i] : NULL;
+}
+
+size_t cri_method_index(const struct cri_method *m)
+{
+	return (size_t)(m - table);
 }

@@ -18,4 +18,6 @@ struct cri_method {
 /* NULL for a method the schema does not have. */
 const struct cri_method *cri_method_find(const char *path);
 size_t cri_method_count(void);
+/* The position of m in the table, for per-method arrays. */
+size_t cri_method_index(const struct cri_method *m);
 const struct cri_method *cri_method_at(size_t i);

@@ -1,5 +1,6 @@
 /* Decides what happens to each incoming CRI call: crimux answers it, or it
- * goes to the backend that owns it. */
+ * goes to the backend that owns it, or to every backend and the replies are
+ * merged. See docs/routing.md for the rules. */
 #pragma once
 
 #include "common/err.h"
@@ -8,8 +9,19 @@
 
 struct router;
 
+/* Opens the configured backends. cfg must outlive the router. */
 int router_new(const struct crx_config *cfg, struct router **out, struct crx_err *err);
 void router_free(struct router *router);
+
+/* Learns who owns what from every backend's lists, and checks that the
+ * backends agree on the cgroup driver. Backends that do not answer are left
+ * out (their objects are learned on first use) and named in *unreachable
+ * (malloc'd, NULL when all answered). */
+struct router_census {
+	unsigned sandboxes, containers;
+	char *unreachable;
+};
+int router_rebuild(struct router *router, struct router_census *census, struct crx_err *err);
 
 /* The rpc_server dispatch function; userdata is the router. */
 void router_dispatch(struct rpc_call *call, void *userdata);

@@ -51,7 +51,7 @@ struct rpc_server_options {
 };
 
 int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **out,
-                   struct crx_err *err);
+		   struct crx_err *err);
 /* Starts serving; the event and worker threads run until rpc_server_shutdown(). */
 int rpc_server_start(struct rpc_server *server, struct crx_err *err);
 /* Stops accepting calls, lets calls in flight finish for up to grace_ms, then
@@ -73,7 +73,7 @@ int64_t rpc_call_time_left_ms(const struct rpc_call *call);
 
 void rpc_call_reply(struct rpc_call *call, const void *msg, size_t len);
 void rpc_call_fail(struct rpc_call *call, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 /* Fails with the status code that err->code maps to and err's message. */
 void rpc_call_fail_err(struct rpc_call *call, const struct crx_err *err);
 
@@ -84,8 +84,9 @@ struct rpc_relay {
 	bool server_streaming;
 	/* Send these bytes instead of the client's request (policy rewrites). */
 	const struct rpc_buf *request;
-	/* Sees the backend's unary reply before the client does (to learn the IDs
-	 * of created objects). Runs on the event thread; must not block. */
+	/* Sees the backend's status and unary reply before the client does (to
+	 * learn the IDs of created objects). Called exactly once, on the event
+	 * thread or the caller's; must not block. */
 	void (*observe)(int code, const uint8_t *msg, size_t len, void *arg);
 	void *observe_arg;
 };
@@ -108,7 +109,7 @@ struct rpc_channel_options {
 	size_t max_message;
 };
 int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel **out,
-                    struct crx_err *err);
+		    struct crx_err *err);
 void rpc_channel_free(struct rpc_channel *channel);
 const char *rpc_channel_name(const struct rpc_channel *channel);
 const char *rpc_channel_target(const struct rpc_channel *channel);
@@ -126,7 +127,7 @@ void rpc_result_clear(struct rpc_result *res);
  * the call (0: no bound of its own). Returns 0 when the backend answered,
  * whatever the status, or a negative errno when no call could be made. */
 int rpc_channel_call(struct rpc_channel *channel, const char *method, const void *req, size_t len,
-                     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);
+		     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);
 
 /* A server stream read by crimux from a backend (blocking, for workers). */
 struct rpc_stream;

@@ -3,6 +3,7 @@
 #include "daemon/conf.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <ini.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -36,7 +37,7 @@ static char *read_line(char *buf, int size, void *stream)
 }
 
 static int fail(struct parse *p, const char *section, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 static int fail(struct parse *p, const char *section, const char *key, const char *fmt, ...)
 {
@@ -64,8 +65,8 @@ static int set_string(char **field, const char *value)
 }
 
 static const char *const level_names[] = {
-    [LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-    [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+	[LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+	[LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
 
 static int parse_log_level(const char *value)
@@ -100,7 +101,7 @@ static int main_key(struct parse *p, const char *key, const char *value)
 	if (streq(key, "socket")) {
 		if (value[0] != '/')
 			return fail(p, "crimux", key, "must be an absolute path, not \"%s\"",
-			            value);
+				    value);
 		return set_string(&cfg->socket_path, value) == 0;
 	}
 	if (streq(key, "socket_mode")) {
@@ -115,17 +116,19 @@ static int main_key(struct parse *p, const char *key, const char *value)
 		int level = parse_log_level(value);
 		if (level < 0)
 			return fail(p, "crimux", key,
-			            "\"%s\" is not one of error, warning, notice, info, debug",
-			            value);
+				    "\"%s\" is not one of error, warning, notice, info, debug",
+				    value);
 		cfg->log_level = level;
 		return 1;
 	}
 	if (streq(key, "shutdown_timeout")) {
 		if (parse_duration_ms(value, &cfg->shutdown_timeout_ms) < 0)
 			return fail(p, "crimux", key, "\"%s\" is not a duration like 10s or 500ms",
-			            value);
+				    value);
 		return 1;
 	}
+	if (streq(key, "default_handler"))
+		return set_string(&cfg->default_handler, value) == 0;
 	return fail(p, "crimux", key, "unknown key");
 }
 
@@ -135,7 +138,7 @@ static struct crx_backend_config *backend_get(struct crx_config *cfg, const char
 		if (streq(cfg->backends[i].name, name))
 			return &cfg->backends[i];
 	struct crx_backend_config *more =
-	    realloc(cfg->backends, (cfg->n_backends + 1) * sizeof(*more));
+		realloc(cfg->backends, (cfg->n_backends + 1) * sizeof(*more));
 	if (!more)
 		return NULL;
 	cfg->backends = more;
@@ -153,7 +156,7 @@ static struct crx_backend_config *backend_get(struct crx_config *cfg, const char
 /* Kept for the backend type to check once the whole configuration is read
  * (the type may be set after its keys, or in a later drop-in). */
 static int set_option(struct parse *p, struct crx_backend_config *b, const char *key,
-                      const char *value)
+		      const char *value)
 {
 	struct crx_option *o = NULL;
 	for (size_t i = 0; i < b->n_options && !o; i++)
@@ -177,7 +180,7 @@ static int set_option(struct parse *p, struct crx_backend_config *b, const char 
 }
 
 static int backend_key(struct parse *p, const char *section, const char *name, const char *key,
-                       const char *value)
+		       const char *value)
 {
 	struct crx_backend_config *b = backend_get(p->cfg, name);
 	if (!b)
@@ -185,7 +188,7 @@ static int backend_key(struct parse *p, const char *section, const char *name, c
 	if (streq(key, "type")) {
 		if (!backend_type_find(value))
 			return fail(p, section, key, "unknown backend type \"%s\" (known: %s)",
-			            value, BACKEND_TYPE_NAMES);
+				    value, BACKEND_TYPE_NAMES);
 		return set_string(&b->type, value) == 0;
 	}
 	if (streq(key, "endpoint")) {
@@ -197,15 +200,132 @@ static int backend_key(struct parse *p, const char *section, const char *name, c
 		}
 		if (strncmp(value, "unix://", 7) != 0 || value[7] != '/')
 			return fail(p, section, key,
-			            "\"%s\" is not a unix socket (unix:///path or /path)", value);
+				    "\"%s\" is not a unix socket (unix:///path or /path)", value);
 		return set_string(&b->endpoint, value) == 0;
 	}
 	return set_option(p, b, key, value) == 0 ? 1 : fail(p, section, key, "out of memory");
 }
 
+static struct crx_handler_config *handler_get(struct parse *p, const char *name)
+{
+	struct crx_config *cfg = p->cfg;
+	for (size_t i = 0; i < cfg->n_handlers; i++)
+		if (streq(cfg->handlers[i].name, name))
+			return &cfg->handlers[i];
+	struct crx_handler_config *more =
+		realloc(cfg->handlers, (cfg->n_handlers + 1) * sizeof(*more));
+	if (!more)
+		return NULL;
+	cfg->handlers = more;
+	struct crx_handler_config *h = &more[cfg->n_handlers];
+	*h = (struct crx_handler_config){.name = strdup(name)};
+	if (!h->name || asprintf(&h->where, "%s:%u", p->file, p->line) < 0 ||
+	    kata_policy_init(&h->kata) < 0) {
+		free(h->name);
+		free(h->where);
+		return NULL;
+	}
+	cfg->n_handlers++;
+	return h;
+}
+
+/* A comma- or space-separated list, replacing the old one. */
+static int set_list(char ***list, size_t *n, const char *value)
+{
+	_cleanup_free_ char *copy = strdup(value);
+	if (!copy)
+		return -ENOMEM;
+	char **items = NULL;
+	size_t count = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+		char **more = realloc(items, (count + 1) * sizeof(*more));
+		if (!more || !(more[count] = strdup(tok))) {
+			items = more ? more : items;
+			while (count)
+				free(items[--count]);
+			free(items);
+			return -ENOMEM;
+		}
+		items = more;
+		count++;
+	}
+	for (size_t i = 0; i < *n; i++)
+		free((*list)[i]);
+	free(*list);
+	*list = items;
+	*n = count;
+	return 0;
+}
+
+static int kata_key(struct parse *p, const char *section, struct crx_handler_config *h,
+		    const char *key, const char *value)
+{
+	struct kata_policy *k = &h->kata;
+	static const struct {
+		const char *key;
+		size_t offset;
+		bool cpu;
+	} numbers[] = {
+		{"kata_min_cpu", offsetof(struct kata_policy, min_cpu_milli), true},
+		{"kata_min_memory", offsetof(struct kata_policy, min_memory), false},
+		{"kata_min_memory_per_cpu", offsetof(struct kata_policy, min_memory_per_cpu),
+		 false},
+		{"kata_max_memory_per_cpu", offsetof(struct kata_policy, max_memory_per_cpu),
+		 false},
+		{"kata_overhead_cpu", offsetof(struct kata_policy, overhead_cpu_milli), true},
+		{"kata_overhead_memory", offsetof(struct kata_policy, overhead_memory), false},
+	};
+	if (!h->kata_where && asprintf(&h->kata_where, "%s:%u", p->file, p->line) < 0)
+		return fail(p, section, key, "out of memory");
+	for (size_t i = 0; i < ARRAY_SIZE(numbers); i++) {
+		if (!streq(key, numbers[i].key))
+			continue;
+		int64_t *field = (int64_t *)((char *)k + numbers[i].offset);
+		int r = numbers[i].cpu ? parse_cpu_milli(value, field) : parse_bytes(value, field);
+		if (r < 0)
+			return fail(p, section, key,
+				    numbers[i].cpu
+					    ? "\"%s\" is not a CPU quantity like 250m or 0.25"
+					    : "\"%s\" is not a size like 256Mi or 1Gi",
+				    value);
+		return 1;
+	}
+	if (streq(key, "kata_reserved_annotations"))
+		return set_list(&k->reserved_annotations, &k->n_reserved_annotations, value) == 0;
+	if (streq(key, "kata_allowed_annotations"))
+		return set_list(&k->allowed_annotations, &k->n_allowed_annotations, value) == 0;
+	return fail(p, section, key, "unknown key");
+}
+
+static int handler_key(struct parse *p, const char *section, const char *name, const char *key,
+		       const char *value)
+{
+	struct crx_handler_config *h = handler_get(p, name);
+	if (!h)
+		return fail(p, section, key, "out of memory");
+	if (streq(key, "backend"))
+		return set_string(&h->backend, value) == 0;
+	if (streq(key, "runtime_handler"))
+		return set_string(&h->runtime_handler, value) == 0;
+	if (streq(key, "policy")) {
+		if (streq(value, "none"))
+			h->policy = CRX_POLICY_NONE;
+		else if (streq(value, "kata"))
+			h->policy = CRX_POLICY_KATA;
+		else
+			return fail(p, section, key, "\"%s\" is not a policy (known: none, kata)",
+				    value);
+		return 1;
+	}
+	if (strncmp(key, "kata_", 5) == 0)
+		return kata_key(p, section, h, key, value);
+	return fail(p, section, key, "unknown key");
+}
+
 /* `backend "name"` → type "backend", name "name". */
 static bool split_section(const char *section, char *type, size_t type_size, char *name,
-                          size_t name_size)
+			  size_t name_size)
 {
 	const char *q = strchr(section, '"');
 	size_t len = strlen(section);
@@ -235,10 +355,14 @@ static int on_entry(void *user, const char *section, const char *key, const char
 	if (streq(section, "crimux"))
 		return main_key(p, key, value);
 	char type[64], name[128];
-	if (split_section(section, type, sizeof(type), name, sizeof(name)) &&
-	    streq(type, "backend"))
-		return backend_key(p, section, name, key, value);
-	return fail(p, section, key, "unknown section (known: [crimux], [backend \"NAME\"])");
+	if (split_section(section, type, sizeof(type), name, sizeof(name))) {
+		if (streq(type, "backend"))
+			return backend_key(p, section, name, key, value);
+		if (streq(type, "handler"))
+			return handler_key(p, section, name, key, value);
+	}
+	return fail(p, section, key,
+		    "unknown section (known: [crimux], [backend \"NAME\"], [handler \"NAME\"])");
 }
 
 static int parse_file(struct crx_config *cfg, const char *file, struct crx_err *err)
@@ -269,9 +393,9 @@ static int parse_dropins(struct crx_config *cfg, const char *dir, struct crx_err
 	struct dirent **names;
 	int n = scandir(dir, &names, conf_filter, alphasort);
 	if (n < 0)
-		return errno == ENOENT
-		           ? 0
-		           : crx_err_set(err, -errno, "cannot read %s: %s", dir, strerror(errno));
+		return errno == ENOENT ? 0
+				       : crx_err_set(err, -errno, "cannot read %s: %s", dir,
+						     strerror(errno));
 	int r = 0;
 	for (int i = 0; i < n; i++) {
 		if (r == 0) {
@@ -287,38 +411,110 @@ static int parse_dropins(struct crx_config *cfg, const char *dir, struct crx_err
 	return r;
 }
 
-static int validate(const struct crx_config *cfg, const char *path, struct crx_err *err)
+static int validate_handlers(struct crx_config *cfg, const char *path, struct crx_err *err)
+{
+	if (cfg->n_handlers == 0) {
+		if (cfg->n_backends > 1)
+			return crx_err_set(
+				err, -EINVAL,
+				"%s: with %zu backends, [handler \"NAME\"] sections must say "
+				"which RuntimeClass handler runs on which backend",
+				path, cfg->n_backends);
+		if (cfg->default_handler)
+			return crx_err_set(err, -EINVAL,
+					   "%s: default_handler \"%s\" names no [handler] section",
+					   path, cfg->default_handler);
+		return 0;
+	}
+	for (size_t i = 0; i < cfg->n_handlers; i++) {
+		struct crx_handler_config *h = &cfg->handlers[i];
+		if (!h->backend)
+			return crx_err_set(err, -EINVAL, "%s: [handler \"%s\"] has no backend",
+					   h->where, h->name);
+		if (!crx_config_backend(cfg, h->backend)) {
+			char names[512] = "";
+			for (size_t j = 0; j < cfg->n_backends; j++)
+				snprintf(names + strlen(names), sizeof(names) - strlen(names),
+					 "%s%s", j ? ", " : "", cfg->backends[j].name);
+			return crx_err_set(err, -EINVAL,
+					   "%s: [handler \"%s\"] backend \"%s\" is not configured "
+					   "(configured: %s)",
+					   h->where, h->name, h->backend, names);
+		}
+		if (!h->runtime_handler && set_string(&h->runtime_handler, h->name) < 0)
+			return crx_err_set(err, -ENOMEM, "out of memory");
+		if (h->kata_where && h->policy != CRX_POLICY_KATA)
+			return crx_err_set(
+				err, -EINVAL,
+				"%s: [handler \"%s\"] sets kata_* keys but its policy is "
+				"not kata",
+				h->kata_where, h->name);
+		if (h->kata.min_memory_per_cpu > h->kata.max_memory_per_cpu)
+			return crx_err_set(err, -EINVAL,
+					   "%s: [handler \"%s\"] kata_min_memory_per_cpu is above "
+					   "kata_max_memory_per_cpu",
+					   h->kata_where, h->name);
+		/* Lists report the backend's name; it must lead back to one handler. */
+		for (size_t j = 0; j < i; j++)
+			if (streq(cfg->handlers[j].backend, h->backend) &&
+			    streq(cfg->handlers[j].runtime_handler, h->runtime_handler))
+				return crx_err_set(err, -EINVAL,
+						   "%s: handlers \"%s\" and \"%s\" both run as "
+						   "\"%s\" on backend \"%s\"",
+						   h->where, cfg->handlers[j].name, h->name,
+						   h->runtime_handler, h->backend);
+	}
+	if (!cfg->default_handler)
+		return set_string(&cfg->default_handler, cfg->handlers[0].name) < 0
+			       ? crx_err_set(err, -ENOMEM, "out of memory")
+			       : 0;
+	if (!crx_config_handler(cfg, cfg->default_handler))
+		return crx_err_set(err, -EINVAL,
+				   "%s: default_handler \"%s\" names no [handler] section", path,
+				   cfg->default_handler);
+	return 0;
+}
+
+static int validate(struct crx_config *cfg, const char *path, struct crx_err *err)
 {
 	if (cfg->n_backends == 0)
 		return crx_err_set(err, -EINVAL,
-		                   "%s: no backend configured; add a [backend \"NAME\"] section "
-		                   "with an endpoint",
-		                   path);
+				   "%s: no backend configured; add a [backend \"NAME\"] section "
+				   "with an endpoint",
+				   path);
 	for (size_t i = 0; i < cfg->n_backends; i++) {
 		const struct crx_backend_config *b = &cfg->backends[i];
 		if (!b->endpoint)
 			return crx_err_set(err, -EINVAL, "%s: [backend \"%s\"] has no endpoint",
-			                   path, b->name);
+					   path, b->name);
 		const struct backend_ops *ops = backend_type_find(b->type);
 		for (size_t j = 0; j < b->n_options; j++) {
 			const struct crx_option *o = &b->options[j];
 			int r = ops->check_option ? ops->check_option(o->key, o->value, err)
-			                          : crx_err_set(err, -EINVAL, "unknown key");
+						  : crx_err_set(err, -EINVAL, "unknown key");
 			if (r < 0)
 				return crx_err_prefix(err, "%s:%u: [backend \"%s\"] %s", o->file,
-				                      o->line, b->name, o->key);
+						      o->line, b->name, o->key);
 		}
+		for (size_t j = 0; j < i; j++)
+			if (streq(cfg->backends[j].endpoint, b->endpoint))
+				return crx_err_set(err, -EINVAL,
+						   "%s: backends \"%s\" and \"%s\" have the same "
+						   "endpoint %s; define it once and point several "
+						   "handlers at it",
+						   path, cfg->backends[j].name, b->name,
+						   b->endpoint);
 	}
-	return 0;
+	return validate_handlers(cfg, path, err);
 }
 
 int crx_config_load(const char *path, const char *dropin_dir, struct crx_config *out,
-                    struct crx_err *err)
+		    struct crx_err *err)
 {
 	struct crx_config cfg = {
-	    .socket_mode = 0660,
-	    .log_level = LOG_INFO,
-	    .shutdown_timeout_ms = 10000,
+		.socket_mode = 0660,
+		.log_level = LOG_INFO,
+		.shutdown_timeout_ms = 10000,
 	};
 	_cleanup_free_ char *default_dropins = NULL;
 	int r = set_string(&cfg.socket_path, CRX_DEFAULT_SOCKET);
@@ -358,6 +554,17 @@ void crx_config_clear(struct crx_config *cfg)
 		free(b->endpoint);
 	}
 	free(cfg->backends);
+	for (size_t i = 0; i < cfg->n_handlers; i++) {
+		struct crx_handler_config *h = &cfg->handlers[i];
+		free(h->name);
+		free(h->backend);
+		free(h->runtime_handler);
+		free(h->where);
+		free(h->kata_where);
+		kata_policy_clear(&h->kata);
+	}
+	free(cfg->handlers);
+	free(cfg->default_handler);
 	free(cfg->socket_path);
 	*cfg = (struct crx_config){0};
 }
@@ -375,5 +582,13 @@ const char *crx_backend_option(const struct crx_backend_config *b, const char *k
 	for (size_t i = 0; i < b->n_options; i++)
 		if (streq(b->options[i].key, key))
 			return b->options[i].value;
+	return NULL;
+}
+
+const struct crx_handler_config *crx_config_handler(const struct crx_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_handlers; i++)
+		if (streq(cfg->handlers[i].name, name))
+			return &cfg->handlers[i];
 	return NULL;
 }

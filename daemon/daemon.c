@@ -62,8 +62,8 @@ static int lock_socket(const char *socket_path, int *out_fd, struct crx_err *err
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno == EWOULDBLOCK)
 			return crx_err_set(err, -EBUSY,
-			                   "another crimuxd is serving %s (it holds %s)",
-			                   socket_path, lock_path);
+					   "another crimuxd is serving %s (it holds %s)",
+					   socket_path, lock_path);
 		return crx_err_set(err, -errno, "cannot lock %s: %s", lock_path, strerror(errno));
 	}
 	*out_fd = TAKE_FD(fd);
@@ -76,9 +76,9 @@ static void log_call(const struct rpc_call_summary *s, void *userdata)
 	if (!log_enabled(level))
 		return;
 	log_msg(level, "%s -> %s: %s%s%s (%.3f ms, %zu/%zu bytes)", s->method,
-	        s->backend ? s->backend : "crimux", rpc_code_name(s->code), s->details ? ": " : "",
-	        s->details ? s->details : "", (double)s->duration_ns / 1e6, s->request_bytes,
-	        s->response_bytes);
+		s->backend ? s->backend : "crimux", rpc_code_name(s->code), s->details ? ": " : "",
+		s->details ? s->details : "", (double)s->duration_ns / 1e6, s->request_bytes,
+		s->response_bytes);
 }
 
 static int wait_for_stop(void)
@@ -106,23 +106,35 @@ int crx_daemon_run(const struct crx_config *cfg, struct crx_err *err)
 	int r = mkdir_parents(cfg->socket_path, 0755);
 	if (r < 0)
 		return crx_err_set(err, r, "cannot create the directory of %s: %s",
-		                   cfg->socket_path, strerror(-r));
+				   cfg->socket_path, strerror(-r));
 	r = lock_socket(cfg->socket_path, &lock_fd, err);
 	if (r < 0)
 		return r;
 	r = router_new(cfg, &router, err);
 	if (r < 0)
 		return r;
+	/* Before serving: who owns what, from the backends themselves. */
+	struct router_census census;
+	r = router_rebuild(router, &census, err);
+	if (census.unreachable)
+		log_warning("backends not answering at start: %s; their pods are found once they "
+			    "answer",
+			    census.unreachable);
+	free(census.unreachable);
+	if (r < 0)
+		goto out;
+	log_info("found %u pod sandboxes and %u containers on the backends", census.sandboxes,
+		 census.containers);
 	if (asprintf(&address, "unix://%s", cfg->socket_path) < 0) {
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	struct rpc_server_options opts = {
-	    .address = address,
-	    .max_message = 16 * MIB,
-	    .dispatch = router_dispatch,
-	    .finished = log_call,
-	    .userdata = router,
+		.address = address,
+		.max_message = 16 * MIB,
+		.dispatch = router_dispatch,
+		.finished = log_call,
+		.userdata = router,
 	};
 	/* Created without group or world access, then opened up to socket_mode. */
 	mode_t old_umask = umask(0177);
@@ -132,7 +144,7 @@ int crx_daemon_run(const struct crx_config *cfg, struct crx_err *err)
 		goto out;
 	if (chmod(cfg->socket_path, cfg->socket_mode) < 0) {
 		r = crx_err_set(err, -errno, "cannot set the mode of %s: %s", cfg->socket_path,
-		                strerror(errno));
+				strerror(errno));
 		goto out;
 	}
 	r = rpc_server_start(server, err);
@@ -141,15 +153,15 @@ int crx_daemon_run(const struct crx_config *cfg, struct crx_err *err)
 	log_info("crimuxd %s serving CRI v1 on %s", PACKAGE_VERSION, cfg->socket_path);
 	for (size_t i = 0; i < cfg->n_backends; i++)
 		log_info("backend %s (%s) at %s", cfg->backends[i].name, cfg->backends[i].type,
-		         cfg->backends[i].endpoint);
+			 cfg->backends[i].endpoint);
 
 	int sig = wait_for_stop();
 	log_info("%s: stopping; calls in flight get %.1f s to finish", strsignal(sig),
-	         cfg->shutdown_timeout_ms / 1000.0);
+		 cfg->shutdown_timeout_ms / 1000.0);
 	unsigned cancelled = rpc_server_shutdown(server, cfg->shutdown_timeout_ms);
 	if (cancelled)
 		log_notice("cancelled %u call(s) still running at the shutdown deadline",
-		           cancelled);
+			   cancelled);
 	r = 0;
 out:
 	rpc_server_free(server);

@@ -14,7 +14,7 @@ atomic_int log_max_level = LOG_INFO;
 static bool to_journal;
 
 static const char *const level_names[] = {
-    "EMERG", "ALERT", "CRIT", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG",
+	"EMERG", "ALERT", "CRIT", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG",
 };
 
 /* systemd sets JOURNAL_STREAM to "dev:ino" of the stream it gave us. */

@@ -12,22 +12,22 @@
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: crimuxd [OPTION]...\n"
-	             "Serve the Kubernetes CRI on a unix socket and route each pod to the\n"
-	             "container runtime of its RuntimeClass handler.\n"
-	             "\n"
-	             "  -c, --config=FILE   configuration file (default " CRX_DEFAULT_CONFIG ");\n"
-	             "                      *.conf files in FILE.d/ are read after it\n"
-	             "  -h, --help          show this help and exit\n"
-	             "  -V, --version       show the version and exit\n");
+		     "Serve the Kubernetes CRI on a unix socket and route each pod to the\n"
+		     "container runtime of its RuntimeClass handler.\n"
+		     "\n"
+		     "  -c, --config=FILE   configuration file (default " CRX_DEFAULT_CONFIG ");\n"
+		     "                      *.conf files in FILE.d/ are read after it\n"
+		     "  -h, --help          show this help and exit\n"
+		     "  -V, --version       show the version and exit\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-	    {"config", required_argument, NULL, 'c'},
-	    {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},
-	    {0},
+		{"config", required_argument, NULL, 'c'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{0},
 	};
 	const char *config_path = CRX_DEFAULT_CONFIG;
 	int opt;

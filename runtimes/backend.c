@@ -8,7 +8,7 @@
 #include "common/util.h"
 
 static const struct backend_ops *const known_types[] = {
-    &cri_backend_ops,
+	&cri_backend_ops,
 };
 
 const struct backend_ops *backend_type_find(const char *type)
@@ -24,7 +24,7 @@ int backend_open(const struct crx_backend_config *cfg, struct backend **out, str
 	const struct backend_ops *ops = backend_type_find(cfg->type);
 	if (!ops)
 		return crx_err_set(err, -EINVAL, "backend %s: unknown type %s", cfg->name,
-		                   cfg->type);
+				   cfg->type);
 	struct backend *b = calloc(1, sizeof(*b));
 	if (!b || !(b->name = strdup(cfg->name))) {
 		free(b);

@@ -9,6 +9,18 @@
 #include "daemon/conf.h"
 
 struct backend;
+struct backend_stream;
+
+/* How the router wants an incoming call served. */
+struct backend_serve {
+	/* Replaces the client's request bytes (a policy rewrite); NULL keeps them. */
+	const struct rpc_buf *request;
+	/* Hears the final status and, for a unary reply, its bytes, exactly once
+	 * and before the client does: the router learns and forgets which backend
+	 * owns which object there. Must not block. */
+	void (*observe)(int code, const uint8_t *reply, size_t len, void *arg);
+	void *observe_arg;
+};
 
 struct backend_ops {
 	const char *type;
@@ -17,10 +29,22 @@ struct backend_ops {
 	int (*open)(struct backend *b, const struct crx_backend_config *cfg, struct crx_err *err);
 	void (*close)(struct backend *b);
 	/* Completes an incoming call: relays it or answers it. m is NULL for a
-	 * method the schema does not know; request, when set, replaces the
-	 * client's request bytes. */
+	 * method the schema does not know; how may be NULL. */
 	void (*serve)(struct backend *b, struct rpc_call *call, const struct cri_method *m,
-	              const struct rpc_buf *request);
+		      const struct backend_serve *how);
+	/* A unary call crimux makes itself (merged lists, status, lookups).
+	 * Blocking; parent passes on the client's deadline and cancellation,
+	 * timeout_ms bounds calls that have no client behind them. Returns 0
+	 * when the backend answered, whatever the status. */
+	int (*call)(struct backend *b, const char *method, const struct rpc_buf *req,
+		    struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);
+	/* A server stream crimux reads itself: next() gives 1 and a message, or 0
+	 * and the final status; cancel() may come from another thread. */
+	int (*stream_open)(struct backend *b, const char *method, const struct rpc_buf *req,
+			   struct rpc_call *parent, struct backend_stream **out);
+	int (*stream_next)(struct backend_stream *s, struct rpc_buf *msg, struct rpc_result *end);
+	void (*stream_cancel)(struct backend_stream *s);
+	void (*stream_free)(struct backend_stream *s);
 };
 
 struct backend {

@@ -146,12 +146,16 @@ class CRI:
                     raise
                 time.sleep(0.05)
 
-    def pull(self, ref, auth=None, timeout=120):
-        """PullImage; `auth` is an optional (user, password). Returns the image ref."""
+    def pull(self, ref, auth=None, timeout=120, sandbox=None):
+        """PullImage; `auth` is an optional (user, password), `sandbox` the
+        PodSandboxConfig of the pod the image is for (as the kubelet sends it).
+        Returns the image ref."""
         api = pb()
         kwargs = {"image": api.ImageSpec(image=ref)}
         if auth:
             kwargs["auth"] = api.AuthConfig(username=auth[0], password=auth[1])
+        if sandbox is not None:
+            kwargs["sandbox_config"] = sandbox
         return self.PullImage(timeout=timeout, **kwargs).image_ref
 
     def run_pod(self, config, runtime_handler="", timeout=120):
@@ -174,11 +178,15 @@ class CRI:
         PodSandboxConfig) and .log_path (None without a log_directory).
         """
         name = name or "pod-" + uuid.uuid4().hex[:8]
-        if pull:
-            self.pull(image)
         sandbox = sandbox_config(name, log_directory=log_directory,
                                  **(sandbox_kwargs or {}))
         pod_id = self.run_pod(sandbox, runtime_handler)
+        if pull:  # after the sandbox and for it, in the kubelet's order
+            try:
+                self.pull(image, sandbox=sandbox)
+            except grpc.RpcError:
+                self.remove_pod(pod_id)
+                raise
         log_path = "main.log" if log_directory else ""
         config = container_config("main", image, command, args, log_path=log_path,
                                   **(container_kwargs or {}))

@@ -9,7 +9,7 @@
 int main(void)
 {
 	size_t want = runtime__v1__runtime_service__descriptor.n_methods +
-	              runtime__v1__image_service__descriptor.n_methods;
+		      runtime__v1__image_service__descriptor.n_methods;
 	is_int(cri_method_count(), want, "one entry per method of both services");
 
 	const struct cri_method *m = cri_method_find("/runtime.v1.RuntimeService/Version");

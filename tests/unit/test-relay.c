@@ -81,15 +81,15 @@ static void backend_dispatch(struct rpc_call *call, void *userdata)
 }
 
 static struct rpc_server *serve(const char *sock, void (*dispatch)(struct rpc_call *, void *),
-                                void *userdata)
+				void *userdata)
 {
 	char address[600];
 	snprintf(address, sizeof(address), "unix://%s", sock);
 	struct rpc_server_options opts = {
-	    .address = address,
-	    .max_message = 16 * MIB,
-	    .dispatch = dispatch,
-	    .userdata = userdata,
+		.address = address,
+		.max_message = 16 * MIB,
+		.dispatch = dispatch,
+		.userdata = userdata,
 	};
 	struct rpc_server *s = NULL;
 	struct crx_err err = {0};
@@ -105,7 +105,7 @@ static struct rpc_channel *channel_to(const char *sock)
 	char target[600];
 	snprintf(target, sizeof(target), "unix://%s", sock);
 	struct rpc_channel_options opts = {
-	    .name = "test", .target = target, .max_message = 64 * MIB};
+		.name = "test", .target = target, .max_message = 64 * MIB};
 	struct rpc_channel *ch;
 	if (rpc_channel_new(&opts, &ch, NULL) < 0)
 		exit(99);
@@ -125,7 +125,7 @@ static void *load_thread(void *arg)
 		int n = snprintf(msg, sizeof(msg), "call %d", i);
 		struct rpc_result res = {0};
 		if (rpc_channel_call(l->ch, "/runtime.v1.RuntimeService/ContainerStatus", msg,
-		                     (size_t)n, NULL, 5000, &res) < 0 ||
+				     (size_t)n, NULL, 5000, &res) < 0 ||
 		    res.code != RPC_OK || res.reply.len != (size_t)n ||
 		    memcmp(res.reply.data, msg, (size_t)n) != 0)
 			l->failures++;
@@ -170,11 +170,11 @@ int main(void)
 	struct rpc_result res = {0};
 
 	/* Version is crimux's own answer. */
-	int r =
-	    rpc_channel_call(client, "/runtime.v1.RuntimeService/Version", "", 0, NULL, 5000, &res);
+	int r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Version", "", 0, NULL, 5000,
+				 &res);
 	ok(r == 0 && res.code == RPC_OK, "Version answers");
 	Runtime__V1__VersionResponse *v =
-	    runtime__v1__version_response__unpack(NULL, res.reply.len, res.reply.data);
+		runtime__v1__version_response__unpack(NULL, res.reply.len, res.reply.data);
 	ok(v && strcmp(v->runtime_name, "crimux") == 0 && strcmp(v->runtime_api_version, "v1") == 0,
 	   "Version names crimux and API v1");
 	runtime__v1__version_response__free_unpacked(v, NULL);
@@ -183,18 +183,18 @@ int main(void)
 
 	/* A known method relays bytes unchanged both ways. */
 	const char payload[] = "\x0a\x03"
-	                       "abc";
+			       "abc";
 	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/ContainerStatus", payload,
-	                     sizeof(payload) - 1, NULL, 5000, &res);
+			     sizeof(payload) - 1, NULL, 5000, &res);
 	ok(r == 0 && res.code == RPC_OK && res.reply.len == sizeof(payload) - 1 &&
-	       memcmp(res.reply.data, payload, res.reply.len) == 0,
+		   memcmp(res.reply.data, payload, res.reply.len) == 0,
 	   "a CRI call relays its bytes");
 	rpc_result_clear(&res);
 
 	/* A method crimux has never heard of still reaches the backend. */
 	r = rpc_channel_call(client, "/example.Future/Method", "hello", 5, NULL, 5000, &res);
 	ok(r == 0 && res.code == RPC_OK && res.reply.len == 5 &&
-	       memcmp(res.reply.data, "hello", 5) == 0,
+		   memcmp(res.reply.data, "hello", 5) == 0,
 	   "an unknown method is relayed");
 	rpc_result_clear(&res);
 
@@ -266,7 +266,7 @@ int main(void)
 	pthread_join(slow, NULL);
 	is_int(cancelled, 0, "nothing had to be cancelled");
 	if (!ok(pending.res.code == RPC_OK && pending.res.reply.len == 4,
-	        "the call in flight completed during shutdown"))
+		"the call in flight completed during shutdown"))
 		printf("#   code %d: %s\n", pending.res.code,
 		       pending.res.details ? pending.res.details : "");
 	rpc_result_clear(&pending.res);
@@ -278,10 +278,10 @@ int main(void)
 	rpc_server_free(backend);
 	unlink(backend_sock);
 	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/ListContainers", "", 0, NULL, 5000,
-	                     &res);
+			     &res);
 	is_int(res.code, RPC_UNAVAILABLE, "a dead backend gives UNAVAILABLE");
 	has_str(res.details, "backend fake (unix:///tmp/crimux-test-relay.",
-	        "naming the backend and its address");
+		"naming the backend and its address");
 	rpc_result_clear(&res);
 
 	rpc_channel_free(client);

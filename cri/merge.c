@@ -1,0 +1,1012 @@
+/* The calls that concern every backend: merged lists, streams and events,
+ * Status, image rules. All of it runs on worker threads. */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "cri/api.pb-c.h"
+#include "cri/router-internal.h"
+
+/* ---------------------------------------------------------------- fan-out */
+
+struct fanout {
+	struct router *r;
+	const char *method;
+	const struct rpc_buf *req;
+	struct rpc_call *parent;
+	unsigned timeout_ms;
+	struct fanout_result *results;
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	size_t pending;
+};
+
+struct fanout_job {
+	struct fanout *f;
+	size_t backend;
+};
+
+static void fanout_one(struct fanout *f, size_t i)
+{
+	struct backend *b = f->r->backends[i];
+	f->results[i].error =
+		b->ops->call(b, f->method, f->req, f->parent, f->timeout_ms, &f->results[i].res);
+	pthread_mutex_lock(&f->lock);
+	if (--f->pending == 0)
+		pthread_cond_signal(&f->done);
+	pthread_mutex_unlock(&f->lock);
+}
+
+static void fanout_run(void *arg)
+{
+	struct fanout_job *job = arg;
+	fanout_one(job->f, job->backend);
+	free(job);
+}
+
+void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
+		 struct rpc_call *parent, unsigned timeout_ms, struct fanout_result *results)
+{
+	struct fanout f = {
+		.r = r,
+		.method = method,
+		.req = req,
+		.parent = parent,
+		.timeout_ms = timeout_ms,
+		.results = results,
+		.pending = r->n_backends,
+	};
+	memset(results, 0, r->n_backends * sizeof(*results));
+	pthread_mutex_init(&f.lock, NULL);
+	pthread_cond_init(&f.done, NULL);
+	/* Others take the rest; this thread takes the first. */
+	for (size_t i = 1; i < r->n_backends; i++) {
+		struct fanout_job *job = malloc(sizeof(*job));
+		if (job)
+			*job = (struct fanout_job){&f, i};
+		if (!job || workers_submit(r->fanout, fanout_run, job) < 0) {
+			free(job);
+			fanout_one(&f, i);
+		}
+	}
+	fanout_one(&f, 0);
+	pthread_mutex_lock(&f.lock);
+	while (f.pending > 0)
+		pthread_cond_wait(&f.done, &f.lock);
+	pthread_mutex_unlock(&f.lock);
+	pthread_cond_destroy(&f.done);
+	pthread_mutex_destroy(&f.lock);
+}
+
+void fanout_clear(struct router *r, struct fanout_result *results)
+{
+	for (size_t i = 0; i < r->n_backends; i++)
+		rpc_result_clear(&results[i].res);
+}
+
+const struct fanout_result *fanout_failure(struct router *r, const struct fanout_result *results,
+					   bool skip_unavailable, size_t *which)
+{
+	for (size_t i = 0; i < r->n_backends; i++) {
+		const struct fanout_result *f = &results[i];
+		bool failed = f->error < 0 || f->res.code != RPC_OK;
+		bool unavailable = f->error < 0 || f->res.code == RPC_UNAVAILABLE;
+		if (failed && !(skip_unavailable && unavailable)) {
+			*which = i;
+			return f;
+		}
+	}
+	return NULL;
+}
+
+void fail_backend(struct rpc_call *call, struct router *r, size_t backend,
+		  const struct fanout_result *f)
+{
+	const char *name = r->backends[backend]->name;
+	if (f->error < 0)
+		rpc_call_fail(call, rpc_code_from_errno(f->error), "backend %s: %s", name,
+			      strerror(-f->error));
+	else if (f->res.details && strstr(f->res.details, name))
+		rpc_call_fail(call, f->res.code, "%s", f->res.details);
+	else
+		rpc_call_fail(call, f->res.code, "backend %s: %s", name,
+			      f->res.details ? f->res.details : rpc_code_name(f->res.code));
+}
+
+static bool unavailable(const struct fanout_result *f)
+{
+	return f->error < 0 || f->res.code == RPC_UNAVAILABLE;
+}
+
+/* ---------------------------------------------------------------- renaming */
+
+const char *router_handler_name(struct router *r, size_t backend, const char *backend_handler)
+{
+	for (size_t i = 0; i < r->n_handlers; i++)
+		if (r->handlers[i].backend == backend &&
+		    streq(r->handlers[i].runtime_handler, backend_handler))
+			return r->handlers[i].name;
+	return NULL;
+}
+
+/* Replaces *field with the crimux name; the old string belongs to protobuf-c,
+ * so the new one is swapped in only for packing and swapped back after. */
+struct swap {
+	char **field;
+	char *old;
+};
+
+static void rename_field(struct router *r, size_t backend, char **field, struct swap *s)
+{
+	const char *name = router_handler_name(r, backend, *field ? *field : "");
+	*s = (struct swap){.field = field, .old = *field};
+	if (name)
+		*field = (char *)name;
+}
+
+static int repack(const ProtobufCMessage *msg, struct rpc_buf *out)
+{
+	size_t n = protobuf_c_message_get_packed_size(msg);
+	uint8_t *data = malloc(n ? n : 1);
+	if (!data)
+		return -ENOMEM;
+	protobuf_c_message_pack(msg, data);
+	rpc_buf_clear(out);
+	out->data = data;
+	out->len = n;
+	return 0;
+}
+
+int rename_reply(struct router *r, const struct cri_method *m, size_t backend,
+		 struct rpc_buf *reply)
+{
+	ProtobufCMessage *msg =
+		protobuf_c_message_unpack(m->response, NULL, reply->len, reply->data);
+	if (!msg)
+		return -EBADMSG;
+	size_t n = 0;
+	Runtime__V1__PodSandbox **items = NULL;
+	struct swap single = {0}, *swaps = NULL;
+	if (m->response == &runtime__v1__list_pod_sandbox_response__descriptor) {
+		Runtime__V1__ListPodSandboxResponse *resp = (void *)msg;
+		items = resp->items, n = resp->n_items;
+	} else if (m->response == &runtime__v1__stream_pod_sandboxes_response__descriptor) {
+		Runtime__V1__StreamPodSandboxesResponse *resp = (void *)msg;
+		items = resp->pod_sandboxes, n = resp->n_pod_sandboxes;
+	} else if (m->response == &runtime__v1__pod_sandbox_status_response__descriptor) {
+		Runtime__V1__PodSandboxStatusResponse *resp = (void *)msg;
+		if (resp->status)
+			rename_field(r, backend, &resp->status->runtime_handler, &single);
+	} else if (m->response == &runtime__v1__container_event_response__descriptor) {
+		Runtime__V1__ContainerEventResponse *resp = (void *)msg;
+		if (resp->pod_sandbox_status)
+			rename_field(r, backend, &resp->pod_sandbox_status->runtime_handler,
+				     &single);
+	}
+	int ret = 0;
+	if (n && !(swaps = calloc(n, sizeof(*swaps))))
+		ret = -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		rename_field(r, backend, &items[i]->runtime_handler, &swaps[i]);
+	if (ret == 0)
+		ret = repack(msg, reply);
+	for (size_t i = 0; swaps && i < n; i++)
+		*swaps[i].field = swaps[i].old;
+	if (single.field)
+		*single.field = single.old;
+	free(swaps);
+	protobuf_c_message_free_unpacked(msg, NULL);
+	return ret;
+}
+
+static bool renames_method(const struct cri_method *m)
+{
+	return m->response == &runtime__v1__list_pod_sandbox_response__descriptor ||
+	       m->response == &runtime__v1__stream_pod_sandboxes_response__descriptor ||
+	       m->response == &runtime__v1__pod_sandbox_status_response__descriptor ||
+	       m->response == &runtime__v1__container_event_response__descriptor;
+}
+
+/* ---------------------------------------------------------------- lists */
+
+static const struct cri_method *method_of(struct rpc_call *call)
+{
+	return cri_method_find(rpc_call_method(call));
+}
+
+static struct rpc_buf request_of(struct rpc_call *call)
+{
+	struct rpc_buf req = {0};
+	req.data = (uint8_t *)rpc_call_request(call, &req.len);
+	return req;
+}
+
+/* Lists have only repeated fields, so replies concatenated on the wire are
+ * the merged list: no backend's reply needs decoding unless it is renamed. */
+void serve_list(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	if (!results) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fanout_call(r, m->path, &req, call, 0, results);
+	size_t which;
+	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
+	size_t total = 0;
+	for (size_t i = 0; !failed && i < r->n_backends; i++) {
+		if (r->renames && renames_method(m) &&
+		    rename_reply(r, m, i, &results[i].res.reply) < 0) {
+			rpc_call_fail(call, RPC_INTERNAL,
+				      "backend %s sent a %s reply crimux cannot "
+				      "decode",
+				      r->backends[i]->name, m->name);
+			fanout_clear(r, results);
+			return;
+		}
+		total += results[i].res.reply.len;
+	}
+	if (failed) {
+		fail_backend(call, r, which, failed);
+	} else {
+		_cleanup_free_ uint8_t *all = malloc(total ? total : 1);
+		size_t at = 0;
+		for (size_t i = 0; all && i < r->n_backends; i++) {
+			memcpy(all + at, results[i].res.reply.data, results[i].res.reply.len);
+			at += results[i].res.reply.len;
+		}
+		if (all)
+			rpc_call_reply(call, all, total);
+		else
+			rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	}
+	fanout_clear(r, results);
+}
+
+/* Stream* lists: each backend's stream in turn, renamed where needed. The
+ * kubelet discards a stream that ends in error, so a failing backend fails
+ * the whole stream. */
+void serve_stream_list(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	for (size_t i = 0; i < r->n_backends; i++) {
+		struct backend *b = r->backends[i];
+		struct backend_stream *s;
+		struct rpc_result end = {0};
+		int ret = b->ops->stream_open(b, m->path, &req, call, &s);
+		if (ret < 0) {
+			rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
+				      strerror(-ret));
+			return;
+		}
+		struct rpc_buf msg = {0};
+		while ((ret = b->ops->stream_next(s, &msg, &end)) > 0) {
+			if (r->renames && renames_method(m))
+				rename_reply(r, m, i, &msg);
+			ret = rpc_call_send(call, msg.data, msg.len);
+			rpc_buf_clear(&msg);
+			if (ret < 0)
+				break;
+		}
+		b->ops->stream_free(s);
+		if (ret < 0 || end.code != RPC_OK) {
+			struct fanout_result f = {.error = ret < 0 ? ret : 0, .res = end};
+			if (ret == -ECANCELED) /* the client left; nobody hears this */
+				rpc_call_finish(call, RPC_CANCELLED, NULL);
+			else
+				fail_backend(call, r, i, &f);
+			rpc_result_clear(&end);
+			return;
+		}
+		rpc_result_clear(&end);
+	}
+	rpc_call_finish(call, RPC_OK, NULL);
+}
+
+/* UpdateRuntimeConfig: every backend must take it. */
+void serve_all(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	if (!results) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fanout_call(r, m->path, &req, call, 0, results);
+	size_t which;
+	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
+	if (failed)
+		fail_backend(call, r, which, failed);
+	else
+		rpc_call_reply(call, results[0].res.reply.data, results[0].res.reply.len);
+	fanout_clear(r, results);
+}
+
+/* A reply from one backend that must be renamed on its way (PodSandboxStatus). */
+void serve_renamed(struct rpc_call *call, void *arg)
+{
+	struct backend_job *job = arg;
+	struct router *r = job->r;
+	size_t backend = job->backend;
+	free(job);
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	struct backend *b = r->backends[backend];
+	struct fanout_result f = {0};
+	f.error = b->ops->call(b, m->path, &req, call, 0, &f.res);
+	if (f.error < 0 || f.res.code != RPC_OK)
+		fail_backend(call, r, backend, &f);
+	else if (rename_reply(r, m, backend, &f.res.reply) < 0)
+		rpc_call_fail(call, RPC_INTERNAL, "backend %s sent a %s reply crimux cannot decode",
+			      b->name, m->name);
+	else
+		rpc_call_reply(call, f.res.reply.data, f.res.reply.len);
+	rpc_result_clear(&f.res);
+}
+
+/* ---------------------------------------------------------------- events */
+
+struct subscriber {
+	struct router *r;
+	struct rpc_call *call;
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	size_t running;
+	struct backend_stream **streams;
+	int code; /* the first non-OK end, reported to the client */
+	char *details;
+};
+
+struct forwarder {
+	struct subscriber *sub;
+	size_t backend;
+};
+
+/* Copies one backend's events to the subscriber until either side ends; the
+ * first to end stops the others, since a merged stream missing one backend's
+ * events would leave the kubelet blind to its pods. */
+static void forward_events(void *arg)
+{
+	struct forwarder *fw = arg;
+	struct subscriber *sub = fw->sub;
+	struct router *r = sub->r;
+	struct backend *b = r->backends[fw->backend];
+	struct backend_stream *s = sub->streams[fw->backend];
+	const struct cri_method *m = method_of(sub->call);
+	struct rpc_buf msg = {0};
+	struct rpc_result end = {0};
+	int ret;
+	while ((ret = b->ops->stream_next(s, &msg, &end)) > 0) {
+		if (r->renames)
+			rename_reply(r, m, fw->backend, &msg);
+		ret = rpc_call_send(sub->call, msg.data, msg.len);
+		rpc_buf_clear(&msg);
+		if (ret < 0)
+			break;
+	}
+	pthread_mutex_lock(&sub->lock);
+	if (sub->code == RPC_OK && ret == 0 && end.code != RPC_OK) {
+		sub->code = end.code;
+		if (asprintf(&sub->details, "backend %s: %s", b->name,
+			     end.details ? end.details : rpc_code_name(end.code)) < 0)
+			sub->details = NULL;
+	} else if (sub->code == RPC_OK && ret < 0) {
+		sub->code = ret == -ECANCELED ? RPC_CANCELLED : rpc_code_from_errno(ret);
+	}
+	for (size_t i = 0; i < r->n_backends; i++)
+		if (i != fw->backend && sub->streams[i])
+			r->backends[i]->ops->stream_cancel(sub->streams[i]);
+	if (--sub->running == 0)
+		pthread_cond_signal(&sub->done);
+	pthread_mutex_unlock(&sub->lock);
+	rpc_result_clear(&end);
+	free(fw);
+}
+
+void serve_events(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	struct subscriber sub = {.r = r, .call = call};
+	sub.streams = calloc(r->n_backends, sizeof(*sub.streams));
+	if (!sub.streams) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	pthread_mutex_init(&sub.lock, NULL);
+	pthread_cond_init(&sub.done, NULL);
+	int ret = 0;
+	size_t i;
+	for (i = 0; i < r->n_backends && ret == 0; i++)
+		ret = r->backends[i]->ops->stream_open(r->backends[i], m->path, &req, call,
+						       &sub.streams[i]);
+	if (ret < 0) {
+		rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s",
+			      r->backends[i - 1]->name, strerror(-ret));
+	} else {
+		sub.running = r->n_backends;
+		for (i = 0; i < r->n_backends; i++) {
+			struct forwarder *fw = malloc(sizeof(*fw));
+			if (fw)
+				*fw = (struct forwarder){&sub, i};
+			/* One thread per backend: each waits on its own stream. */
+			if (!fw || workers_submit(r->fanout, forward_events, fw) < 0) {
+				pthread_mutex_lock(&sub.lock);
+				sub.code = RPC_RESOURCE_EXHAUSTED;
+				for (size_t j = 0; j < r->n_backends; j++)
+					r->backends[j]->ops->stream_cancel(sub.streams[j]);
+				sub.running--;
+				pthread_mutex_unlock(&sub.lock);
+				free(fw);
+			}
+		}
+		pthread_mutex_lock(&sub.lock);
+		while (sub.running > 0)
+			pthread_cond_wait(&sub.done, &sub.lock);
+		pthread_mutex_unlock(&sub.lock);
+		rpc_call_finish(call, sub.code, sub.details);
+	}
+	for (i = 0; i < r->n_backends; i++)
+		if (sub.streams[i])
+			r->backends[i]->ops->stream_free(sub.streams[i]);
+	free(sub.streams);
+	free(sub.details);
+	pthread_cond_destroy(&sub.done);
+	pthread_mutex_destroy(&sub.lock);
+}
+
+/* ---------------------------------------------------------------- status */
+
+static Runtime__V1__RuntimeCondition *find_condition(Runtime__V1__StatusResponse *s,
+						     const char *type)
+{
+	for (size_t i = 0; s && s->status && i < s->status->n_conditions; i++)
+		if (streq(s->status->conditions[i]->type, type))
+			return s->status->conditions[i];
+	return NULL;
+}
+
+/* Everything one Status reply is built from, freed together. */
+struct status_build {
+	Runtime__V1__StatusResponse resp;
+	Runtime__V1__RuntimeStatus status;
+	Runtime__V1__RuntimeCondition *conditions;
+	Runtime__V1__RuntimeCondition **condition_ptrs;
+	Runtime__V1__RuntimeHandler *handlers;
+	Runtime__V1__RuntimeHandler **handler_ptrs;
+	Runtime__V1__RuntimeHandlerFeatures *features;
+	Runtime__V1__StatusResponse__InfoEntry *info;
+	Runtime__V1__StatusResponse__InfoEntry **info_ptrs;
+	Runtime__V1__RuntimeFeatures runtime_features;
+	char **strings; /* owned texts */
+	size_t n_strings;
+};
+
+static char *keep(struct status_build *sb, char *s)
+{
+	if (s)
+		sb->strings[sb->n_strings++] = s;
+	return s;
+}
+
+static char *json_escape(const char *s)
+{
+	size_t n = strlen(s);
+	char *out = malloc(n * 6 + 1), *p = out;
+	if (!out)
+		return NULL;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			p += sprintf(p, "\\%c", c);
+		else if (c < 0x20)
+			p += sprintf(p, "\\u%04x", c);
+		else
+			*p++ = (char)c;
+	}
+	*p = '\0';
+	return out;
+}
+
+/* crimux's own verbose info: its backends and handlers, as JSON. */
+static char *crimux_info(struct router *r, Runtime__V1__StatusResponse **replies)
+{
+	char *json = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&json, &size);
+	if (!f)
+		return NULL;
+	fprintf(f, "{\"version\":\"%s\",\"backends\":[", PACKAGE_VERSION);
+	for (size_t i = 0; i < r->n_backends; i++) {
+		_cleanup_free_ char *name = json_escape(r->backends[i]->name);
+		_cleanup_free_ char *type = json_escape(r->backends[i]->ops->type);
+		fprintf(f, "%s{\"name\":\"%s\",\"type\":\"%s\",\"reachable\":%s}", i ? "," : "",
+			name ? name : "", type ? type : "", replies[i] ? "true" : "false");
+	}
+	fprintf(f, "],\"handlers\":[");
+	for (size_t i = 0; i < r->n_handlers; i++) {
+		const struct route_handler *h = &r->handlers[i];
+		_cleanup_free_ char *name = json_escape(h->name);
+		_cleanup_free_ char *rh = json_escape(h->runtime_handler);
+		fprintf(f,
+			"%s{\"name\":\"%s\",\"backend\":\"%s\",\"runtime_handler\":\"%s\","
+			"\"policy\":\"%s\",\"default\":%s}",
+			i ? "," : "", name ? name : "", r->backends[h->backend]->name, rh ? rh : "",
+			h->policy == CRX_POLICY_KATA ? "kata" : "none",
+			(int)i == r->default_handler ? "true" : "false");
+	}
+	fprintf(f, "]}");
+	fclose(f);
+	return json;
+}
+
+static void status_build_free(struct status_build *sb)
+{
+	for (size_t i = 0; i < sb->n_strings; i++)
+		free(sb->strings[i]);
+	free(sb->strings);
+	free(sb->conditions);
+	free(sb->condition_ptrs);
+	free(sb->handlers);
+	free(sb->handler_ptrs);
+	free(sb->features);
+	free(sb->info);
+	free(sb->info_ptrs);
+}
+
+/* Node readiness is the default backend's; every other backend adds its own
+ * conditions, named "<backend>/RuntimeReady" and so on, so that a backend
+ * that is down shows without making the node NotReady. */
+static int build_status(struct router *r, Runtime__V1__StatusResponse **replies,
+			const struct fanout_result *results, bool verbose, struct rpc_buf *out)
+{
+	struct status_build sb = {0};
+	size_t max_conditions = 2, max_info = 1, max_strings = 8;
+	for (size_t i = 0; i < r->n_backends; i++) {
+		max_conditions +=
+			2 +
+			(replies[i] && replies[i]->status ? replies[i]->status->n_conditions : 0);
+		max_info += replies[i] ? replies[i]->n_info : 0;
+	}
+	max_strings += 3 * max_conditions + max_info;
+	size_t n_handlers = r->n_handlers ? r->n_handlers + 1 : 0;
+	sb.conditions = calloc(max_conditions, sizeof(*sb.conditions));
+	sb.condition_ptrs = calloc(max_conditions, sizeof(*sb.condition_ptrs));
+	sb.handlers = calloc(n_handlers + 1, sizeof(*sb.handlers));
+	sb.handler_ptrs = calloc(n_handlers + 1, sizeof(*sb.handler_ptrs));
+	sb.features = calloc(n_handlers + 1, sizeof(*sb.features));
+	sb.info = calloc(max_info, sizeof(*sb.info));
+	sb.info_ptrs = calloc(max_info, sizeof(*sb.info_ptrs));
+	sb.strings = calloc(max_strings, sizeof(char *));
+	if (!sb.conditions || !sb.condition_ptrs || !sb.handlers || !sb.handler_ptrs ||
+	    !sb.features || !sb.info || !sb.info_ptrs || !sb.strings) {
+		status_build_free(&sb);
+		return -ENOMEM;
+	}
+	runtime__v1__status_response__init(&sb.resp);
+	runtime__v1__runtime_status__init(&sb.status);
+	sb.resp.status = &sb.status;
+	sb.status.conditions = sb.condition_ptrs;
+
+	static const char *const node_conditions[] = {"RuntimeReady", "NetworkReady"};
+	for (size_t i = 0; i < r->n_backends; i++) {
+		bool node = i == r->default_backend;
+		const char *name = r->backends[i]->name;
+		for (size_t c = 0; c < ARRAY_SIZE(node_conditions); c++) {
+			Runtime__V1__RuntimeCondition *cond =
+				&sb.conditions[sb.status.n_conditions];
+			runtime__v1__runtime_condition__init(cond);
+			const Runtime__V1__RuntimeCondition *theirs =
+				find_condition(replies[i], node_conditions[c]);
+			if (node) {
+				cond->type = (char *)node_conditions[c];
+			} else {
+				char *type;
+				if (asprintf(&type, "%s/%s", name, node_conditions[c]) < 0)
+					continue;
+				cond->type = keep(&sb, type);
+			}
+			if (theirs) {
+				cond->status = theirs->status;
+				cond->reason = theirs->reason;
+				cond->message = theirs->message;
+			} else if (!replies[i]) {
+				const struct fanout_result *f = &results[i];
+				char *message;
+				cond->reason = (char *)"BackendUnavailable";
+				if (asprintf(&message, "backend %s: %s", name,
+					     f->error < 0     ? strerror(-f->error)
+					     : f->res.details ? f->res.details
+							      : rpc_code_name(f->res.code)) >= 0)
+					cond->message = keep(&sb, message);
+			}
+			sb.condition_ptrs[sb.status.n_conditions++] = cond;
+		}
+	}
+
+	/* Every handler under crimux's name, with its backend's features, and ""
+	 * for the default one. */
+	for (size_t i = 0; i < n_handlers; i++) {
+		const struct route_handler *h =
+			&r->handlers[i < r->n_handlers ? i : (size_t)r->default_handler];
+		Runtime__V1__RuntimeHandler *rh = &sb.handlers[i];
+		runtime__v1__runtime_handler__init(rh);
+		runtime__v1__runtime_handler_features__init(&sb.features[i]);
+		rh->name = (char *)(i < r->n_handlers ? h->name : "");
+		rh->features = &sb.features[i];
+		Runtime__V1__StatusResponse *theirs = replies[h->backend];
+		for (size_t j = 0; theirs && j < theirs->n_runtime_handlers; j++) {
+			Runtime__V1__RuntimeHandler *t = theirs->runtime_handlers[j];
+			if (streq(t->name, h->runtime_handler) && t->features)
+				sb.features[i] = *t->features;
+		}
+		sb.handler_ptrs[sb.resp.n_runtime_handlers++] = rh;
+	}
+	sb.resp.runtime_handlers = sb.handler_ptrs;
+
+	/* A feature is there only if every backend that answered has it. */
+	runtime__v1__runtime_features__init(&sb.runtime_features);
+	bool first = true;
+	for (size_t i = 0; i < r->n_backends; i++) {
+		if (!replies[i])
+			continue;
+		const Runtime__V1__RuntimeFeatures *f = replies[i]->features;
+		sb.runtime_features.supplemental_groups_policy =
+			(first || sb.runtime_features.supplemental_groups_policy) && f &&
+			f->supplemental_groups_policy;
+		sb.runtime_features.user_namespaces_host_network =
+			(first || sb.runtime_features.user_namespaces_host_network) && f &&
+			f->user_namespaces_host_network;
+		first = false;
+	}
+	sb.resp.features = &sb.runtime_features;
+
+	if (verbose) {
+		sb.resp.info = sb.info_ptrs;
+		Runtime__V1__StatusResponse__InfoEntry *e = &sb.info[sb.resp.n_info];
+		runtime__v1__status_response__info_entry__init(e);
+		e->key = (char *)"crimux";
+		e->value = keep(&sb, crimux_info(r, replies));
+		if (e->value)
+			sb.info_ptrs[sb.resp.n_info++] = e;
+		for (size_t i = 0; i < r->n_backends; i++)
+			for (size_t j = 0; replies[i] && j < replies[i]->n_info; j++) {
+				e = &sb.info[sb.resp.n_info];
+				runtime__v1__status_response__info_entry__init(e);
+				if (asprintf(&e->key, "%s/%s", r->backends[i]->name,
+					     replies[i]->info[j]->key) < 0)
+					continue;
+				keep(&sb, e->key);
+				e->value = replies[i]->info[j]->value;
+				sb.info_ptrs[sb.resp.n_info++] = e;
+			}
+	}
+	int ret = repack(&sb.resp.base, out);
+	status_build_free(&sb);
+	return ret;
+}
+
+void serve_status(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	struct rpc_buf req = request_of(call);
+	Runtime__V1__StatusRequest *sreq =
+		runtime__v1__status_request__unpack(NULL, req.len, req.data);
+	bool verbose = sreq && sreq->verbose;
+	runtime__v1__status_request__free_unpacked(sreq, NULL);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	_cleanup_free_ Runtime__V1__StatusResponse **replies =
+		calloc(r->n_backends, sizeof(*replies));
+	if (!results || !replies) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	/* Status must answer even when a backend hangs: bound each call. */
+	fanout_call(r, "/runtime.v1.RuntimeService/Status", &req, call, 5000, results);
+	for (size_t i = 0; i < r->n_backends; i++)
+		if (results[i].error == 0 && results[i].res.code == RPC_OK)
+			replies[i] = runtime__v1__status_response__unpack(
+				NULL, results[i].res.reply.len, results[i].res.reply.data);
+	struct rpc_buf out = {0};
+	int ret = build_status(r, replies, results, verbose, &out);
+	if (ret < 0)
+		rpc_call_fail(call, rpc_code_from_errno(ret), "cannot build the status reply");
+	else
+		rpc_call_reply(call, out.data, out.len);
+	rpc_buf_clear(&out);
+	for (size_t i = 0; i < r->n_backends; i++)
+		runtime__v1__status_response__free_unpacked(replies[i], NULL);
+	fanout_clear(r, results);
+}
+
+/* ---------------------------------------------------------------- images */
+
+/* ImageStatus without a handler: the image is present only if every
+ * reachable backend has it, so that the kubelet pulls it (onto the pod's
+ * backend) whenever one lacks it. */
+void serve_image_status(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	if (!results) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fanout_call(r, m->path, &req, call, 0, results);
+	size_t which, chosen = r->n_backends;
+	bool everywhere = true;
+	const struct fanout_result *failed = fanout_failure(r, results, true, &which);
+	for (size_t i = 0; !failed && i < r->n_backends; i++) {
+		if (unavailable(&results[i]))
+			continue;
+		Runtime__V1__ImageStatusResponse *s = runtime__v1__image_status_response__unpack(
+			NULL, results[i].res.reply.len, results[i].res.reply.data);
+		if (!s || !s->image)
+			everywhere = false;
+		else if (chosen == r->n_backends || i == r->default_backend)
+			chosen = i;
+		runtime__v1__image_status_response__free_unpacked(s, NULL);
+	}
+	if (failed) {
+		fail_backend(call, r, which, failed);
+	} else if (chosen == r->n_backends) {
+		/* No backend answered: the kubelet must not take that as "absent". */
+		fail_backend(call, r, r->default_backend, &results[r->default_backend]);
+	} else if (!everywhere) {
+		Runtime__V1__ImageStatusResponse none = RUNTIME__V1__IMAGE_STATUS_RESPONSE__INIT;
+		struct rpc_buf out = {0};
+		if (repack(&none.base, &out) == 0)
+			rpc_call_reply(call, out.data, out.len);
+		else
+			rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		rpc_buf_clear(&out);
+	} else {
+		rpc_call_reply(call, results[chosen].res.reply.data, results[chosen].res.reply.len);
+	}
+	fanout_clear(r, results);
+}
+
+static int add_unique(char ***list, size_t *n, char *s)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (streq((*list)[i], s))
+			return 0;
+	char **more = realloc(*list, (*n + 1) * sizeof(*more));
+	if (!more)
+		return -ENOMEM;
+	more[(*n)++] = s;
+	*list = more;
+	return 0;
+}
+
+/* One entry per image ID, with the tags and digests every backend knows. The
+ * strings stay owned by the unpacked replies; only the arrays are new. */
+static int merge_images(struct router *r, const struct fanout_result *results,
+			const ProtobufCMessageDescriptor *desc, struct rpc_buf *out)
+{
+	ProtobufCMessage **replies = calloc(r->n_backends, sizeof(*replies));
+	Runtime__V1__Image **merged = NULL, *copies = NULL;
+	size_t n = 0, max = 0;
+	int ret = replies ? 0 : -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+		replies[i] = protobuf_c_message_unpack(desc, NULL, results[i].res.reply.len,
+						       results[i].res.reply.data);
+		if (!replies[i])
+			ret = -EBADMSG;
+		else
+			max += ((Runtime__V1__ListImagesResponse *)replies[i])->n_images;
+	}
+	if (ret == 0 && max &&
+	    (!(merged = calloc(max, sizeof(*merged))) || !(copies = calloc(max, sizeof(*copies)))))
+		ret = -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+		/* ListImagesResponse and StreamImagesResponse share their layout. */
+		Runtime__V1__ListImagesResponse *list = (void *)replies[i];
+		for (size_t j = 0; ret == 0 && j < list->n_images; j++) {
+			Runtime__V1__Image *img = list->images[j], *same = NULL;
+			for (size_t k = 0; k < n && !same; k++)
+				if (streq(merged[k]->id, img->id))
+					same = merged[k];
+			if (!same) {
+				copies[n] = *img;
+				copies[n].repo_tags = NULL, copies[n].n_repo_tags = 0;
+				copies[n].repo_digests = NULL, copies[n].n_repo_digests = 0;
+				same = merged[n] = &copies[n];
+				n++;
+			}
+			same->pinned |= img->pinned;
+			for (size_t k = 0; ret == 0 && k < img->n_repo_tags; k++)
+				ret = add_unique(&same->repo_tags, &same->n_repo_tags,
+						 img->repo_tags[k]);
+			for (size_t k = 0; ret == 0 && k < img->n_repo_digests; k++)
+				ret = add_unique(&same->repo_digests, &same->n_repo_digests,
+						 img->repo_digests[k]);
+		}
+	}
+	if (ret == 0) {
+		Runtime__V1__ListImagesResponse list = RUNTIME__V1__LIST_IMAGES_RESPONSE__INIT;
+		list.base.descriptor = desc;
+		list.images = merged, list.n_images = n;
+		ret = repack(&list.base, out);
+	}
+	for (size_t k = 0; k < n; k++) {
+		free(copies[k].repo_tags);
+		free(copies[k].repo_digests);
+	}
+	free(merged);
+	free(copies);
+	for (size_t i = 0; replies && i < r->n_backends; i++)
+		if (replies[i])
+			protobuf_c_message_free_unpacked(replies[i], NULL);
+	free(replies);
+	return ret;
+}
+
+static void serve_images(struct rpc_call *call, struct router *r, bool stream)
+{
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	if (!results) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	/* StreamImages merges the unary lists: duplicates across backends can
+	 * only be told apart once every list is in. */
+	fanout_call(r, "/runtime.v1.ImageService/ListImages", &req, call, 0, results);
+	size_t which;
+	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
+	struct rpc_buf out = {0};
+	int ret = failed ? 0
+			 : merge_images(r, results,
+					stream ? &runtime__v1__stream_images_response__descriptor
+					       : &runtime__v1__list_images_response__descriptor,
+					&out);
+	if (failed)
+		fail_backend(call, r, which, failed);
+	else if (ret < 0)
+		rpc_call_fail(call, rpc_code_from_errno(ret), "cannot merge the image lists");
+	else if (!stream)
+		rpc_call_reply(call, out.data, out.len);
+	else /* a client that left is told nothing more */
+		rpc_call_finish(
+			call, rpc_call_send(call, out.data, out.len) == 0 ? RPC_OK : RPC_CANCELLED,
+			NULL);
+	rpc_buf_clear(&out);
+	fanout_clear(r, results);
+}
+
+void serve_image_list(struct rpc_call *call, void *arg)
+{
+	const struct cri_method *m = method_of(call);
+	serve_images(call, arg, m->server_streaming);
+}
+
+/* Filesystems of every backend, each mountpoint once. */
+void serve_image_fs(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	_cleanup_free_ Runtime__V1__ImageFsInfoResponse **replies =
+		calloc(r->n_backends, sizeof(*replies));
+	if (!results || !replies) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fanout_call(r, m->path, &req, call, 0, results);
+	size_t which, max_image = 0, max_container = 0;
+	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
+	for (size_t i = 0; !failed && i < r->n_backends; i++) {
+		replies[i] = runtime__v1__image_fs_info_response__unpack(
+			NULL, results[i].res.reply.len, results[i].res.reply.data);
+		if (replies[i]) {
+			max_image += replies[i]->n_image_filesystems;
+			max_container += replies[i]->n_container_filesystems;
+		}
+	}
+	Runtime__V1__ImageFsInfoResponse merged = RUNTIME__V1__IMAGE_FS_INFO_RESPONSE__INIT;
+	merged.image_filesystems = calloc(max_image + 1, sizeof(void *));
+	merged.container_filesystems = calloc(max_container + 1, sizeof(void *));
+	for (size_t i = 0; !failed && i < r->n_backends && merged.image_filesystems &&
+			   merged.container_filesystems;
+	     i++) {
+		if (!replies[i])
+			continue;
+		struct {
+			Runtime__V1__FilesystemUsage **from, **to;
+			size_t n, *count;
+		} lists[] = {
+			{replies[i]->image_filesystems, merged.image_filesystems,
+			 replies[i]->n_image_filesystems, &merged.n_image_filesystems},
+			{replies[i]->container_filesystems, merged.container_filesystems,
+			 replies[i]->n_container_filesystems, &merged.n_container_filesystems},
+		};
+		for (size_t l = 0; l < ARRAY_SIZE(lists); l++)
+			for (size_t j = 0; j < lists[l].n; j++) {
+				Runtime__V1__FilesystemUsage *u = lists[l].from[j];
+				bool seen = false;
+				for (size_t k = 0; k < *lists[l].count && !seen; k++)
+					seen = u->fs_id && lists[l].to[k]->fs_id &&
+					       streq(u->fs_id->mountpoint,
+						     lists[l].to[k]->fs_id->mountpoint);
+				if (!seen)
+					lists[l].to[(*lists[l].count)++] = u;
+			}
+	}
+	struct rpc_buf out = {0};
+	if (failed)
+		fail_backend(call, r, which, failed);
+	else if (!merged.image_filesystems || !merged.container_filesystems ||
+		 repack(&merged.base, &out) < 0)
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	else
+		rpc_call_reply(call, out.data, out.len);
+	rpc_buf_clear(&out);
+	free(merged.image_filesystems);
+	free(merged.container_filesystems);
+	for (size_t i = 0; i < r->n_backends; i++)
+		runtime__v1__image_fs_info_response__free_unpacked(replies[i], NULL);
+	fanout_clear(r, results);
+}
+
+/* Metric descriptors of every backend, each name once. */
+void serve_metric_descriptors(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	_cleanup_free_ Runtime__V1__ListMetricDescriptorsResponse **replies =
+		calloc(r->n_backends, sizeof(*replies));
+	if (!results || !replies) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fanout_call(r, m->path, &req, call, 0, results);
+	size_t which, max = 0;
+	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
+	for (size_t i = 0; !failed && i < r->n_backends; i++) {
+		replies[i] = runtime__v1__list_metric_descriptors_response__unpack(
+			NULL, results[i].res.reply.len, results[i].res.reply.data);
+		max += replies[i] ? replies[i]->n_descriptors : 0;
+	}
+	Runtime__V1__ListMetricDescriptorsResponse merged =
+		RUNTIME__V1__LIST_METRIC_DESCRIPTORS_RESPONSE__INIT;
+	merged.descriptors = calloc(max + 1, sizeof(void *));
+	for (size_t i = 0; !failed && merged.descriptors && i < r->n_backends; i++)
+		for (size_t j = 0; replies[i] && j < replies[i]->n_descriptors; j++) {
+			Runtime__V1__MetricDescriptor *d = replies[i]->descriptors[j];
+			bool seen = false;
+			for (size_t k = 0; k < merged.n_descriptors && !seen; k++)
+				seen = streq(merged.descriptors[k]->name, d->name);
+			if (!seen)
+				merged.descriptors[merged.n_descriptors++] = d;
+		}
+	struct rpc_buf out = {0};
+	if (failed)
+		fail_backend(call, r, which, failed);
+	else if (!merged.descriptors || repack(&merged.base, &out) < 0)
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	else
+		rpc_call_reply(call, out.data, out.len);
+	rpc_buf_clear(&out);
+	free(merged.descriptors);
+	for (size_t i = 0; i < r->n_backends; i++)
+		runtime__v1__list_metric_descriptors_response__free_unpacked(replies[i], NULL);
+	fanout_clear(r, results);
+}

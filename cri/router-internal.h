@@ -1,0 +1,100 @@
+/* What cri/router.c and cri/merge.c share: the router's state and the
+ * fan-out to every backend. Not for other modules. */
+#pragma once
+
+#include "common/workers.h"
+#include "cri/methods.h"
+#include "cri/owners.h"
+#include "cri/policy.h"
+#include "cri/router.h"
+#include "runtimes/backend.h"
+
+/* Where each method goes. */
+enum route {
+	ROUTE_DEFAULT, /* the default backend, unchanged */
+	ROUTE_VERSION, /* crimux answers */
+	ROUTE_RUN_SANDBOX,
+	ROUTE_CREATE_CONTAINER,
+	ROUTE_SANDBOX,     /* the owner of the pod_sandbox_id */
+	ROUTE_CONTAINER,   /* the owner of the container_id */
+	ROUTE_LIST,        /* every backend; replies are lists, concatenated */
+	ROUTE_STREAM_LIST, /* every backend's stream, one after the other */
+	ROUTE_EVENTS,      /* every backend's events, interleaved */
+	ROUTE_STATUS,
+	ROUTE_ALL, /* every backend must accept it (UpdateRuntimeConfig) */
+	ROUTE_IMAGE_PULL,
+	ROUTE_IMAGE_STATUS,
+	ROUTE_IMAGE_REMOVE,
+	ROUTE_IMAGE_LIST,
+	ROUTE_IMAGE_STREAM,
+	ROUTE_IMAGE_FS,
+	ROUTE_METRIC_DESCRIPTORS,
+};
+
+/* A handler as the router uses it; the strings belong to the configuration,
+ * which outlives the router. */
+struct route_handler {
+	const char *name;
+	unsigned backend;
+	const char *runtime_handler; /* the backend's name for it */
+	enum crx_policy policy;
+	const struct kata_policy *kata;
+};
+
+struct router {
+	struct backend **backends;
+	size_t n_backends;
+	struct route_handler *handlers;
+	size_t n_handlers;
+	int default_handler; /* -1: no handlers; runtime_handler passes through */
+	unsigned default_backend;
+	bool renames;       /* a handler runs under another name on its backend */
+	bool tracks_owners; /* several backends, or a policy that needs the pod's handler */
+	struct owners *owners;
+	struct workers *fanout;
+	enum route *routes;  /* per method, by cri_method_index() */
+	uint32_t *id_fields; /* field number of the ID a method names, or 0 */
+};
+
+/* Work on one backend's behalf, handed to a worker. */
+struct backend_job {
+	struct router *r;
+	size_t backend;
+};
+
+/* One backend's answer in a fan-out; error < 0 when no call was made. */
+struct fanout_result {
+	int error;
+	struct rpc_result res;
+};
+
+/* Calls method on every backend at once and waits for all. */
+void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
+		 struct rpc_call *parent, unsigned timeout_ms, struct fanout_result *results);
+void fanout_clear(struct router *r, struct fanout_result *results);
+
+/* The first backend that failed, as the client should see it; NULL if none.
+ * Skips UNAVAILABLE ones when skip_unavailable. */
+const struct fanout_result *fanout_failure(struct router *r, const struct fanout_result *results,
+					   bool skip_unavailable, size_t *which);
+void fail_backend(struct rpc_call *call, struct router *r, size_t backend,
+		  const struct fanout_result *res);
+
+/* The crimux handler a backend's handler name belongs to, or NULL. */
+const char *router_handler_name(struct router *r, size_t backend, const char *backend_handler);
+
+/* Rewrites runtime_handler names in a reply from `backend`, in place. */
+int rename_reply(struct router *r, const struct cri_method *m, size_t backend,
+		 struct rpc_buf *reply);
+
+/* Worker bodies for the merged routes. */
+void serve_list(struct rpc_call *call, void *arg);
+void serve_stream_list(struct rpc_call *call, void *arg);
+void serve_events(struct rpc_call *call, void *arg);
+void serve_status(struct rpc_call *call, void *arg);
+void serve_all(struct rpc_call *call, void *arg);
+void serve_image_status(struct rpc_call *call, void *arg);
+void serve_image_list(struct rpc_call *call, void *arg);
+void serve_image_fs(struct rpc_call *call, void *arg);
+void serve_metric_descriptors(struct rpc_call *call, void *arg);
+void serve_renamed(struct rpc_call *call, void *arg);

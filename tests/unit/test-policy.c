@@ -1,0 +1,231 @@
+/* The Kata admission rules, each accepted and refused, with its message. */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "cri/policy.h"
+#include "tap.h"
+
+/* A pod as the kubelet describes it: requests and limits in milli-CPU and
+ * bytes, turned into cgroup values the kubelet's way. */
+struct pod {
+	Runtime__V1__PodSandboxConfig config;
+	Runtime__V1__LinuxPodSandboxConfig linux;
+	Runtime__V1__LinuxSandboxSecurityContext security;
+	Runtime__V1__NamespaceOption ns;
+	Runtime__V1__LinuxContainerResources resources, overhead;
+	Runtime__V1__PodSandboxConfig__AnnotationsEntry annotation, *annotations[1];
+};
+
+static void resources(Runtime__V1__LinuxContainerResources *r, int64_t request, int64_t limit,
+		      int64_t memory)
+{
+	runtime__v1__linux_container_resources__init(r);
+	r->cpu_shares = cpu_milli_to_shares(request ? request : limit);
+	r->cpu_period = 100000;
+	r->cpu_quota = cpu_milli_to_quota(limit, 100000);
+	r->memory_limit_in_bytes = memory;
+}
+
+static void pod_init(struct pod *p, int64_t request, int64_t limit, int64_t memory)
+{
+	runtime__v1__pod_sandbox_config__init(&p->config);
+	runtime__v1__linux_pod_sandbox_config__init(&p->linux);
+	runtime__v1__linux_sandbox_security_context__init(&p->security);
+	runtime__v1__namespace_option__init(&p->ns);
+	p->config.linux = &p->linux;
+	p->linux.security_context = &p->security;
+	p->security.namespace_options = &p->ns;
+	resources(&p->resources, request, limit, memory);
+	runtime__v1__linux_container_resources__init(
+		&p->overhead); /* "none", as the kubelet sends it */
+	p->linux.resources = &p->resources;
+	p->linux.overhead = &p->overhead;
+}
+
+static int check(const struct kata_policy *k, struct pod *p, bool *changed, struct crx_err *err)
+{
+	*changed = false;
+	memset(err, 0, sizeof(*err));
+	return kata_check_sandbox(k, "kata", &p->config, changed, err);
+}
+
+static void refused(const struct kata_policy *k, struct pod *p, const char *needle,
+		    const char *name)
+{
+	bool changed;
+	struct crx_err err;
+	int r = check(k, p, &changed, &err);
+	ok(r == -EINVAL, "%s: refused", name);
+	has_str(err.msg, needle, name);
+}
+
+int main(void)
+{
+	struct kata_policy k;
+	if (kata_policy_init(&k) < 0)
+		return 99;
+	struct pod p;
+	bool changed;
+	struct crx_err err;
+
+	/* The kubelet's conversions. */
+	is_int(cpu_milli_to_shares(500), 512, "500m is 512 shares");
+	is_int(cpu_milli_to_shares(1), 2, "shares never go below 2");
+	is_int(cpu_milli_to_quota(250, 100000), 25000, "250m is a 25000 quota");
+	is_int(cpu_milli_to_quota(5, 100000), 1000, "quota never goes below 1000");
+
+	/* A good pod passes, and gets the default overhead. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	is_int(check(&k, &p, &changed, &err), 0, "1 CPU, 2Gi, request == limit: accepted");
+	ok(changed, "a pod without overhead is changed");
+	is_int(p.overhead.cpu_shares, 102, "overhead: 100m as shares");
+	is_int(p.overhead.cpu_quota, 10000, "overhead: 100m as quota");
+	is_int(p.overhead.memory_limit_in_bytes, 100 * MIB, "overhead: 100Mi");
+
+	/* No overhead message at all gets one too. */
+	pod_init(&p, 500, 500, 1 * GIB);
+	p.linux.overhead = NULL;
+	is_int(check(&k, &p, &changed, &err), 0, "no overhead field: accepted");
+	ok(changed && p.linux.overhead && p.linux.overhead->memory_limit_in_bytes == 100 * MIB,
+	   "and an overhead is added");
+	free(p.linux.overhead);
+
+	/* The kubelet's rounding: 100m is 102 shares, and a 10000 quota. */
+	pod_init(&p, 300, 300, 512 * MIB);
+	is_int(check(&k, &p, &changed, &err), 0, "300m with 512Mi: accepted (shares rounded down)");
+
+	/* Host namespaces. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.ns.network = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	refused(&k, &p,
+		"handler \"kata\": Kata Containers does not support the host network "
+		"namespace (namespace_options.network = NODE)",
+		"host network");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.ns.pid = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	refused(&k, &p, "host PID namespace", "host PID");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.ns.ipc = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	refused(&k, &p, "host IPC namespace", "host IPC");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.ns.pid = RUNTIME__V1__NAMESPACE_MODE__CONTAINER;
+	is_int(check(&k, &p, &changed, &err), 0, "a container PID namespace is fine");
+
+	/* Requests and limits. */
+	pod_init(&p, 500, 1000, 2 * GIB);
+	refused(&k, &p, "the pod CPU request (500m) must equal its CPU limit (1000m)",
+		"CPU request below the limit");
+	pod_init(&p, 1000, 0, 2 * GIB);
+	refused(&k, &p,
+		"the pod has no CPU limit; Kata Containers needs the CPU limit set and "
+		"equal to the CPU request (1000m)",
+		"no CPU limit");
+	pod_init(&p, 1000, 1000, 0);
+	refused(&k, &p, "the pod has no memory limit", "no memory limit");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.linux.resources = NULL;
+	refused(&k, &p, "the pod's resources are missing", "no resources");
+
+	/* Size and ratio. */
+	pod_init(&p, 200, 200, 512 * MIB);
+	refused(&k, &p,
+		"the pod (200m CPU, 512Mi memory) is smaller than the Kata Containers "
+		"minimum of 250m CPU and 256Mi memory",
+		"below the minimum CPU");
+	pod_init(&p, 250, 250, 128 * MIB);
+	refused(&k, &p, "smaller than the Kata Containers minimum", "below the minimum memory");
+	pod_init(&p, 250, 250, 256 * MIB);
+	is_int(check(&k, &p, &changed, &err), 0, "exactly the minimum (250m, 256Mi): accepted");
+	pod_init(&p, 500, 500, 8 * GIB);
+	refused(&k, &p,
+		"the pod's memory (8Gi) does not fit its CPU (500m): Kata Containers needs "
+		"1Gi to 8Gi of memory per CPU, 512Mi to 4Gi here",
+		"too much memory per CPU");
+	pod_init(&p, 2000, 2000, 1 * GIB);
+	refused(&k, &p, "1Gi to 8Gi of memory per CPU, 2Gi to 16Gi here",
+		"too little memory per CPU");
+	pod_init(&p, 500, 500, 4 * GIB);
+	is_int(check(&k, &p, &changed, &err), 0, "0.5 CPU with 4Gi (the 1:8 edge): accepted");
+	pod_init(&p, 500, 500, 512 * MIB);
+	is_int(check(&k, &p, &changed, &err), 0, "0.5 CPU with 512Mi (the 1:1 edge): accepted");
+
+	/* Declared overhead. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	resources(&p.overhead, 50, 50, 50 * MIB);
+	refused(&k, &p,
+		"the pod overhead (50m CPU, 50Mi memory) is below the minimum for Kata "
+		"Containers (100m CPU, 100Mi memory)",
+		"overhead below the minimum");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	resources(&p.overhead, 250, 250, 160 * MIB);
+	is_int(check(&k, &p, &changed, &err), 0, "a sufficient overhead: accepted");
+	ok(!changed && p.overhead.memory_limit_in_bytes == 160 * MIB, "and left as declared");
+
+	/* Reserved annotations. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	runtime__v1__pod_sandbox_config__annotations_entry__init(&p.annotation);
+	p.annotation.key = (char *)"io.katacontainers.config.hypervisor.path";
+	p.annotation.value = (char *)"/tmp/evil";
+	p.annotations[0] = &p.annotation;
+	p.config.annotations = p.annotations;
+	p.config.n_annotations = 1;
+	refused(&k, &p,
+		"pod annotation \"io.katacontainers.config.hypervisor.path\" is in the "
+		"runtime-reserved namespace \"io.katacontainers.\"",
+		"a Kata annotation");
+	p.annotation.key = (char *)"io.kubernetes.cri.container-type";
+	refused(&k, &p, "runtime-reserved namespace \"io.kubernetes.cri.\"",
+		"a CRI runtime's own annotation");
+	p.annotation.key = (char *)"example.com/harmless";
+	is_int(check(&k, &p, &changed, &err), 0, "an ordinary annotation: accepted");
+	k.allowed_annotations = (char *[]){(char *)"io.katacontainers.config.hypervisor.default_*"};
+	k.n_allowed_annotations = 1;
+	p.annotation.key = (char *)"io.katacontainers.config.hypervisor.default_vcpus";
+	is_int(check(&k, &p, &changed, &err), 0, "an allowed prefix*: accepted");
+	p.annotation.key = (char *)"io.katacontainers.config.hypervisor.path";
+	refused(&k, &p, "io.katacontainers.config.hypervisor.path", "outside the allowed prefix");
+	k.allowed_annotations = NULL;
+	k.n_allowed_annotations = 0;
+
+	/* Containers. */
+	Runtime__V1__ContainerConfig c = RUNTIME__V1__CONTAINER_CONFIG__INIT;
+	Runtime__V1__ContainerMetadata meta = RUNTIME__V1__CONTAINER_METADATA__INIT;
+	Runtime__V1__LinuxContainerConfig clinux = RUNTIME__V1__LINUX_CONTAINER_CONFIG__INIT;
+	Runtime__V1__LinuxContainerResources cres;
+	meta.name = (char *)"app";
+	c.metadata = &meta;
+	c.linux = &clinux;
+	clinux.resources = &cres;
+	resources(&cres, 500, 500, 256 * MIB);
+	is_int(kata_check_container(&k, "kata", &c, &err), 0, "an equal container: accepted");
+	resources(&cres, 250, 500, 256 * MIB);
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
+	       "an unequal container: refused");
+	has_str(err.msg, "container \"app\" CPU request (250m) must equal its CPU limit (500m)",
+		"naming the container and the numbers");
+	resources(&cres, 500, 500, 0);
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
+	       "a container without a memory limit: refused");
+	has_str(err.msg, "container \"app\" has no memory limit", "saying so");
+	clinux.resources = NULL;
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
+	       "a container without resources: refused");
+
+	/* Quantities in the configuration. */
+	int64_t v;
+	ok(parse_cpu_milli("250m", &v) == 0 && v == 250, "250m");
+	ok(parse_cpu_milli("0.25", &v) == 0 && v == 250, "0.25");
+	ok(parse_cpu_milli("2", &v) == 0 && v == 2000, "2");
+	ok(parse_cpu_milli("lots", &v) < 0, "not a CPU quantity");
+	ok(parse_bytes("256Mi", &v) == 0 && v == 256 * MIB, "256Mi");
+	ok(parse_bytes("1.5Gi", &v) == 0 && v == 3 * GIB / 2, "1.5Gi");
+	ok(parse_bytes("1G", &v) == 0 && v == 1000000000, "1G");
+	ok(parse_bytes("4096", &v) == 0 && v == 4096, "plain bytes");
+	ok(parse_bytes("12 parsecs", &v) < 0, "not a size");
+
+	kata_policy_clear(&k);
+	return tap_done();
+}
