@@ -62,38 +62,40 @@ static double percentile(double *sorted, size_t n, double p)
 	return sorted[i < n ? i : n - 1];
 }
 
-/* Latency: direct and crimux calls alternate, so both see the same machine. */
-static int latency(struct target *direct, struct target *crimux, const struct method *m, size_t n)
+/* Latency: the paths take turns, rotating who goes first, so all of them
+ * see the same machine. */
+static int latency(struct target **targets, size_t n_targets, const struct method *m, size_t n)
 {
-	_cleanup_free_ double *d = calloc(n, sizeof(double));
-	_cleanup_free_ double *c = calloc(n, sizeof(double));
-	if (!d || !c)
-		return -ENOMEM;
-	for (size_t i = 0; i < n / 10 + 1; i++) /* warm up both paths */
-		if (call_once(direct, m) < 0 || call_once(crimux, m) < 0)
-			return -EIO;
-	for (size_t i = 0; i < n; i++) {
-		struct target *first = i % 2 ? direct : crimux, *second = i % 2 ? crimux : direct;
-		double *first_out = i % 2 ? d : c, *second_out = i % 2 ? c : d;
-		double t0 = now_us();
-		if (call_once(first, m) < 0)
-			return -EIO;
-		double t1 = now_us();
-		if (call_once(second, m) < 0)
-			return -EIO;
-		double t2 = now_us();
-		first_out[i] = t1 - t0;
-		second_out[i] = t2 - t1;
+	double *samples[3] = {0};
+	int ret = 0;
+	for (size_t t = 0; t < n_targets; t++)
+		if (!(samples[t] = calloc(n, sizeof(double))))
+			ret = -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < n / 10 + 1; i++) /* warm up every path */
+		for (size_t t = 0; t < n_targets && ret == 0; t++)
+			ret = call_once(targets[t], m);
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		for (size_t k = 0; k < n_targets && ret == 0; k++) {
+			size_t t = (i + k) % n_targets;
+			double t0 = now_us();
+			ret = call_once(targets[t], m);
+			samples[t][i] = now_us() - t0;
+		}
+	double p50[3], p99[3];
+	for (size_t t = 0; ret == 0 && t < n_targets; t++) {
+		qsort(samples[t], n, sizeof(double), by_value);
+		p50[t] = percentile(samples[t], n, 0.5);
+		p99[t] = percentile(samples[t], n, 0.99);
+		printf("%-16s %-7s p50 %8.1f us  p99 %8.1f us", m->name, targets[t]->label, p50[t],
+		       p99[t]);
+		if (t > 0)
+			printf("  ratio p50 %.2fx p99 %.2fx (added p50 %.1f us)", p50[t] / p50[0],
+			       p99[t] / p99[0], p50[t] - p50[0]);
+		printf("\n");
 	}
-	qsort(d, n, sizeof(double), by_value);
-	qsort(c, n, sizeof(double), by_value);
-	double d50 = percentile(d, n, 0.5), d99 = percentile(d, n, 0.99);
-	double c50 = percentile(c, n, 0.5), c99 = percentile(c, n, 0.99);
-	printf("%-16s direct  p50 %8.1f us  p99 %8.1f us\n", m->name, d50, d99);
-	printf("%-16s crimux  p50 %8.1f us  p99 %8.1f us\n", m->name, c50, c99);
-	printf("%-16s ratio   p50 %8.2fx     p99 %8.2fx    (added p50 %.1f us)\n", m->name,
-	       c50 / d50, c99 / d99, c50 - d50);
-	return 0;
+	for (size_t t = 0; t < n_targets; t++)
+		free(samples[t]);
+	return ret;
 }
 
 struct worker {
@@ -151,11 +153,13 @@ static long rss_kib(long pid)
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: crimux-bench --direct TARGET --crimux TARGET [--pid PID] [-n CALLS]\n"
-		"                    [--seconds S]\n"
+		"Usage: crimux-bench --direct TARGET --crimux TARGET [--merged TARGET]\n"
+		"                    [--pid PID] [-n CALLS] [--seconds S]\n"
 		"  --direct   the backend's CRI endpoint, e.g. "
 		"unix:///run/containerd/containerd.sock\n"
 		"  --crimux   crimuxd's endpoint in front of it\n"
+		"  --merged   a crimuxd in front of that backend and another one: its lists\n"
+		"             are merged from both\n"
 		"  --pid      crimuxd's pid, to report its RSS\n"
 		"  -n         calls per method and path for the latency figures (default 2000)\n"
 		"  --seconds  duration of each throughput run (default 3)\n");
@@ -164,17 +168,24 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{"direct", required_argument, NULL, 'd'}, {"crimux", required_argument, NULL, 'c'},
-		{"pid", required_argument, NULL, 'p'},    {"seconds", required_argument, NULL, 's'},
-		{"help", no_argument, NULL, 'h'},         {0},
+		{"direct", required_argument, NULL, 'd'},
+		{"crimux", required_argument, NULL, 'c'},
+		{"merged", required_argument, NULL, 'm'},
+		{"pid", required_argument, NULL, 'p'},
+		{"seconds", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
 	};
-	const char *direct_target = NULL, *crimux_target = NULL;
+	const char *direct_target = NULL, *crimux_target = NULL, *merged_target = NULL;
 	long pid = 0;
 	size_t n = 2000;
 	double seconds = 3;
 	int opt;
-	while ((opt = getopt_long(argc, argv, "d:c:p:n:s:h", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "d:c:m:p:n:s:h", options, NULL)) != -1) {
 		switch (opt) {
+		case 'm':
+			merged_target = optarg;
+			break;
 		case 'd':
 			direct_target = optarg;
 			break;
@@ -203,22 +214,29 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	struct target direct = {.label = "direct"}, crimux = {.label = "crimux"};
-	struct rpc_channel_options dopts = {
-		.name = "direct", .target = direct_target, .max_message = 16 * MIB};
-	struct rpc_channel_options copts = {
-		.name = "crimux", .target = crimux_target, .max_message = 16 * MIB};
+	struct target direct = {.label = "direct"}, crimux = {.label = "crimux"},
+		      merged = {.label = "merged"};
 	struct crx_err err = {0};
-	if (rpc_channel_new(&dopts, &direct.channel, &err) < 0 ||
-	    rpc_channel_new(&copts, &crimux.channel, &err) < 0) {
-		fprintf(stderr, "crimux-bench: %s\n", err.msg);
-		return 1;
+	struct rpc_channel_options opts = {.max_message = 16 * MIB};
+	struct {
+		struct target *t;
+		const char *address;
+	} paths[] = {{&direct, direct_target}, {&crimux, crimux_target}, {&merged, merged_target}};
+	size_t n_paths = merged_target ? 3 : 2;
+	for (size_t i = 0; i < n_paths; i++) {
+		opts.name = paths[i].t->label;
+		opts.target = paths[i].address;
+		if (rpc_channel_new(&opts, &paths[i].t->channel, &err) < 0) {
+			fprintf(stderr, "crimux-bench: %s\n", err.msg);
+			return 1;
+		}
 	}
+	struct target *targets[] = {&direct, &crimux, &merged};
 
 	printf("# latency, %zu calls per method and path, interleaved\n", n);
-	for (size_t i = 0; i < ARRAY_SIZE(methods); i++)
-		if (latency(&direct, &crimux, &methods[i], n) < 0)
-			return 1;
+	if (latency(targets, 2, &methods[0], n) < 0 ||
+	    latency(targets, n_paths, &methods[1], n) < 0)
+		return 1;
 
 	const struct method *list = &methods[1];
 	printf("# throughput, %s, %.0f s per run\n", list->name, seconds);
@@ -226,16 +244,19 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ARRAY_SIZE(concurrency); i++) {
 		double d = throughput(&direct, list, concurrency[i], seconds);
 		double c = throughput(&crimux, list, concurrency[i], seconds);
-		if (d < 0 || c < 0)
+		double m = merged_target ? throughput(&merged, list, concurrency[i], seconds) : 0;
+		if (d < 0 || c < 0 || m < 0)
 			return 1;
-		printf("%2u callers       direct %8.0f calls/s  crimux %8.0f calls/s  (%.0f%% of "
-		       "direct)\n",
+		printf("%2u callers       direct %8.0f calls/s  crimux %8.0f calls/s (%.0f%%)",
 		       concurrency[i], d, c, 100 * c / d);
+		if (merged_target)
+			printf("  merged %8.0f calls/s (%.0f%%)", m, 100 * m / d);
+		printf("\n");
 	}
 	if (pid > 0)
 		printf("# crimuxd RSS     %.1f MiB\n", (double)rss_kib(pid) / 1024);
 
-	rpc_channel_free(direct.channel);
-	rpc_channel_free(crimux.channel);
+	for (size_t i = 0; i < n_paths; i++)
+		rpc_channel_free(paths[i].t->channel);
 	return 0;
 }

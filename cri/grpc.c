@@ -93,7 +93,7 @@ struct rpc_call {
 	grpc_slice status_details;
 	int code;
 	char *message; /* the final status message, for the summary */
-	size_t response_bytes;
+	size_t request_bytes, response_bytes;
 
 	/* relay state, touched only on the event thread once relaying */
 	struct rpc_relay relay;
@@ -242,7 +242,7 @@ static void call_unref(struct rpc_call *c)
 			.details = c->message,
 			.backend = c->relay.channel ? c->relay.channel->name : NULL,
 			.duration_ns = elapsed_ns(&c->start),
-			.request_bytes = c->request_bb ? grpc_byte_buffer_length(c->request_bb) : 0,
+			.request_bytes = c->request_bytes,
 			.response_bytes = c->response_bytes,
 		};
 		s->opts.finished(&summary, s->opts.userdata);
@@ -317,6 +317,8 @@ static void on_request(void *obj, bool ok)
 		rpc_call_fail(c, RPC_INVALID_ARGUMENT, "%s: the request carried no message",
 			      c->method);
 	} else {
+		/* Sending moves the buffer's slices out: measure it now. */
+		c->request_bytes = grpc_byte_buffer_length(c->request_bb);
 		c->server->opts.dispatch(c, c->server->opts.userdata);
 	}
 	call_unref(c);
@@ -516,21 +518,29 @@ static void on_up_msg(void *obj, bool ok);
 static void on_down_msg(void *obj, bool ok);
 
 /* A failure to reach the backend reads better with the backend's name: the
- * backend's own UNAVAILABLE arrives over a READY channel and is kept as is. */
-static grpc_slice relay_details(struct rpc_call *c)
+ * backend's own UNAVAILABLE arrives over a READY channel and is kept as is.
+ * Returns a new slice. */
+static grpc_slice backend_details(struct rpc_channel *ch, grpc_status_code code, grpc_slice details)
 {
-	struct rpc_channel *ch = c->relay.channel;
-	if (c->up_status != GRPC_STATUS_UNAVAILABLE ||
+	if (code != GRPC_STATUS_UNAVAILABLE ||
 	    grpc_channel_check_connectivity_state(ch->channel, 0) == GRPC_CHANNEL_READY)
-		return grpc_slice_ref(c->up_details);
-	_cleanup_free_ char *orig = slice_strdup(c->up_details);
+		return grpc_slice_ref(details);
+	_cleanup_free_ char *orig = slice_strdup(details);
 	char *msg = NULL;
 	if (asprintf(&msg, "backend %s (%s) is unavailable: %s", ch->name, ch->target,
 		     orig ? orig : "") < 0)
-		return grpc_slice_ref(c->up_details);
+		return grpc_slice_ref(details);
 	grpc_slice s = grpc_slice_from_copied_string(msg);
 	free(msg);
 	return s;
+}
+
+static char *backend_details_str(struct rpc_channel *ch, grpc_status_code code, grpc_slice details)
+{
+	grpc_slice s = backend_details(ch, code, details);
+	char *str = GRPC_SLICE_LENGTH(s) ? slice_strdup(s) : NULL;
+	grpc_slice_unref(s);
+	return str;
 }
 
 static void relay_finish(struct rpc_call *c)
@@ -543,7 +553,8 @@ static void relay_finish(struct rpc_call *c)
 		c->relay.observe((int)c->up_status, reply.data, reply.len, c->relay.observe_arg);
 		rpc_buf_clear(&reply);
 	}
-	send_final(c, &c->up_md, msg, (int)c->up_status, relay_details(c), &c->up_trailers);
+	send_final(c, &c->up_md, msg, (int)c->up_status,
+		   backend_details(c->relay.channel, c->up_status, c->up_details), &c->up_trailers);
 }
 
 /* The relay could not even start; the observer still hears of it, once. */
@@ -675,6 +686,128 @@ static void on_up_msg(void *obj, bool ok)
 	struct rpc_call *c = obj;
 	relay_forward(c, ok && c->up_msg);
 	call_unref(c);
+}
+
+/* ---------------------------------------------------------------- fan-out */
+
+struct leg {
+	struct fanout *f;
+	struct rpc_channel *channel;
+	grpc_call *call;
+	grpc_metadata_array md, trailers;
+	grpc_byte_buffer *msg;
+	grpc_status_code status;
+	grpc_slice details;
+	struct tag tag;
+};
+
+struct fanout {
+	struct rpc_call *call;
+	rpc_combine_fn combine;
+	void *arg;
+	size_t n, pending;
+	struct leg legs[];
+};
+
+static void fanout_finish(struct fanout *f)
+{
+	struct rpc_call *c = f->call;
+	struct rpc_result *replies = calloc(f->n ? f->n : 1, sizeof(*replies));
+	struct rpc_result out = {0};
+	if (!replies) {
+		out.code = RPC_RESOURCE_EXHAUSTED;
+	} else {
+		for (size_t i = 0; i < f->n; i++) {
+			struct leg *l = &f->legs[i];
+			replies[i].code = (int)l->status;
+			replies[i].details = backend_details_str(l->channel, l->status, l->details);
+			if (l->status == GRPC_STATUS_OK && l->msg &&
+			    byte_buffer_flatten(l->msg, &replies[i].reply) < 0)
+				replies[i].code = RPC_RESOURCE_EXHAUSTED;
+		}
+		f->combine(c, replies, f->n, &out, f->arg);
+		for (size_t i = 0; i < f->n; i++)
+			rpc_result_clear(&replies[i]);
+		free(replies);
+	}
+	for (size_t i = 0; i < f->n; i++) {
+		struct leg *l = &f->legs[i];
+		if (l->call)
+			grpc_call_unref(l->call);
+		if (l->msg)
+			grpc_byte_buffer_destroy(l->msg);
+		grpc_metadata_array_destroy(&l->md);
+		grpc_metadata_array_destroy(&l->trailers);
+		grpc_slice_unref(l->details);
+	}
+	free(f);
+	rpc_call_complete(c, &out);
+	rpc_result_clear(&out);
+}
+
+static void on_leg(void *obj, bool ok)
+{
+	struct leg *l = obj;
+	struct fanout *f = l->f;
+	struct rpc_call *c = f->call;
+	if (--f->pending == 0)
+		fanout_finish(f);
+	call_unref(c);
+}
+
+void rpc_call_fanout(struct rpc_call *c, struct rpc_channel *const *channels, size_t n,
+		     unsigned timeout_ms, rpc_combine_fn combine, void *arg)
+{
+	struct fanout *f = calloc(1, sizeof(*f) + n * sizeof(struct leg));
+	if (!f) {
+		rpc_call_fail(c, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	*f = (struct fanout){.call = c, .combine = combine, .arg = arg, .n = n, .pending = n + 1};
+	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	if (timeout_ms)
+		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+					gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+	for (size_t i = 0; i < n; i++) {
+		struct leg *l = &f->legs[i];
+		*l = (struct leg){.f = f, .channel = channels[i], .tag = {on_leg, l}};
+		grpc_metadata_array_init(&l->md);
+		grpc_metadata_array_init(&l->trailers);
+		l->details = grpc_empty_slice();
+		l->status = GRPC_STATUS_UNAVAILABLE;
+		l->call = grpc_channel_create_call(channels[i]->channel, c->call,
+						   GRPC_PROPAGATE_DEFAULTS, c->server->cq,
+						   c->details.method, NULL, deadline, NULL);
+		grpc_op ops[6] = {
+			{.op = GRPC_OP_SEND_INITIAL_METADATA},
+			{.op = GRPC_OP_SEND_MESSAGE},
+			{.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT},
+			{.op = GRPC_OP_RECV_INITIAL_METADATA},
+			{.op = GRPC_OP_RECV_MESSAGE},
+			{.op = GRPC_OP_RECV_STATUS_ON_CLIENT},
+		};
+		ops[0].data.send_initial_metadata.count = c->request_md.count;
+		ops[0].data.send_initial_metadata.metadata = c->request_md.metadata;
+		ops[1].data.send_message.send_message = c->request_bb;
+		ops[3].data.recv_initial_metadata.recv_initial_metadata = &l->md;
+		ops[4].data.recv_message.recv_message = &l->msg;
+		ops[5].data.recv_status_on_client.trailing_metadata = &l->trailers;
+		ops[5].data.recv_status_on_client.status = &l->status;
+		ops[5].data.recv_status_on_client.status_details = &l->details;
+		if (!l->call || !start_batch(c, l->call, ops, ARRAY_SIZE(ops), &l->tag))
+			f->pending--; /* stays UNAVAILABLE */
+	}
+	/* The extra count keeps f alive until every leg has started. */
+	if (--f->pending == 0)
+		fanout_finish(f);
+}
+
+void rpc_call_complete(struct rpc_call *call, const struct rpc_result *res)
+{
+	if (res->code == RPC_OK)
+		rpc_call_reply(call, res->reply.data, res->reply.len);
+	else
+		rpc_call_fail(call, res->code, "%s", res->details ? res->details : "");
 }
 
 /* ---------------------------------------------------------------- server */
@@ -956,8 +1089,7 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 	} else {
 		grpc_completion_queue_pluck(cq, call, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 		*res = (struct rpc_result){.code = (int)status};
-		if (GRPC_SLICE_LENGTH(details))
-			res->details = slice_strdup(details);
+		res->details = backend_details_str(ch, status, details);
 		if (status == GRPC_STATUS_OK && reply)
 			r = byte_buffer_flatten(reply, &res->reply);
 		if (r < 0)
@@ -982,6 +1114,7 @@ int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req
 /* ---------------------------------------------------------------- client streams */
 
 struct rpc_stream {
+	struct rpc_channel *channel;
 	grpc_completion_queue *cq;
 	grpc_call *call;
 	grpc_byte_buffer *request, *msg;
@@ -1009,6 +1142,7 @@ int rpc_stream_open(struct rpc_channel *ch, const char *method, const void *req,
 	if (timeout_ms)
 		deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 					gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+	st->channel = ch;
 	st->cq = grpc_completion_queue_create_for_pluck(NULL);
 	grpc_metadata_array_init(&st->md);
 	grpc_metadata_array_init(&st->trailers);
@@ -1052,8 +1186,7 @@ static void stream_end(struct rpc_stream *st, struct rpc_result *res)
 		st->ended = true;
 	}
 	*res = (struct rpc_result){.code = (int)st->status};
-	if (GRPC_SLICE_LENGTH(st->details))
-		res->details = slice_strdup(st->details);
+	res->details = backend_details_str(st->channel, st->status, st->details);
 }
 
 int rpc_stream_next(struct rpc_stream *st, struct rpc_buf *msg, struct rpc_result *res)

@@ -19,7 +19,7 @@ struct fanout {
 	const struct rpc_buf *req;
 	struct rpc_call *parent;
 	unsigned timeout_ms;
-	struct fanout_result *results;
+	struct rpc_result *results;
 	pthread_mutex_t lock;
 	pthread_cond_t done;
 	size_t pending;
@@ -33,8 +33,13 @@ struct fanout_job {
 static void fanout_one(struct fanout *f, size_t i)
 {
 	struct backend *b = f->r->backends[i];
-	f->results[i].error =
-		b->ops->call(b, f->method, f->req, f->parent, f->timeout_ms, &f->results[i].res);
+	struct rpc_result *res = &f->results[i];
+	int ret = b->ops->call(b, f->method, f->req, f->parent, f->timeout_ms, res);
+	if (ret < 0) { /* no call was made: say why, as its status */
+		res->code = rpc_code_from_errno(ret);
+		if (asprintf(&res->details, "backend %s: %s", b->name, strerror(-ret)) < 0)
+			res->details = NULL;
+	}
 	pthread_mutex_lock(&f->lock);
 	if (--f->pending == 0)
 		pthread_cond_signal(&f->done);
@@ -49,7 +54,7 @@ static void fanout_run(void *arg)
 }
 
 void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
-		 struct rpc_call *parent, unsigned timeout_ms, struct fanout_result *results)
+		 struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *results)
 {
 	struct fanout f = {
 		.r = r,
@@ -82,44 +87,87 @@ void fanout_call(struct router *r, const char *method, const struct rpc_buf *req
 	pthread_mutex_destroy(&f.lock);
 }
 
-void fanout_clear(struct router *r, struct fanout_result *results)
+void results_clear(struct router *r, struct rpc_result *results)
 {
 	for (size_t i = 0; i < r->n_backends; i++)
-		rpc_result_clear(&results[i].res);
+		rpc_result_clear(&results[i]);
 }
 
-const struct fanout_result *fanout_failure(struct router *r, const struct fanout_result *results,
-					   bool skip_unavailable, size_t *which)
+struct fan_out_job {
+	struct router *r;
+	rpc_combine_fn combine;
+	unsigned timeout_ms;
+};
+
+static void fan_out_on_worker(struct rpc_call *call, void *arg)
 {
-	for (size_t i = 0; i < r->n_backends; i++) {
-		const struct fanout_result *f = &results[i];
-		bool failed = f->error < 0 || f->res.code != RPC_OK;
-		bool unavailable = f->error < 0 || f->res.code == RPC_UNAVAILABLE;
-		if (failed && !(skip_unavailable && unavailable)) {
-			*which = i;
-			return f;
-		}
+	struct fan_out_job job = *(struct fan_out_job *)arg;
+	free(arg);
+	struct router *r = job.r;
+	const struct cri_method *m = cri_method_find(rpc_call_method(call));
+	struct rpc_buf req = {0};
+	req.data = (uint8_t *)rpc_call_request(call, &req.len);
+	struct rpc_result out = {0};
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
+	if (!results) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
 	}
-	return NULL;
+	fanout_call(r, m->path, &req, call, job.timeout_ms, results);
+	job.combine(call, results, r->n_backends, &out, r);
+	rpc_call_complete(call, &out);
+	rpc_result_clear(&out);
+	results_clear(r, results);
 }
 
-void fail_backend(struct rpc_call *call, struct router *r, size_t backend,
-		  const struct fanout_result *f)
+void fan_out(struct router *r, struct rpc_call *call, rpc_combine_fn combine, unsigned timeout_ms)
+{
+	if (r->channels) {
+		rpc_call_fanout(call, r->channels, r->n_backends, timeout_ms, combine, r);
+		return;
+	}
+	struct fan_out_job *job = malloc(sizeof(*job));
+	if (!job) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	*job = (struct fan_out_job){r, combine, timeout_ms};
+	if (rpc_call_defer(call, fan_out_on_worker, job) < 0)
+		free(job);
+}
+
+/* A backend's failure as the client should see it: its status, its message,
+ * and its name when the message does not already say it. */
+static void failed_result(struct router *r, size_t backend, const struct rpc_result *reply,
+			  struct rpc_result *out)
 {
 	const char *name = r->backends[backend]->name;
-	if (f->error < 0)
-		rpc_call_fail(call, rpc_code_from_errno(f->error), "backend %s: %s", name,
-			      strerror(-f->error));
-	else if (f->res.details && strstr(f->res.details, name))
-		rpc_call_fail(call, f->res.code, "%s", f->res.details);
-	else
-		rpc_call_fail(call, f->res.code, "backend %s: %s", name,
-			      f->res.details ? f->res.details : rpc_code_name(f->res.code));
+	out->code = reply->code;
+	if (reply->details && strstr(reply->details, name))
+		out->details = strdup(reply->details);
+	else if (asprintf(&out->details, "backend %s: %s", name,
+			  reply->details ? reply->details : rpc_code_name(reply->code)) < 0)
+		out->details = NULL;
 }
 
-static bool unavailable(const struct fanout_result *f)
+/* The first backend that failed (skipping unavailable ones when asked):
+ * true and *out set to its failure. */
+static bool first_failure(struct router *r, const struct rpc_result *replies, bool skip_unavailable,
+			  struct rpc_result *out)
 {
-	return f->error < 0 || f->res.code == RPC_UNAVAILABLE;
+	for (size_t i = 0; i < r->n_backends; i++)
+		if (replies[i].code != RPC_OK &&
+		    !(skip_unavailable && replies[i].code == RPC_UNAVAILABLE)) {
+			failed_result(r, i, &replies[i], out);
+			return true;
+		}
+	return false;
+}
+
+static void out_of_memory(struct rpc_result *out)
+{
+	out->code = RPC_RESOURCE_EXHAUSTED;
+	out->details = strdup("out of memory");
 }
 
 /* ---------------------------------------------------------------- renaming */
@@ -227,47 +275,96 @@ static struct rpc_buf request_of(struct rpc_call *call)
 
 /* Lists have only repeated fields, so replies concatenated on the wire are
  * the merged list: no backend's reply needs decoding unless it is renamed. */
-void serve_list(struct rpc_call *call, void *arg)
+void combine_list(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		  struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
 	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	if (!results) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	if (first_failure(r, replies, false, out))
+		return;
+	bool rename = r->renames && renames_method(m);
+	struct rpc_buf *bufs = calloc(n, sizeof(*bufs));
+	size_t total = 0;
+	if (!bufs) {
+		out_of_memory(out);
 		return;
 	}
-	fanout_call(r, m->path, &req, call, 0, results);
-	size_t which;
-	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
-	size_t total = 0;
-	for (size_t i = 0; !failed && i < r->n_backends; i++) {
-		if (r->renames && renames_method(m) &&
-		    rename_reply(r, m, i, &results[i].res.reply) < 0) {
-			rpc_call_fail(call, RPC_INTERNAL,
-				      "backend %s sent a %s reply crimux cannot "
-				      "decode",
-				      r->backends[i]->name, m->name);
-			fanout_clear(r, results);
-			return;
+	for (size_t i = 0; i < n; i++) {
+		bufs[i] = replies[i].reply;
+		if (rename) { /* renamed copies replace the backends' bytes */
+			struct rpc_buf copy = {malloc(bufs[i].len ? bufs[i].len : 1), bufs[i].len};
+			if (copy.data)
+				memcpy(copy.data, bufs[i].data, bufs[i].len);
+			if (!copy.data || rename_reply(r, m, i, &copy) < 0) {
+				rpc_buf_clear(&copy);
+				out->code = RPC_INTERNAL;
+				if (asprintf(&out->details,
+					     "backend %s sent a %s reply crimux cannot decode",
+					     r->backends[i]->name, m->name) < 0)
+					out->details = NULL;
+				n = i; /* free what was renamed so far */
+				break;
+			}
+			bufs[i] = copy;
 		}
-		total += results[i].res.reply.len;
+		total += bufs[i].len;
 	}
-	if (failed) {
-		fail_backend(call, r, which, failed);
-	} else {
-		_cleanup_free_ uint8_t *all = malloc(total ? total : 1);
+	if (out->code == RPC_OK) {
+		uint8_t *all = malloc(total ? total : 1);
 		size_t at = 0;
-		for (size_t i = 0; all && i < r->n_backends; i++) {
-			memcpy(all + at, results[i].res.reply.data, results[i].res.reply.len);
-			at += results[i].res.reply.len;
+		for (size_t i = 0; all && i < n; i++) {
+			memcpy(all + at, bufs[i].data, bufs[i].len);
+			at += bufs[i].len;
 		}
 		if (all)
-			rpc_call_reply(call, all, total);
+			out->reply = (struct rpc_buf){all, total};
 		else
-			rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+			out_of_memory(out);
 	}
-	fanout_clear(r, results);
+	for (size_t i = 0; rename && i < n; i++)
+		rpc_buf_clear(&bufs[i]);
+	free(bufs);
+}
+
+/* UpdateRuntimeConfig, RemoveImage: every backend must take it. */
+void combine_all(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		 struct rpc_result *out, void *arg)
+{
+	if (first_failure(arg, replies, false, out))
+		return;
+	out->reply.data = malloc(replies[0].reply.len ? replies[0].reply.len : 1);
+	if (!out->reply.data) {
+		out_of_memory(out);
+		return;
+	}
+	memcpy(out->reply.data, replies[0].reply.data, replies[0].reply.len);
+	out->reply.len = replies[0].reply.len;
+}
+
+/* A reply from one backend that must be renamed on its way (PodSandboxStatus). */
+void serve_renamed(struct rpc_call *call, void *arg)
+{
+	struct backend_job *job = arg;
+	struct router *r = job->r;
+	size_t backend = job->backend;
+	free(job);
+	const struct cri_method *m = method_of(call);
+	struct rpc_buf req = request_of(call);
+	struct backend *b = r->backends[backend];
+	struct rpc_result res = {0}, out = {0};
+	int ret = b->ops->call(b, m->path, &req, call, 0, &res);
+	if (ret < 0)
+		rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
+			      strerror(-ret));
+	else if (res.code != RPC_OK)
+		failed_result(r, backend, &res, &out), rpc_call_complete(call, &out);
+	else if (rename_reply(r, m, backend, &res.reply) < 0)
+		rpc_call_fail(call, RPC_INTERNAL, "backend %s sent a %s reply crimux cannot decode",
+			      b->name, m->name);
+	else
+		rpc_call_reply(call, res.reply.data, res.reply.len);
+	rpc_result_clear(&res);
+	rpc_result_clear(&out);
 }
 
 /* Stream* lists: each backend's stream in turn, renamed where needed. The
@@ -281,7 +378,7 @@ void serve_stream_list(struct rpc_call *call, void *arg)
 	for (size_t i = 0; i < r->n_backends; i++) {
 		struct backend *b = r->backends[i];
 		struct backend_stream *s;
-		struct rpc_result end = {0};
+		struct rpc_result end = {0}, out = {0};
 		int ret = b->ops->stream_open(b, m->path, &req, call, &s);
 		if (ret < 0) {
 			rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
@@ -298,61 +395,21 @@ void serve_stream_list(struct rpc_call *call, void *arg)
 				break;
 		}
 		b->ops->stream_free(s);
-		if (ret < 0 || end.code != RPC_OK) {
-			struct fanout_result f = {.error = ret < 0 ? ret : 0, .res = end};
-			if (ret == -ECANCELED) /* the client left; nobody hears this */
-				rpc_call_finish(call, RPC_CANCELLED, NULL);
-			else
-				fail_backend(call, r, i, &f);
-			rpc_result_clear(&end);
-			return;
+		if (ret == -ECANCELED) { /* the client left; nobody hears the rest */
+			rpc_call_finish(call, RPC_CANCELLED, NULL);
+		} else if (ret < 0) {
+			rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
+				      strerror(-ret));
+		} else if (end.code != RPC_OK) {
+			failed_result(r, i, &end, &out);
+			rpc_call_finish(call, out.code, out.details);
 		}
 		rpc_result_clear(&end);
+		rpc_result_clear(&out);
+		if (ret < 0 || out.code != RPC_OK)
+			return;
 	}
 	rpc_call_finish(call, RPC_OK, NULL);
-}
-
-/* UpdateRuntimeConfig: every backend must take it. */
-void serve_all(struct rpc_call *call, void *arg)
-{
-	struct router *r = arg;
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	if (!results) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		return;
-	}
-	fanout_call(r, m->path, &req, call, 0, results);
-	size_t which;
-	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
-	if (failed)
-		fail_backend(call, r, which, failed);
-	else
-		rpc_call_reply(call, results[0].res.reply.data, results[0].res.reply.len);
-	fanout_clear(r, results);
-}
-
-/* A reply from one backend that must be renamed on its way (PodSandboxStatus). */
-void serve_renamed(struct rpc_call *call, void *arg)
-{
-	struct backend_job *job = arg;
-	struct router *r = job->r;
-	size_t backend = job->backend;
-	free(job);
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	struct backend *b = r->backends[backend];
-	struct fanout_result f = {0};
-	f.error = b->ops->call(b, m->path, &req, call, 0, &f.res);
-	if (f.error < 0 || f.res.code != RPC_OK)
-		fail_backend(call, r, backend, &f);
-	else if (rename_reply(r, m, backend, &f.res.reply) < 0)
-		rpc_call_fail(call, RPC_INTERNAL, "backend %s sent a %s reply crimux cannot decode",
-			      b->name, m->name);
-	else
-		rpc_call_reply(call, f.res.reply.data, f.res.reply.len);
-	rpc_result_clear(&f.res);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -570,7 +627,7 @@ static void status_build_free(struct status_build *sb)
  * conditions, named "<backend>/RuntimeReady" and so on, so that a backend
  * that is down shows without making the node NotReady. */
 static int build_status(struct router *r, Runtime__V1__StatusResponse **replies,
-			const struct fanout_result *results, bool verbose, struct rpc_buf *out)
+			const struct rpc_result *results, bool verbose, struct rpc_buf *out)
 {
 	struct status_build sb = {0};
 	size_t max_conditions = 2, max_info = 1, max_strings = 8;
@@ -623,14 +680,10 @@ static int build_status(struct router *r, Runtime__V1__StatusResponse **replies,
 				cond->reason = theirs->reason;
 				cond->message = theirs->message;
 			} else if (!replies[i]) {
-				const struct fanout_result *f = &results[i];
-				char *message;
+				struct rpc_result failed = {0};
 				cond->reason = (char *)"BackendUnavailable";
-				if (asprintf(&message, "backend %s: %s", name,
-					     f->error < 0     ? strerror(-f->error)
-					     : f->res.details ? f->res.details
-							      : rpc_code_name(f->res.code)) >= 0)
-					cond->message = keep(&sb, message);
+				failed_result(r, i, &results[i], &failed);
+				cond->message = keep(&sb, failed.details);
 			}
 			sb.condition_ptrs[sb.status.n_conditions++] = cond;
 		}
@@ -698,7 +751,8 @@ static int build_status(struct router *r, Runtime__V1__StatusResponse **replies,
 	return ret;
 }
 
-void serve_status(struct rpc_call *call, void *arg)
+void combine_status(struct rpc_call *call, const struct rpc_result *results, size_t n,
+		    struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
 	struct rpc_buf req = request_of(call);
@@ -706,29 +760,20 @@ void serve_status(struct rpc_call *call, void *arg)
 		runtime__v1__status_request__unpack(NULL, req.len, req.data);
 	bool verbose = sreq && sreq->verbose;
 	runtime__v1__status_request__free_unpacked(sreq, NULL);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	_cleanup_free_ Runtime__V1__StatusResponse **replies =
-		calloc(r->n_backends, sizeof(*replies));
-	if (!results || !replies) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	Runtime__V1__StatusResponse **replies = calloc(n, sizeof(*replies));
+	if (!replies) {
+		out_of_memory(out);
 		return;
 	}
-	/* Status must answer even when a backend hangs: bound each call. */
-	fanout_call(r, "/runtime.v1.RuntimeService/Status", &req, call, 5000, results);
-	for (size_t i = 0; i < r->n_backends; i++)
-		if (results[i].error == 0 && results[i].res.code == RPC_OK)
+	for (size_t i = 0; i < n; i++)
+		if (results[i].code == RPC_OK)
 			replies[i] = runtime__v1__status_response__unpack(
-				NULL, results[i].res.reply.len, results[i].res.reply.data);
-	struct rpc_buf out = {0};
-	int ret = build_status(r, replies, results, verbose, &out);
-	if (ret < 0)
-		rpc_call_fail(call, rpc_code_from_errno(ret), "cannot build the status reply");
-	else
-		rpc_call_reply(call, out.data, out.len);
-	rpc_buf_clear(&out);
-	for (size_t i = 0; i < r->n_backends; i++)
+				NULL, results[i].reply.len, results[i].reply.data);
+	if (build_status(r, replies, results, verbose, &out->reply) < 0)
+		out_of_memory(out);
+	for (size_t i = 0; i < n; i++)
 		runtime__v1__status_response__free_unpacked(replies[i], NULL);
-	fanout_clear(r, results);
+	free(replies);
 }
 
 /* ---------------------------------------------------------------- images */
@@ -736,48 +781,43 @@ void serve_status(struct rpc_call *call, void *arg)
 /* ImageStatus without a handler: the image is present only if every
  * reachable backend has it, so that the kubelet pulls it (onto the pod's
  * backend) whenever one lacks it. */
-void serve_image_status(struct rpc_call *call, void *arg)
+void combine_image_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+			  struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	if (!results) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	if (first_failure(r, replies, true, out))
 		return;
-	}
-	fanout_call(r, m->path, &req, call, 0, results);
-	size_t which, chosen = r->n_backends;
+	size_t chosen = n;
 	bool everywhere = true;
-	const struct fanout_result *failed = fanout_failure(r, results, true, &which);
-	for (size_t i = 0; !failed && i < r->n_backends; i++) {
-		if (unavailable(&results[i]))
+	for (size_t i = 0; i < n; i++) {
+		if (replies[i].code == RPC_UNAVAILABLE)
 			continue;
 		Runtime__V1__ImageStatusResponse *s = runtime__v1__image_status_response__unpack(
-			NULL, results[i].res.reply.len, results[i].res.reply.data);
+			NULL, replies[i].reply.len, replies[i].reply.data);
 		if (!s || !s->image)
 			everywhere = false;
-		else if (chosen == r->n_backends || i == r->default_backend)
+		else if (chosen == n || i == r->default_backend)
 			chosen = i;
 		runtime__v1__image_status_response__free_unpacked(s, NULL);
 	}
-	if (failed) {
-		fail_backend(call, r, which, failed);
-	} else if (chosen == r->n_backends) {
-		/* No backend answered: the kubelet must not take that as "absent". */
-		fail_backend(call, r, r->default_backend, &results[r->default_backend]);
-	} else if (!everywhere) {
-		Runtime__V1__ImageStatusResponse none = RUNTIME__V1__IMAGE_STATUS_RESPONSE__INIT;
-		struct rpc_buf out = {0};
-		if (repack(&none.base, &out) == 0)
-			rpc_call_reply(call, out.data, out.len);
-		else
-			rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		rpc_buf_clear(&out);
-	} else {
-		rpc_call_reply(call, results[chosen].res.reply.data, results[chosen].res.reply.len);
+	if (chosen == n && everywhere) {
+		/* Nobody answered: that must not read as "absent". */
+		failed_result(r, r->default_backend, &replies[r->default_backend], out);
+		return;
 	}
-	fanout_clear(r, results);
+	Runtime__V1__ImageStatusResponse none = RUNTIME__V1__IMAGE_STATUS_RESPONSE__INIT;
+	if (!everywhere) {
+		if (repack(&none.base, &out->reply) < 0)
+			out_of_memory(out);
+		return;
+	}
+	out->reply.data = malloc(replies[chosen].reply.len ? replies[chosen].reply.len : 1);
+	if (!out->reply.data) {
+		out_of_memory(out);
+		return;
+	}
+	memcpy(out->reply.data, replies[chosen].reply.data, replies[chosen].reply.len);
+	out->reply.len = replies[chosen].reply.len;
 }
 
 static int add_unique(char ***list, size_t *n, char *s)
@@ -795,7 +835,7 @@ static int add_unique(char ***list, size_t *n, char *s)
 
 /* One entry per image ID, with the tags and digests every backend knows. The
  * strings stay owned by the unpacked replies; only the arrays are new. */
-static int merge_images(struct router *r, const struct fanout_result *results,
+static int merge_images(struct router *r, const struct rpc_result *results,
 			const ProtobufCMessageDescriptor *desc, struct rpc_buf *out)
 {
 	ProtobufCMessage **replies = calloc(r->n_backends, sizeof(*replies));
@@ -803,8 +843,8 @@ static int merge_images(struct router *r, const struct fanout_result *results,
 	size_t n = 0, max = 0;
 	int ret = replies ? 0 : -ENOMEM;
 	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
-		replies[i] = protobuf_c_message_unpack(desc, NULL, results[i].res.reply.len,
-						       results[i].res.reply.data);
+		replies[i] = protobuf_c_message_unpack(desc, NULL, results[i].reply.len,
+						       results[i].reply.data);
 		if (!replies[i])
 			ret = -EBADMSG;
 		else
@@ -856,75 +896,75 @@ static int merge_images(struct router *r, const struct fanout_result *results,
 	return ret;
 }
 
-static void serve_images(struct rpc_call *call, struct router *r, bool stream)
+void combine_images(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		    struct rpc_result *out, void *arg)
 {
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	struct router *r = arg;
+	if (first_failure(r, replies, false, out))
+		return;
+	int ret = merge_images(r, replies, &runtime__v1__list_images_response__descriptor,
+			       &out->reply);
+	if (ret < 0) {
+		out->code = rpc_code_from_errno(ret);
+		out->details = strdup("cannot merge the backends' image lists");
+	}
+}
+
+/* StreamImages merges the unary lists: duplicates across backends can only be
+ * told apart once every list is in. */
+void serve_image_stream(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	struct rpc_buf req = request_of(call), merged = {0};
+	struct rpc_result out = {0};
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
 	if (!results) {
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
 		return;
 	}
-	/* StreamImages merges the unary lists: duplicates across backends can
-	 * only be told apart once every list is in. */
+	/* ListImagesRequest and StreamImagesRequest share their layout. */
 	fanout_call(r, "/runtime.v1.ImageService/ListImages", &req, call, 0, results);
-	size_t which;
-	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
-	struct rpc_buf out = {0};
-	int ret = failed ? 0
-			 : merge_images(r, results,
-					stream ? &runtime__v1__stream_images_response__descriptor
-					       : &runtime__v1__list_images_response__descriptor,
-					&out);
-	if (failed)
-		fail_backend(call, r, which, failed);
-	else if (ret < 0)
-		rpc_call_fail(call, rpc_code_from_errno(ret), "cannot merge the image lists");
-	else if (!stream)
-		rpc_call_reply(call, out.data, out.len);
+	int ret = 0;
+	if (!first_failure(r, results, false, &out) &&
+	    (ret = merge_images(r, results, &runtime__v1__stream_images_response__descriptor,
+				&merged)) < 0) {
+		out.code = rpc_code_from_errno(ret);
+		out.details = strdup("cannot merge the backends' image lists");
+	}
+	if (out.code != RPC_OK)
+		rpc_call_finish(call, out.code, out.details);
 	else /* a client that left is told nothing more */
-		rpc_call_finish(
-			call, rpc_call_send(call, out.data, out.len) == 0 ? RPC_OK : RPC_CANCELLED,
-			NULL);
-	rpc_buf_clear(&out);
-	fanout_clear(r, results);
-}
-
-void serve_image_list(struct rpc_call *call, void *arg)
-{
-	const struct cri_method *m = method_of(call);
-	serve_images(call, arg, m->server_streaming);
+		rpc_call_finish(call,
+				rpc_call_send(call, merged.data, merged.len) == 0 ? RPC_OK
+										  : RPC_CANCELLED,
+				NULL);
+	rpc_buf_clear(&merged);
+	rpc_result_clear(&out);
+	results_clear(r, results);
 }
 
 /* Filesystems of every backend, each mountpoint once. */
-void serve_image_fs(struct rpc_call *call, void *arg)
+void combine_image_fs(struct rpc_call *call, const struct rpc_result *results, size_t n,
+		      struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	_cleanup_free_ Runtime__V1__ImageFsInfoResponse **replies =
-		calloc(r->n_backends, sizeof(*replies));
-	if (!results || !replies) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	if (first_failure(r, results, false, out))
 		return;
-	}
-	fanout_call(r, m->path, &req, call, 0, results);
-	size_t which, max_image = 0, max_container = 0;
-	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
-	for (size_t i = 0; !failed && i < r->n_backends; i++) {
-		replies[i] = runtime__v1__image_fs_info_response__unpack(
-			NULL, results[i].res.reply.len, results[i].res.reply.data);
+	Runtime__V1__ImageFsInfoResponse **replies = calloc(n, sizeof(*replies));
+	Runtime__V1__ImageFsInfoResponse merged = RUNTIME__V1__IMAGE_FS_INFO_RESPONSE__INIT;
+	size_t max_image = 0, max_container = 0;
+	for (size_t i = 0; replies && i < n; i++) {
+		replies[i] = runtime__v1__image_fs_info_response__unpack(NULL, results[i].reply.len,
+									 results[i].reply.data);
 		if (replies[i]) {
 			max_image += replies[i]->n_image_filesystems;
 			max_container += replies[i]->n_container_filesystems;
 		}
 	}
-	Runtime__V1__ImageFsInfoResponse merged = RUNTIME__V1__IMAGE_FS_INFO_RESPONSE__INIT;
 	merged.image_filesystems = calloc(max_image + 1, sizeof(void *));
 	merged.container_filesystems = calloc(max_container + 1, sizeof(void *));
-	for (size_t i = 0; !failed && i < r->n_backends && merged.image_filesystems &&
-			   merged.container_filesystems;
-	     i++) {
+	bool ok = replies && merged.image_filesystems && merged.container_filesystems;
+	for (size_t i = 0; ok && i < n; i++) {
 		if (!replies[i])
 			continue;
 		struct {
@@ -948,47 +988,33 @@ void serve_image_fs(struct rpc_call *call, void *arg)
 					lists[l].to[(*lists[l].count)++] = u;
 			}
 	}
-	struct rpc_buf out = {0};
-	if (failed)
-		fail_backend(call, r, which, failed);
-	else if (!merged.image_filesystems || !merged.container_filesystems ||
-		 repack(&merged.base, &out) < 0)
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-	else
-		rpc_call_reply(call, out.data, out.len);
-	rpc_buf_clear(&out);
+	if (!ok || repack(&merged.base, &out->reply) < 0)
+		out_of_memory(out);
 	free(merged.image_filesystems);
 	free(merged.container_filesystems);
-	for (size_t i = 0; i < r->n_backends; i++)
+	for (size_t i = 0; replies && i < n; i++)
 		runtime__v1__image_fs_info_response__free_unpacked(replies[i], NULL);
-	fanout_clear(r, results);
+	free(replies);
 }
 
 /* Metric descriptors of every backend, each name once. */
-void serve_metric_descriptors(struct rpc_call *call, void *arg)
+void combine_metric_descriptors(struct rpc_call *call, const struct rpc_result *results, size_t n,
+				struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
-	_cleanup_free_ Runtime__V1__ListMetricDescriptorsResponse **replies =
-		calloc(r->n_backends, sizeof(*replies));
-	if (!results || !replies) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+	if (first_failure(r, results, false, out))
 		return;
-	}
-	fanout_call(r, m->path, &req, call, 0, results);
-	size_t which, max = 0;
-	const struct fanout_result *failed = fanout_failure(r, results, false, &which);
-	for (size_t i = 0; !failed && i < r->n_backends; i++) {
-		replies[i] = runtime__v1__list_metric_descriptors_response__unpack(
-			NULL, results[i].res.reply.len, results[i].res.reply.data);
-		max += replies[i] ? replies[i]->n_descriptors : 0;
-	}
+	Runtime__V1__ListMetricDescriptorsResponse **replies = calloc(n, sizeof(*replies));
 	Runtime__V1__ListMetricDescriptorsResponse merged =
 		RUNTIME__V1__LIST_METRIC_DESCRIPTORS_RESPONSE__INIT;
+	size_t max = 0;
+	for (size_t i = 0; replies && i < n; i++) {
+		replies[i] = runtime__v1__list_metric_descriptors_response__unpack(
+			NULL, results[i].reply.len, results[i].reply.data);
+		max += replies[i] ? replies[i]->n_descriptors : 0;
+	}
 	merged.descriptors = calloc(max + 1, sizeof(void *));
-	for (size_t i = 0; !failed && merged.descriptors && i < r->n_backends; i++)
+	for (size_t i = 0; replies && merged.descriptors && i < n; i++)
 		for (size_t j = 0; replies[i] && j < replies[i]->n_descriptors; j++) {
 			Runtime__V1__MetricDescriptor *d = replies[i]->descriptors[j];
 			bool seen = false;
@@ -997,16 +1023,10 @@ void serve_metric_descriptors(struct rpc_call *call, void *arg)
 			if (!seen)
 				merged.descriptors[merged.n_descriptors++] = d;
 		}
-	struct rpc_buf out = {0};
-	if (failed)
-		fail_backend(call, r, which, failed);
-	else if (!merged.descriptors || repack(&merged.base, &out) < 0)
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-	else
-		rpc_call_reply(call, out.data, out.len);
-	rpc_buf_clear(&out);
+	if (!replies || !merged.descriptors || repack(&merged.base, &out->reply) < 0)
+		out_of_memory(out);
 	free(merged.descriptors);
-	for (size_t i = 0; i < r->n_backends; i++)
+	for (size_t i = 0; replies && i < n; i++)
 		runtime__v1__list_metric_descriptors_response__free_unpacked(replies[i], NULL);
-	fanout_clear(r, results);
+	free(replies);
 }

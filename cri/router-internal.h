@@ -50,6 +50,7 @@ struct router {
 	unsigned default_backend;
 	bool renames;       /* a handler runs under another name on its backend */
 	bool tracks_owners; /* several backends, or a policy that needs the pod's handler */
+	struct rpc_channel **channels; /* every backend's, when all relay over gRPC */
 	struct owners *owners;
 	struct workers *fanout;
 	enum route *routes;  /* per method, by cri_method_index() */
@@ -62,23 +63,15 @@ struct backend_job {
 	size_t backend;
 };
 
-/* One backend's answer in a fan-out; error < 0 when no call was made. */
-struct fanout_result {
-	int error;
-	struct rpc_result res;
-};
-
-/* Calls method on every backend at once and waits for all. */
+/* Calls method on every backend at once and waits for all (worker threads
+ * only); results[i] is backend i's answer, a local failure included. */
 void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
-		 struct rpc_call *parent, unsigned timeout_ms, struct fanout_result *results);
-void fanout_clear(struct router *r, struct fanout_result *results);
+		 struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *results);
+void results_clear(struct router *r, struct rpc_result *results);
 
-/* The first backend that failed, as the client should see it; NULL if none.
- * Skips UNAVAILABLE ones when skip_unavailable. */
-const struct fanout_result *fanout_failure(struct router *r, const struct fanout_result *results,
-					   bool skip_unavailable, size_t *which);
-void fail_backend(struct rpc_call *call, struct router *r, size_t backend,
-		  const struct fanout_result *res);
+/* Sends the call to every backend and completes it with combine(): on the
+ * event thread when every backend relays over gRPC, else on a worker. */
+void fan_out(struct router *r, struct rpc_call *call, rpc_combine_fn combine, unsigned timeout_ms);
 
 /* The crimux handler a backend's handler name belongs to, or NULL. */
 const char *router_handler_name(struct router *r, size_t backend, const char *backend_handler);
@@ -87,14 +80,24 @@ const char *router_handler_name(struct router *r, size_t backend, const char *ba
 int rename_reply(struct router *r, const struct cri_method *m, size_t backend,
 		 struct rpc_buf *reply);
 
-/* Worker bodies for the merged routes. */
-void serve_list(struct rpc_call *call, void *arg);
+/* How replies merge (rpc_combine_fn; the argument is the router). */
+void combine_list(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		  struct rpc_result *out, void *arg);
+void combine_all(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		 struct rpc_result *out, void *arg);
+void combine_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		    struct rpc_result *out, void *arg);
+void combine_image_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+			  struct rpc_result *out, void *arg);
+void combine_images(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		    struct rpc_result *out, void *arg);
+void combine_image_fs(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		      struct rpc_result *out, void *arg);
+void combine_metric_descriptors(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+				struct rpc_result *out, void *arg);
+
+/* Worker bodies for what streams, or needs one backend's reply renamed. */
 void serve_stream_list(struct rpc_call *call, void *arg);
+void serve_image_stream(struct rpc_call *call, void *arg);
 void serve_events(struct rpc_call *call, void *arg);
-void serve_status(struct rpc_call *call, void *arg);
-void serve_all(struct rpc_call *call, void *arg);
-void serve_image_status(struct rpc_call *call, void *arg);
-void serve_image_list(struct rpc_call *call, void *arg);
-void serve_image_fs(struct rpc_call *call, void *arg);
-void serve_metric_descriptors(struct rpc_call *call, void *arg);
 void serve_renamed(struct rpc_call *call, void *arg);

@@ -110,6 +110,15 @@ int router_new(const struct crx_config *cfg, struct router **out, struct crx_err
 		r->n_handlers++;
 	}
 	r->tracks_owners |= r->n_backends > 1;
+	/* When every backend relays over gRPC, fan-outs run on the event thread. */
+	r->channels = calloc(r->n_backends, sizeof(*r->channels));
+	for (size_t i = 0; r->channels && i < r->n_backends; i++) {
+		struct backend *b = r->backends[i];
+		if (!b->ops->channel || !(r->channels[i] = b->ops->channel(b))) {
+			free(r->channels);
+			r->channels = NULL;
+		}
+	}
 	*out = r;
 	return 0;
 }
@@ -123,6 +132,7 @@ void router_free(struct router *r)
 		backend_free(r->backends[i]);
 	owners_free(r->owners);
 	free(r->backends);
+	free(r->channels);
 	free(r->handlers);
 	free(r->routes);
 	free(r->id_fields);
@@ -262,7 +272,7 @@ static int resolve(struct router *r, enum owner_kind kind, const char *id, struc
 	if (req.len > sizeof(buf))
 		return crx_err_set(err, -EINVAL, "ID \"%.64s...\" is too long", id);
 	protobuf_c_message_pack(msg, buf);
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
 	if (!results)
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	fanout_call(r,
@@ -271,17 +281,14 @@ static int resolve(struct router *r, enum owner_kind kind, const char *id, struc
 		    &req, parent, timeout_ms, results);
 	int ret = -ENOENT;
 	for (size_t i = 0; i < r->n_backends; i++) {
-		const struct rpc_result *res = &results[i].res;
-		if (results[i].error < 0 || res->code != RPC_OK) {
+		const struct rpc_result *res = &results[i];
+		if (res->code != RPC_OK) {
 			if (ret == -ENOENT)
 				ret = crx_err_set(
 					err, -EHOSTDOWN,
 					"backend %s, which may hold %s \"%s\", did not answer: %s",
 					r->backends[i]->name, sandbox ? "pod sandbox" : "container",
-					id,
-					results[i].error < 0 ? strerror(-results[i].error)
-					: res->details       ? res->details
-							     : rpc_code_name(res->code));
+					id, res->details ? res->details : rpc_code_name(res->code));
 			continue;
 		}
 		if (sandbox) {
@@ -304,7 +311,7 @@ static int resolve(struct router *r, enum owner_kind kind, const char *id, struc
 			runtime__v1__list_containers_response__free_unpacked(l, NULL);
 		}
 	}
-	fanout_clear(r, results);
+	results_clear(r, results);
 	return ret;
 }
 
@@ -324,7 +331,7 @@ int router_rebuild(struct router *r, struct router_census *census, struct crx_er
 	Runtime__V1__RuntimeConfigRequest creq = RUNTIME__V1__RUNTIME_CONFIG_REQUEST__INIT;
 	uint8_t buf[16];
 	struct rpc_buf req = {buf, runtime__v1__runtime_config_request__pack(&creq, buf)};
-	_cleanup_free_ struct fanout_result *results = calloc(r->n_backends, sizeof(*results));
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
 	if (!results)
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	fanout_call(r, "/runtime.v1.RuntimeService/RuntimeConfig", &req, NULL, REBUILD_TIMEOUT_MS,
@@ -335,19 +342,18 @@ int router_rebuild(struct router *r, struct router_census *census, struct crx_er
 	size_t size = 0;
 	FILE *names = open_memstream(&unreachable, &size);
 	for (size_t i = 0; i < r->n_backends; i++) {
-		const struct fanout_result *f = &results[i];
-		if (f->error < 0 || f->res.code == RPC_UNAVAILABLE ||
-		    f->res.code == RPC_DEADLINE_EXCEEDED) {
+		const struct rpc_result *f = &results[i];
+		if (f->code == RPC_UNAVAILABLE || f->code == RPC_DEADLINE_EXCEEDED) {
 			if (names)
 				fprintf(names, "%s%s", ftell(names) ? ", " : "",
 					r->backends[i]->name);
 			continue;
 		}
-		if (f->res.code != RPC_OK)
+		if (f->code != RPC_OK)
 			continue;
 		Runtime__V1__RuntimeConfigResponse *rc =
-			runtime__v1__runtime_config_response__unpack(NULL, f->res.reply.len,
-								     f->res.reply.data);
+			runtime__v1__runtime_config_response__unpack(NULL, f->reply.len,
+								     f->reply.data);
 		if (rc && rc->linux) {
 			int d = rc->linux->cgroup_driver;
 			if (driver < 0) {
@@ -376,7 +382,7 @@ int router_rebuild(struct router *r, struct router_census *census, struct crx_er
 		unreachable = NULL;
 	}
 	census->unreachable = unreachable;
-	fanout_clear(r, results);
+	results_clear(r, results);
 	return ret;
 }
 
@@ -665,7 +671,7 @@ static void image_status(struct router *r, struct rpc_call *call, const struct c
 	else if (hi >= 0)
 		serve(r, r->handlers[hi].backend, call, m, NULL);
 	else
-		rpc_call_defer(call, serve_image_status, r);
+		fan_out(r, call, combine_image_status, 0);
 	runtime__v1__image_status_request__free_unpacked(req, NULL);
 }
 
@@ -676,6 +682,8 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 	enum route route = m ? r->routes[cri_method_index(m)] : ROUTE_DEFAULT;
 	bool merge = r->n_backends > 1;
 	void (*worker)(struct rpc_call *, void *) = NULL;
+	rpc_combine_fn combine = NULL;
+	unsigned timeout_ms = 0;
 	switch (route) {
 	case ROUTE_VERSION:
 		reply_version(call);
@@ -698,7 +706,7 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		}
 		break;
 	case ROUTE_LIST:
-		worker = merge || r->renames ? serve_list : NULL;
+		combine = merge || r->renames ? combine_list : NULL;
 		break;
 	case ROUTE_STREAM_LIST:
 		worker = merge || r->renames ? serve_stream_list : NULL;
@@ -707,26 +715,31 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		worker = merge || r->renames ? serve_events : NULL;
 		break;
 	case ROUTE_STATUS: /* lists crimux's handlers once there are any */
-		worker = merge || r->n_handlers ? serve_status : NULL;
+		combine = merge || r->n_handlers ? combine_status : NULL;
+		timeout_ms = 5000; /* a backend that hangs must not hang Status */
 		break;
 	case ROUTE_ALL:
 	case ROUTE_IMAGE_REMOVE:
-		worker = merge ? serve_all : NULL;
+		combine = merge ? combine_all : NULL;
 		break;
 	case ROUTE_IMAGE_LIST:
+		combine = merge ? combine_images : NULL;
+		break;
 	case ROUTE_IMAGE_STREAM:
-		worker = merge ? serve_image_list : NULL;
+		worker = merge ? serve_image_stream : NULL;
 		break;
 	case ROUTE_IMAGE_FS:
-		worker = merge ? serve_image_fs : NULL;
+		combine = merge ? combine_image_fs : NULL;
 		break;
 	case ROUTE_METRIC_DESCRIPTORS:
-		worker = merge ? serve_metric_descriptors : NULL;
+		combine = merge ? combine_metric_descriptors : NULL;
 		break;
 	case ROUTE_DEFAULT:
 		break;
 	}
-	if (worker)
+	if (combine)
+		fan_out(r, call, combine, timeout_ms);
+	else if (worker)
 		rpc_call_defer(call, worker, r);
 	else
 		serve(r, r->default_backend, call, m, NULL);

@@ -30,6 +30,14 @@ struct rpc_buf {
 };
 void rpc_buf_clear(struct rpc_buf *buf);
 
+/* The outcome of a call: status, message and, when OK, the unary reply. */
+struct rpc_result {
+	int code;
+	char *details;        /* owned, may be NULL */
+	struct rpc_buf reply; /* unary reply; empty unless code == RPC_OK */
+};
+void rpc_result_clear(struct rpc_result *res);
+
 /* What a finished incoming call looked like, for the daemon's request log. */
 struct rpc_call_summary {
 	const char *method;
@@ -92,6 +100,19 @@ struct rpc_relay {
 };
 void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
 
+/* Sends the call's request to every channel at once, on the event thread,
+ * and completes the call with what combine() makes of the replies, given in
+ * channel order (a backend that cannot be reached shows as UNAVAILABLE with
+ * its name). timeout_ms bounds each leg (0: only the client's deadline).
+ * combine runs on the event thread and must not block. */
+typedef void (*rpc_combine_fn)(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+			       struct rpc_result *out, void *arg);
+void rpc_call_fanout(struct rpc_call *call, struct rpc_channel *const *channels, size_t n,
+		     unsigned timeout_ms, rpc_combine_fn combine, void *arg);
+
+/* Completes the call with a result: its reply when OK, else its status. */
+void rpc_call_complete(struct rpc_call *call, const struct rpc_result *res);
+
 /* Runs fn(call, arg) on a worker thread; fn completes the call. On failure
  * the call has been failed already. */
 int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void *arg), void *arg);
@@ -113,14 +134,6 @@ int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel *
 void rpc_channel_free(struct rpc_channel *channel);
 const char *rpc_channel_name(const struct rpc_channel *channel);
 const char *rpc_channel_target(const struct rpc_channel *channel);
-
-/* The outcome of a call made by crimux itself. */
-struct rpc_result {
-	int code;
-	char *details;        /* owned, may be NULL */
-	struct rpc_buf reply; /* unary reply; empty unless code == RPC_OK */
-};
-void rpc_result_clear(struct rpc_result *res);
 
 /* A blocking unary call, for worker threads and start-up. parent (may be
  * NULL) passes on the client's deadline and cancellation; timeout_ms bounds

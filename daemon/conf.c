@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <syslog.h>
 
 #include "common/util.h"
@@ -102,6 +103,10 @@ static int main_key(struct parse *p, const char *key, const char *value)
 		if (value[0] != '/')
 			return fail(p, "crimux", key, "must be an absolute path, not \"%s\"",
 				    value);
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+			return fail(p, "crimux", key,
+				    "\"%s\" is longer than a unix socket path may be (%zu bytes)",
+				    value, sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 		return set_string(&cfg->socket_path, value) == 0;
 	}
 	if (streq(key, "socket_mode")) {

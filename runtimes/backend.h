@@ -32,6 +32,9 @@ struct backend_ops {
 	 * method the schema does not know; how may be NULL. */
 	void (*serve)(struct backend *b, struct rpc_call *call, const struct cri_method *m,
 		      const struct backend_serve *how);
+	/* The gRPC channel calls are relayed on, for backends that relay (NULL
+	 * otherwise): crimux then fans out to them on its event thread. */
+	struct rpc_channel *(*channel)(struct backend *b);
 	/* A unary call crimux makes itself (merged lists, status, lookups).
 	 * Blocking; parent passes on the client's deadline and cancellation,
 	 * timeout_ms bounds calls that have no client behind them. Returns 0

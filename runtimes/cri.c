@@ -42,6 +42,11 @@ static void cri_serve(struct backend *b, struct rpc_call *call, const struct cri
 	rpc_call_relay(call, &relay);
 }
 
+static struct rpc_channel *cri_channel(struct backend *b)
+{
+	return b->priv;
+}
+
 static int cri_call(struct backend *b, const char *method, const struct rpc_buf *req,
 		    struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res)
 {
@@ -76,6 +81,7 @@ const struct backend_ops cri_backend_ops = {
 	.open = cri_open,
 	.close = cri_close,
 	.serve = cri_serve,
+	.channel = cri_channel,
 	.call = cri_call,
 	.stream_open = cri_stream_open,
 	.stream_next = cri_stream_next,

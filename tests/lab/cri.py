@@ -10,8 +10,10 @@ rpc of RuntimeService and ImageService, named as in the schema:
     cri.RunPodSandbox(pb().RunPodSandboxRequest(config=...), timeout=60)
 
 Each method takes either a request message or the request's fields as
-keyword arguments, plus `timeout=`, `metadata=` and `with_call=` (returns
-(response, call) for metadata and status checks).  Server-streaming rpcs
+keyword arguments, plus `timeout=` (the gRPC deadline, in seconds; for
+requests with a `timeout` field of their own, such as ExecSync, it fills that
+field and `deadline=` sets the gRPC deadline), `metadata=` and `with_call=`
+(returns (response, call) for metadata and status checks).  Server-streaming rpcs
 return the response iterator.
 """
 
@@ -100,10 +102,21 @@ class CRI:
                    request_serializer=request_cls.SerializeToString,
                    response_deserializer=response_cls.FromString)
 
-        def call(request=None, *, timeout=None, metadata=None, with_call=False, **fields):
+                # ExecSync, StopContainer and CheckpointContainer have a `timeout`
+        # field of their own: there `timeout=` fills it, and the gRPC deadline
+        # is `deadline=` (default: long enough to cover the field).
+        own_timeout = "timeout" in request_cls.DESCRIPTOR.fields_by_name
+
+        def call(request=None, *, timeout=None, deadline=None, metadata=None, with_call=False,
+                 **fields):
+            if own_timeout and timeout is not None:
+                fields["timeout"] = timeout
+                deadline = deadline or self.timeout + timeout
+            elif deadline is None:
+                deadline = timeout
             if request is None:
                 request = request_cls(**fields)
-            kwargs = {"timeout": timeout or self.timeout, "metadata": metadata}
+            kwargs = {"timeout": deadline or self.timeout, "metadata": metadata}
             if with_call and not streaming:
                 return rpc.with_call(request, **kwargs)
             return rpc(request, **kwargs)
