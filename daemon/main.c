@@ -2,9 +2,11 @@
 #include "config.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "daemon/check.h"
 #include "daemon/conf.h"
 #include "daemon/daemon.h"
 #include "daemon/log.h"
@@ -17,6 +19,8 @@ static void usage(FILE *out)
 		     "\n"
 		     "  -c, --config=FILE   configuration file (default " CRX_DEFAULT_CONFIG ");\n"
 		     "                      *.conf files in FILE.d/ are read after it\n"
+		     "      --check         check the configuration and the node, then exit:\n"
+		     "                      0 all fine, 1 warnings, 2 something fails\n"
 		     "  -h, --help          show this help and exit\n"
 		     "  -V, --version       show the version and exit\n");
 }
@@ -25,16 +29,21 @@ int main(int argc, char **argv)
 {
 	static const struct option options[] = {
 		{"config", required_argument, NULL, 'c'},
+		{"check", no_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{0},
 	};
 	const char *config_path = CRX_DEFAULT_CONFIG;
+	bool check = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "c:hV", options, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			config_path = optarg;
+			break;
+		case 'C':
+			check = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -52,6 +61,9 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_FAILURE;
 	}
+
+	if (check)
+		return crx_check(config_path, stdout);
 
 	crx_daemon_block_signals();
 	struct crx_config cfg;
