@@ -10,12 +10,16 @@
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,6 +53,10 @@ struct rpc_server {
 	char *address;
 	pthread_t event_thread;
 	struct workers *workers;
+	/* an adopted listener: accepted by a thread of ours, handed to gRPC */
+	int listen_fd, stop_fd;
+	pthread_t accept_thread;
+	grpc_server_credentials *creds;
 	bool started;
 	atomic_bool stopping;
 
@@ -94,6 +102,9 @@ struct rpc_call {
 	int code;
 	char *message; /* the final status message, for the summary */
 	size_t request_bytes, response_bytes;
+	char *tag_handler, *tag_sandbox, *tag_container;
+	void (*on_free)(void *arg);
+	void *on_free_arg;
 
 	/* relay state, touched only on the event thread once relaying */
 	struct rpc_relay relay;
@@ -223,6 +234,9 @@ static void call_free(struct rpc_call *c)
 	rpc_buf_clear(&c->request);
 	free(c->method);
 	free(c->message);
+	free(c->tag_handler);
+	free(c->tag_sandbox);
+	free(c->tag_container);
 	pthread_mutex_destroy(&c->send_serial);
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_cond_destroy(&c->send_done);
@@ -238,6 +252,9 @@ static void call_unref(struct rpc_call *c)
 	if (s->opts.finished) {
 		struct rpc_call_summary summary = {
 			.method = c->method,
+			.handler = c->tag_handler,
+			.sandbox_id = c->tag_sandbox,
+			.container_id = c->tag_container,
 			.code = c->code,
 			.details = c->message,
 			.backend = c->relay.channel ? c->relay.channel->name : NULL,
@@ -247,7 +264,11 @@ static void call_unref(struct rpc_call *c)
 		};
 		s->opts.finished(&summary, s->opts.userdata);
 	}
+	void (*on_free)(void *) = c->on_free;
+	void *on_free_arg = c->on_free_arg;
 	call_free(c);
+	if (on_free)
+		on_free(on_free_arg);
 	pthread_mutex_lock(&s->lock);
 	if (--s->calls == 0)
 		pthread_cond_broadcast(&s->changed);
@@ -355,6 +376,28 @@ const uint8_t *rpc_call_request(struct rpc_call *call, size_t *len)
 bool rpc_call_cancelled(const struct rpc_call *call)
 {
 	return atomic_load(&call->closed) && call->cancelled;
+}
+
+static void set_tag(char **tag, const char *value)
+{
+	if (!value)
+		return;
+	free(*tag);
+	*tag = strdup(value);
+}
+
+void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbox_id,
+		  const char *container_id)
+{
+	set_tag(&call->tag_handler, handler);
+	set_tag(&call->tag_sandbox, sandbox_id);
+	set_tag(&call->tag_container, container_id);
+}
+
+void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg)
+{
+	call->on_free = fn;
+	call->on_free_arg = arg;
 }
 
 int64_t rpc_call_time_left_ms(const struct rpc_call *call)
@@ -863,10 +906,11 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 		   struct crx_err *err)
 {
 	struct rpc_server *s = calloc(1, sizeof(*s));
-	if (!s || !(s->address = strdup(opts->address))) {
+	if (!s || (opts->address && !(s->address = strdup(opts->address)))) {
 		free(s);
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
+	s->listen_fd = s->stop_fd = -1;
 	grpc_init();
 	s->opts = *opts;
 	s->opts.address = s->address;
@@ -880,14 +924,44 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 	s->server = grpc_server_create(&chargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
-	grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-	int port = grpc_server_add_http2_port(s->server, opts->address, creds);
-	grpc_server_credentials_release(creds);
-	if (port == 0) {
+	s->creds = grpc_insecure_server_credentials_create();
+	if (opts->address && grpc_server_add_http2_port(s->server, opts->address, s->creds) == 0) {
 		rpc_server_free(s);
 		return crx_err_set(err, -EADDRNOTAVAIL, "cannot listen on %s", opts->address);
 	}
 	*out = s;
+	return 0;
+}
+
+/* gRPC core cannot listen on a socket it did not create; it can serve a
+ * connected one, so a thread of ours accepts and hands each connection over. */
+static void *accept_loop(void *arg)
+{
+	struct rpc_server *s = arg;
+	struct pollfd fds[2] = {{.fd = s->listen_fd, .events = POLLIN},
+				{.fd = s->stop_fd, .events = POLLIN}};
+	for (;;) {
+		if (poll(fds, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (fds[1].revents)
+			break;
+		if (!(fds[0].revents & POLLIN))
+			continue;
+		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd >= 0)
+			grpc_server_add_channel_from_fd(s->server, fd, s->creds);
+		else if (errno == EMFILE || errno == ENFILE)
+			poll(NULL, 0, 100); /* let calls finish and give fds back */
+	}
+	return NULL;
+}
+
+int rpc_server_adopt_listener(struct rpc_server *s, int listen_fd, struct crx_err *err)
+{
+	s->stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (s->stop_fd < 0)
+		return crx_err_set(err, -errno, "cannot create an eventfd: %s", strerror(errno));
+	s->listen_fd = listen_fd;
 	return 0;
 }
 
@@ -903,6 +977,11 @@ int rpc_server_start(struct rpc_server *s, struct crx_err *err)
 	r = pthread_create(&s->event_thread, NULL, event_loop, s);
 	if (r != 0)
 		return crx_err_set(err, -r, "cannot start the event thread: %s", strerror(r));
+	if (s->listen_fd >= 0 &&
+	    (r = pthread_create(&s->accept_thread, NULL, accept_loop, s)) != 0) {
+		s->listen_fd = -1;
+		return crx_err_set(err, -r, "cannot start the accept thread: %s", strerror(r));
+	}
 	s->started = true;
 	return 0;
 }
@@ -940,6 +1019,11 @@ unsigned rpc_server_shutdown(struct rpc_server *s, unsigned grace_ms)
 {
 	if (!s->started)
 		return 0;
+	if (s->listen_fd >= 0) { /* no new connections from the adopted socket */
+		eventfd_write(s->stop_fd, 1);
+		pthread_join(s->accept_thread, NULL);
+		s->listen_fd = -1;
+	}
 	atomic_store(&s->stopping, true);
 	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
 	unsigned cancelled = 0;
@@ -980,6 +1064,10 @@ void rpc_server_free(struct rpc_server *s)
 			;
 		grpc_completion_queue_destroy(s->cq);
 	}
+	if (s->creds)
+		grpc_server_credentials_release(s->creds);
+	if (s->stop_fd >= 0)
+		close(s->stop_fd);
 	pthread_cond_destroy(&s->changed);
 	pthread_mutex_destroy(&s->lock);
 	free(s->address);

@@ -172,6 +172,7 @@ static void fail_unknown_handler(struct router *r, struct rpc_call *call, const 
 
 struct learn {
 	struct router *r;
+	struct rpc_call *call; /* a create: tagged with the new ID */
 	enum owner_kind kind;
 	uint32_t id_field; /* of the new object's ID in a create's reply */
 	struct owner owner;
@@ -208,6 +209,10 @@ static void learn_created(int code, const uint8_t *reply, size_t len, void *arg)
 	_cleanup_free_ char *id = NULL;
 	if (code == RPC_OK && wire_find_string(reply, len, l->id_field, &id) > 0 && *id) {
 		owners_add(l->r->owners, l->kind, id, l->id, l->owner);
+		if (l->kind == OWNER_SANDBOX)
+			rpc_call_tag(l->call, NULL, id, NULL);
+		else
+			rpc_call_tag(l->call, NULL, NULL, id);
 		if (l->pod_uid && *l->pod_uid)
 			owners_add(l->r->owners, OWNER_POD_UID, l->pod_uid, NULL, l->owner);
 	}
@@ -249,7 +254,9 @@ static void learn_containers(struct router *r, size_t backend,
 {
 	for (size_t i = 0; i < list->n_containers; i++) {
 		const Runtime__V1__Container *c = list->containers[i];
-		struct owner o = {.backend = (unsigned)backend, .handler = -1};
+		struct owner o = {.backend = (unsigned)backend, .handler = -1}, pod;
+		if (owners_find(r->owners, OWNER_SANDBOX, c->pod_sandbox_id, &pod, NULL) == 0)
+			o.handler = pod.handler; /* a container runs under its pod's handler */
 		owners_add(r->owners, OWNER_CONTAINER, c->id, c->pod_sandbox_id, o);
 	}
 }
@@ -386,6 +393,37 @@ int router_rebuild(struct router *r, struct router_census *census, struct crx_er
 	return ret;
 }
 
+bool router_health(struct router *r, unsigned timeout_ms, char **summary)
+{
+	Runtime__V1__VersionRequest vreq = RUNTIME__V1__VERSION_REQUEST__INIT;
+	uint8_t buf[16];
+	struct rpc_buf req = {buf, runtime__v1__version_request__pack(&vreq, buf)};
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
+	*summary = NULL;
+	if (!results)
+		return false;
+	fanout_call(r, "/runtime.v1.RuntimeService/Version", &req, NULL, timeout_ms, results);
+	size_t size = 0;
+	FILE *f = open_memstream(summary, &size);
+	for (int up = 1; f && up >= 0; up--) {
+		bool first = true;
+		for (size_t i = 0; i < r->n_backends; i++) {
+			if ((results[i].code == RPC_OK) != up)
+				continue;
+			if (first)
+				fprintf(f, "%s%s: ", ftell(f) ? "; " : "", up ? "up" : "down");
+			fprintf(f, "%s%s%s", first ? "" : ", ", r->backends[i]->name,
+				i == r->default_backend ? " (default)" : "");
+			first = false;
+		}
+	}
+	if (f)
+		fclose(f);
+	bool ok = results[r->default_backend].code == RPC_OK;
+	results_clear(r, results);
+	return ok;
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Version describes crimux, the runtime the kubelet talks to. */
@@ -434,6 +472,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		}
 	}
 	const struct route_handler *h = hi >= 0 ? &r->handlers[hi] : NULL;
+	rpc_call_tag(call, h ? h->name : asked, NULL, NULL);
 	bool changed = false;
 	struct crx_err err = {0};
 	if (h && h->policy == CRX_POLICY_KATA &&
@@ -452,6 +491,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 	req->runtime_handler = theirs; /* protobuf-c frees what it allocated */
 
 	struct owner owner = {.backend = h ? h->backend : r->default_backend, .handler = hi};
+
 	struct backend_serve how = {.request = changed ? &rewritten : NULL};
 	const char *uid = req->config->metadata ? req->config->metadata->uid : NULL;
 	struct learn *l = NULL;
@@ -459,6 +499,8 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		l = learn_new(r, OWNER_SANDBOX, reply_field(m, "pod_sandbox_id"), owner, NULL);
 		if (!l || (uid && !(l->pod_uid = strdup(uid))))
 			ret = -ENOMEM;
+		else
+			l->call = call;
 		how.observe = learn_created;
 		how.observe_arg = l;
 	}
@@ -500,6 +542,11 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 	struct backend_serve how = {0};
 	bool remove = m->request == &runtime__v1__remove_container_request__descriptor ||
 		      m->request == &runtime__v1__remove_pod_sandbox_request__descriptor;
+	const char *handler = owner.handler >= 0 ? r->handlers[owner.handler].name : NULL;
+	if (route == ROUTE_CONTAINER)
+		rpc_call_tag(call, handler, NULL, full_id);
+	else if (*full_id)
+		rpc_call_tag(call, handler, full_id, NULL);
 	if (route == ROUTE_CREATE_CONTAINER) {
 		struct crx_err err = {0};
 		if (check_container(r, call, owner, &err) < 0) {
@@ -507,11 +554,13 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 			return;
 		}
 		if (r->tracks_owners) {
-			struct owner container = {.backend = owner.backend, .handler = -1};
+			struct learn *l =
+				learn_new(r, OWNER_CONTAINER, reply_field(m, "container_id"), owner,
+					  full_id); /* under its pod's handler */
+			if (l)
+				l->call = call;
 			how.observe = learn_created;
-			how.observe_arg =
-				learn_new(r, OWNER_CONTAINER, reply_field(m, "container_id"),
-					  container, full_id);
+			how.observe_arg = l;
 		}
 	} else if (remove && r->tracks_owners) {
 		how.observe = learn_removed;

@@ -3,6 +3,8 @@
  * merged. See docs/routing.md for the rules. */
 #pragma once
 
+#include <stdbool.h>
+
 #include "common/err.h"
 #include "cri/rpc.h"
 #include "daemon/conf.h"
@@ -22,6 +24,11 @@ struct router_census {
 	char *unreachable;
 };
 int router_rebuild(struct router *router, struct router_census *census, struct crx_err *err);
+
+/* Asks every backend for its Version (each bounded by timeout_ms). *summary
+ * (malloc'd) reads "up: a, b; down: c"; the result tells whether the default
+ * backend answered. */
+bool router_health(struct router *router, unsigned timeout_ms, char **summary);
 
 /* The rpc_server dispatch function; userdata is the router. */
 void router_dispatch(struct rpc_call *call, void *userdata);

@@ -41,6 +41,9 @@ void rpc_result_clear(struct rpc_result *res);
 /* What a finished incoming call looked like, for the daemon's request log. */
 struct rpc_call_summary {
 	const char *method;
+	const char *handler;      /* the RuntimeClass handler involved, if known */
+	const char *sandbox_id;   /* the pod sandbox named or created, if any */
+	const char *container_id; /* the container named or created, if any */
 	int code;
 	const char *details;
 	const char *backend; /* NULL when crimux answered itself */
@@ -50,7 +53,7 @@ struct rpc_call_summary {
 };
 
 struct rpc_server_options {
-	const char *address; /* "unix:///run/crimux/crimux.sock" */
+	const char *address; /* "unix:///run/crimux/crimux.sock"; NULL: adopt a listener */
 	size_t max_message;  /* largest message received, bytes */
 	unsigned workers;    /* most threads for rpc_call_defer(); 0: default */
 	void (*dispatch)(struct rpc_call *call, void *userdata);
@@ -60,6 +63,10 @@ struct rpc_server_options {
 
 int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **out,
 		   struct crx_err *err);
+/* Serves the connections accepted on listen_fd, a listening socket someone
+ * else made (systemd's socket activation); call before rpc_server_start().
+ * crimux never closes or unlinks it. */
+int rpc_server_adopt_listener(struct rpc_server *server, int listen_fd, struct crx_err *err);
 /* Starts serving; the event and worker threads run until rpc_server_shutdown(). */
 int rpc_server_start(struct rpc_server *server, struct crx_err *err);
 /* Stops accepting calls, lets calls in flight finish for up to grace_ms, then
@@ -76,6 +83,11 @@ const char *rpc_call_method(const struct rpc_call *call);
 const uint8_t *rpc_call_request(struct rpc_call *call, size_t *len);
 /* True once the client cancelled or the deadline passed. */
 bool rpc_call_cancelled(const struct rpc_call *call);
+/* What the call is about, for the request log (copies; NULL leaves a tag). */
+void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbox_id,
+		  const char *container_id);
+/* Runs fn(arg) once the call is freed (after the request log). */
+void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg);
 /* Milliseconds left before the client's deadline; -1 if there is none. */
 int64_t rpc_call_time_left_ms(const struct rpc_call *call);
 

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <systemd/sd-journal.h>
 #include <unistd.h>
@@ -39,18 +41,45 @@ void log_set_level(int level)
 	atomic_store(&log_max_level, level);
 }
 
+static void log_fieldsv(int level, const char *const *fields, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void log_fieldsv(int level, const char *const *fields, const char *fmt, va_list ap)
+{
+	char message[4096];
+	vsnprintf(message, sizeof(message), fmt, ap);
+	if (!to_journal) {
+		fprintf(stderr, "%s: %s\n", level_names[level & 7], message);
+		return;
+	}
+	char text[sizeof(message) + 8], priority[16];
+	snprintf(text, sizeof(text), "MESSAGE=%s", message);
+	snprintf(priority, sizeof(priority), "PRIORITY=%d", level);
+	struct iovec iov[2 + 16];
+	size_t n = 0;
+	iov[n++] = (struct iovec){text, strlen(text)};
+	iov[n++] = (struct iovec){priority, strlen(priority)};
+	for (size_t i = 0; fields && fields[i] && n < sizeof(iov) / sizeof(iov[0]); i++)
+		iov[n++] = (struct iovec){(void *)fields[i], strlen(fields[i])};
+	sd_journal_sendv(iov, (int)n);
+}
+
+void log_fields(int level, const char *const *fields, const char *fmt, ...)
+{
+	if (!log_enabled(level))
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	log_fieldsv(level, fields, fmt, ap);
+	va_end(ap);
+}
+
 void log_msg(int level, const char *fmt, ...)
 {
 	if (!log_enabled(level))
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	if (to_journal) {
-		sd_journal_printv(level, fmt, ap);
-	} else {
-		char line[4096];
-		vsnprintf(line, sizeof(line), fmt, ap);
-		fprintf(stderr, "%s: %s\n", level_names[level & 7], line);
-	}
+	log_fieldsv(level, NULL, fmt, ap);
 	va_end(ap);
 }

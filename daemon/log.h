@@ -11,6 +11,10 @@ extern atomic_int log_max_level;
 void log_open(int max_level);
 void log_set_level(int level);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A record with journal fields: `fields` holds "KEY=value" strings, NULL
+ * ended; they go to the journal as fields and are left out on stderr. */
+void log_fields(int level, const char *const *fields, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 #define log_enabled(level) ((level) <= atomic_load_explicit(&log_max_level, memory_order_relaxed))
 #define log_error(...)     log_msg(LOG_ERR, __VA_ARGS__)

@@ -73,9 +73,8 @@ int main(int argc, char **argv)
 		return EXIT_FAILURE;
 	}
 	log_open(cfg.log_level);
-	int r = crx_daemon_run(&cfg, &err);
+	int r = crx_daemon_run(config_path, &cfg, &err);
 	if (r < 0)
 		log_error("%s", err.msg);
-	crx_config_clear(&cfg);
 	return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }
