@@ -1,0 +1,506 @@
+/* The listener: accepts connections, reads one HTTP request each (with a
+ * size and time limit), trades its token for the registered request and
+ * hands the connection to a session thread. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "stream/internal.h"
+
+#define HTTP_MAX 8192
+
+struct stream_server {
+	struct stream_server_options opts;
+	struct session_config cfg;
+	struct token_cache *tokens;
+	int listen_fd;
+	int stop[2]; /* closing stop[1] wakes the acceptor and every session */
+	pthread_t acceptor;
+	bool acceptor_started;
+	char base_url[96];
+	pthread_mutex_t lock;
+	pthread_cond_t idle;
+	unsigned sessions;
+};
+
+struct conn_arg {
+	struct stream_server *s;
+	int fd;
+};
+
+/* --- HTTP --- */
+
+static char *trim(char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	size_t l = strlen(p);
+	while (l && (p[l - 1] == ' ' || p[l - 1] == '\t'))
+		p[--l] = '\0';
+	return p;
+}
+
+static void add_value(char *dst, size_t size, const char *v)
+{
+	size_t l = strlen(dst);
+	snprintf(dst + l, size - l, "%s%s", l ? "," : "", v);
+}
+
+int http_request_parse(const char *buf, size_t len, struct http_request *r, size_t *used)
+{
+	const char *end = memmem(buf, len, "\r\n\r\n", 4);
+	if (!end)
+		return len >= HTTP_MAX ? -E2BIG : 0;
+	size_t n = (size_t)(end - buf) + 4;
+	if (n > HTTP_MAX)
+		return -E2BIG;
+	char copy[HTTP_MAX + 1];
+	memcpy(copy, buf, n - 2);
+	copy[n - 2] = '\0';
+	memset(r, 0, sizeof(*r));
+
+	char *save = NULL, *line = strtok_r(copy, "\r\n", &save);
+	char method[16], target[1024], version[16];
+	if (!line || sscanf(line, "%15s %1023s %15s", method, target, version) != 3 ||
+	    strncmp(version, "HTTP/1.", 7) != 0 || strlen(method) >= sizeof(r->method))
+		return -EINVAL;
+	strcpy(r->method, method);
+	char *q = strchr(target, '?');
+	if (q) {
+		*q++ = '\0';
+		snprintf(r->query, sizeof(r->query), "%s", q);
+	}
+	if (strlen(target) >= sizeof(r->path))
+		return -E2BIG;
+	strcpy(r->path, target);
+
+	while ((line = strtok_r(NULL, "\r\n", &save))) {
+		char *colon = strchr(line, ':');
+		if (!colon)
+			return -EINVAL;
+		*colon = '\0';
+		const char *name = line;
+		char *value = trim(colon + 1);
+		if (strcasecmp(name, "Upgrade") == 0)
+			snprintf(r->upgrade, sizeof(r->upgrade), "%s", value);
+		else if (strcasecmp(name, "Connection") == 0)
+			add_value(r->connection, sizeof(r->connection), value);
+		else if (strcasecmp(name, "X-Stream-Protocol-Version") == 0)
+			add_value(r->protocols, sizeof(r->protocols), value);
+		else if (strcasecmp(name, "Sec-WebSocket-Key") == 0)
+			snprintf(r->ws_key, sizeof(r->ws_key), "%s", value);
+		else if (strcasecmp(name, "Sec-WebSocket-Version") == 0)
+			snprintf(r->ws_version, sizeof(r->ws_version), "%s", value);
+		else if (strcasecmp(name, "Sec-WebSocket-Protocol") == 0)
+			add_value(r->ws_protocols, sizeof(r->ws_protocols), value);
+	}
+	*used = n;
+	return 1;
+}
+
+int write_all(int fd, const char *p, size_t n, unsigned timeout_ms)
+{
+	uint64_t deadline = stream_now_ms() + timeout_ms;
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		uint64_t now = stream_now_ms();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, (int)(deadline - now));
+	}
+	return 0;
+}
+
+void http_reply_error(int fd, int code, const char *reason, const char *extra, const char *body)
+{
+	char buf[2048];
+	int n = snprintf(buf, sizeof(buf),
+			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+			 "X-Content-Type-Options: nosniff\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n%s\r\n%s\n",
+			 code, reason, strlen(body) + 1, extra ? extra : "", body);
+	if (n > 0)
+		write_all(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1, 1000);
+}
+
+/* Reads the request; leftover bytes (the client may start talking at once)
+ * stay in buf after *used. 1 on success, or an HTTP status already sent. */
+static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
+			struct http_request *req, size_t *used)
+{
+	uint64_t deadline = stream_now_ms() + s->opts.request_timeout_ms;
+	*len = 0;
+	for (;;) {
+		int r = http_request_parse(buf, *len, req, used);
+		if (r == 1)
+			return 1;
+		if (r == -E2BIG) {
+			http_reply_error(fd, 431, "Request Header Fields Too Large", NULL,
+					 "request header larger than 8192 bytes");
+			return -E2BIG;
+		}
+		if (r < 0) {
+			http_reply_error(fd, 400, "Bad Request", NULL, "malformed HTTP request");
+			return r;
+		}
+		uint64_t now = stream_now_ms();
+		if (now >= deadline) {
+			/* A slow or silent client does not keep a thread forever. */
+			http_reply_error(fd, 408, "Request Timeout", NULL,
+					 "timed out waiting for the request");
+			return -ETIMEDOUT;
+		}
+		struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+				      {.fd = s->stop[0], .events = POLLIN}};
+		if (poll(p, 2, (int)(deadline - now)) < 0 && errno != EINTR)
+			return -errno;
+		if (p[1].revents)
+			return -ECANCELED;
+		if (!p[0].revents)
+			continue;
+		ssize_t got = read(fd, buf + *len, HTTP_MAX - *len);
+		if (got == 0)
+			return -ECONNRESET;
+		if (got < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		if (got > 0)
+			*len += (size_t)got;
+	}
+}
+
+static bool has_token(const char *list, const char *word)
+{
+	/* Connection: keep-alive, Upgrade */
+	char copy[128], *save = NULL;
+	snprintf(copy, sizeof(copy), "%s", list);
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		if (strcasecmp(trim(t), word) == 0)
+			return true;
+	return false;
+}
+
+static void serve(struct stream_server *s, int fd)
+{
+	char buf[HTTP_MAX];
+	size_t len, used;
+	struct http_request h;
+	if (read_request(s, fd, buf, &len, &h, &used) != 1)
+		return;
+
+	static const struct {
+		const char *prefix;
+		enum stream_kind kind;
+	} routes[] = {
+		{"/exec/", STREAM_EXEC},
+		{"/attach/", STREAM_ATTACH},
+		{"/portforward/", STREAM_PORT_FORWARD},
+	};
+	const char *token = NULL;
+	enum stream_kind kind = STREAM_EXEC;
+	for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
+		size_t l = strlen(routes[i].prefix);
+		if (strncmp(h.path, routes[i].prefix, l) == 0) {
+			token = h.path + l;
+			kind = routes[i].kind;
+		}
+	}
+	if (!token || !*token || strchr(token, '/')) {
+		http_reply_error(fd, 404, "Not Found", NULL, "404 page not found");
+		return;
+	}
+	if (strcmp(h.method, "GET") != 0 && strcmp(h.method, "POST") != 0) {
+		http_reply_error(fd, 405, "Method Not Allowed", "Allow: GET, POST\r\n",
+				 "only GET and POST are served");
+		return;
+	}
+	bool ws = strcasecmp(h.upgrade, "websocket") == 0;
+	bool spdy = strcasecmp(h.upgrade, "SPDY/3.1") == 0;
+	if (!has_token(h.connection, "upgrade") || (!ws && !spdy)) {
+		http_reply_error(fd, 400, "Bad Request", NULL,
+				 "unable to upgrade: missing upgrade headers in request "
+				 "(Connection: Upgrade with Upgrade: SPDY/3.1 or websocket)");
+		return;
+	}
+	/* Used once, even when it turns out to be the wrong kind. */
+	struct stream_request *req = token_cache_consume(s->tokens, token, stream_now_ms());
+	if (!req || req->kind != kind) {
+		stream_request_free(req);
+		http_reply_error(fd, 404, "Not Found", NULL,
+				 "streaming token not found: unknown, already used or expired");
+		return;
+	}
+	session_run(&s->cfg, fd, &h, req, (const uint8_t *)buf + used, len - used);
+}
+
+/* Closing a socket with unread input resets the connection, and a reset can
+ * destroy the error response still on its way: stop writing, then read and
+ * drop what the client still sends, briefly and boundedly. */
+static void lingering_close(int fd)
+{
+	char buf[4096];
+	size_t total = 0;
+	uint64_t deadline = stream_now_ms() + 500;
+	shutdown(fd, SHUT_WR);
+	while (total < 256 * 1024) {
+		uint64_t now = stream_now_ms();
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (now >= deadline || poll(&p, 1, (int)(deadline - now)) <= 0)
+			break;
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0 && !(n < 0 && errno == EINTR))
+			break;
+		total += n > 0 ? (size_t)n : 0;
+	}
+	close(fd);
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn_arg *a = arg;
+	struct stream_server *s = a->s;
+	serve(s, a->fd);
+	lingering_close(a->fd);
+	free(a);
+	pthread_mutex_lock(&s->lock);
+	if (--s->sessions == 0)
+		pthread_cond_broadcast(&s->idle);
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static void *acceptor_main(void *arg)
+{
+	struct stream_server *s = arg;
+	for (;;) {
+		struct pollfd p[2] = {{.fd = s->listen_fd, .events = POLLIN},
+				      {.fd = s->stop[0], .events = POLLIN}};
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		if (!p[0].revents)
+			continue;
+		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			continue; /* EMFILE and friends: the client retries */
+		pthread_mutex_lock(&s->lock);
+		bool full = s->sessions >= s->opts.max_sessions;
+		if (!full)
+			s->sessions++;
+		pthread_mutex_unlock(&s->lock);
+		if (full) {
+			http_reply_error(fd, 503, "Service Unavailable", NULL,
+					 "too many streaming sessions");
+			close(fd);
+			continue;
+		}
+		struct conn_arg *a = malloc(sizeof(*a));
+		pthread_t t;
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (!a || (a->s = s, a->fd = fd, pthread_create(&t, &attr, conn_main, a) != 0)) {
+			free(a);
+			http_reply_error(fd, 503, "Service Unavailable", NULL,
+					 "no thread for the session");
+			close(fd);
+			pthread_mutex_lock(&s->lock);
+			if (--s->sessions == 0)
+				pthread_cond_broadcast(&s->idle);
+			pthread_mutex_unlock(&s->lock);
+		}
+		pthread_attr_destroy(&attr);
+	}
+	return NULL;
+}
+
+/* --- the public face --- */
+
+static int parse_address(const char *address, char *host, size_t hsize, char *port, size_t psize)
+{
+	const char *colon;
+	if (address[0] == '[') {
+		const char *close_br = strchr(address, ']');
+		if (!close_br || (size_t)(close_br - address - 1) >= hsize)
+			return -EINVAL;
+		snprintf(host, hsize, "%.*s", (int)(close_br - address - 1), address + 1);
+		colon = close_br[1] == ':' ? close_br + 1 : NULL;
+		if (close_br[1] && !colon)
+			return -EINVAL;
+	} else {
+		colon = strrchr(address, ':');
+		size_t hl = colon ? (size_t)(colon - address) : strlen(address);
+		if (hl >= hsize)
+			return -EINVAL;
+		snprintf(host, hsize, "%.*s", (int)hl, address);
+	}
+	snprintf(port, psize, "%s", colon ? colon + 1 : "0");
+	return 0;
+}
+
+int stream_server_new(const struct stream_server_options *opts, struct stream_server **out,
+		      struct crx_err *err)
+{
+	struct stream_server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	s->opts = *opts;
+	s->listen_fd = s->stop[0] = s->stop[1] = -1;
+	if (!s->opts.address || !*s->opts.address)
+		s->opts.address = "127.0.0.1:0";
+	if (!s->opts.max_tokens)
+		s->opts.max_tokens = 1000;
+	if (!s->opts.token_ttl_ms)
+		s->opts.token_ttl_ms = 60000;
+	if (!s->opts.max_sessions)
+		s->opts.max_sessions = 256;
+	if (!s->opts.request_timeout_ms)
+		s->opts.request_timeout_ms = 30000;
+	if (!s->opts.idle_timeout_ms)
+		s->opts.idle_timeout_ms = 4 * 3600 * 1000;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->idle, NULL);
+	int r;
+
+	char host[64], port[16];
+	struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
+				 .ai_socktype = SOCK_STREAM},
+			*ai = NULL;
+	if (parse_address(s->opts.address, host, sizeof(host), port, sizeof(port)) < 0 ||
+	    getaddrinfo(host, port, &hints, &ai) != 0) {
+		r = crx_err_set(err, -EINVAL,
+				"streaming address \"%s\" is not IP:PORT or [IPv6]:PORT",
+				s->opts.address);
+		goto fail;
+	}
+	s->listen_fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int one = 1;
+	if (s->listen_fd < 0 ||
+	    setsockopt(s->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(s->listen_fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(s->listen_fd, 128) < 0) {
+		r = crx_err_set(err, -errno, "binding the streaming server to %s: %s",
+				s->opts.address, strerror(errno));
+		freeaddrinfo(ai);
+		goto fail;
+	}
+	freeaddrinfo(ai);
+
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char addr[INET6_ADDRSTRLEN];
+	getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl);
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &a6->sin6_addr, addr, sizeof(addr));
+		snprintf(s->base_url, sizeof(s->base_url), "http://[%s]:%u", addr,
+			 ntohs(a6->sin6_port));
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &a4->sin_addr, addr, sizeof(addr));
+		snprintf(s->base_url, sizeof(s->base_url), "http://%s:%u", addr,
+			 ntohs(a4->sin_port));
+	}
+
+	r = token_cache_new(s->opts.max_tokens, s->opts.token_ttl_ms, &s->tokens);
+	if (r < 0 || pipe2(s->stop, O_CLOEXEC) < 0) {
+		r = crx_err_set(err, r < 0 ? r : -errno, "setting up the streaming server");
+		goto fail;
+	}
+	s->cfg = (struct session_config){
+		.ops = s->opts.ops,
+		.userdata = s->opts.userdata,
+		.request_timeout_ms = s->opts.request_timeout_ms,
+		.idle_timeout_ms = s->opts.idle_timeout_ms,
+		.stop_fd = s->stop[0],
+	};
+	if (pthread_create(&s->acceptor, NULL, acceptor_main, s) != 0) {
+		r = crx_err_set(err, -EAGAIN, "starting the streaming server's thread");
+		goto fail;
+	}
+	s->acceptor_started = true;
+	*out = s;
+	return 0;
+fail:
+	stream_server_free(s);
+	return r;
+}
+
+void stream_server_free(struct stream_server *s)
+{
+	if (!s)
+		return;
+	if (s->stop[1] >= 0)
+		close(s->stop[1]);
+	s->stop[1] = -1;
+	if (s->acceptor_started)
+		pthread_join(s->acceptor, NULL);
+	pthread_mutex_lock(&s->lock);
+	while (s->sessions)
+		pthread_cond_wait(&s->idle, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->stop[0] >= 0)
+		close(s->stop[0]);
+	token_cache_free(s->tokens);
+	pthread_cond_destroy(&s->idle);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+const char *stream_server_base_url(const struct stream_server *s)
+{
+	return s->base_url;
+}
+
+int stream_server_register(struct stream_server *s, const struct stream_request *req, char **url,
+			   struct crx_err *err)
+{
+	static const char *const paths[] = {"exec", "attach", "portforward"};
+	int r = stream_request_validate(req, err);
+	if (r < 0)
+		return r;
+	struct stream_request *copy = stream_request_dup(req);
+	if (!copy)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	char token[TOKEN_CHARS + 1];
+	r = token_cache_insert(s->tokens, copy, stream_now_ms(), token, err);
+	if (r < 0)
+		return r;
+	char *u = NULL;
+	if (asprintf(&u, "%s/%s/%s", s->base_url, paths[req->kind], token) < 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	*url = u;
+	return 0;
+}
+
+void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions)
+{
+	if (tokens)
+		*tokens = token_cache_count(s->tokens, stream_now_ms());
+	if (sessions) {
+		pthread_mutex_lock(&s->lock);
+		*sessions = s->sessions;
+		pthread_mutex_unlock(&s->lock);
+	}
+}
