@@ -353,16 +353,18 @@ void serve_renamed(struct rpc_call *call, void *arg)
 	struct backend *b = r->backends[backend];
 	struct rpc_result res = {0}, out = {0};
 	int ret = b->ops->call(b, m->path, &req, call, 0, &res);
-	if (ret < 0)
+	if (ret < 0) {
 		rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
 			      strerror(-ret));
-	else if (res.code != RPC_OK)
-		failed_result(r, backend, &res, &out), rpc_call_complete(call, &out);
-	else if (rename_reply(r, m, backend, &res.reply) < 0)
+	} else if (res.code != RPC_OK) {
+		failed_result(r, backend, &res, &out);
+		rpc_call_complete(call, &out);
+	} else if (rename_reply(r, m, backend, &res.reply) < 0) {
 		rpc_call_fail(call, RPC_INTERNAL, "backend %s sent a %s reply crimux cannot decode",
 			      b->name, m->name);
-	else
+	} else {
 		rpc_call_reply(call, res.reply.data, res.reply.len);
+	}
 	rpc_result_clear(&res);
 	rpc_result_clear(&out);
 }

@@ -129,27 +129,28 @@ static void log_call(const struct rpc_call_summary *s, void *userdata)
 	int level = s->code == RPC_OK || s->code == RPC_NOT_FOUND ? LOG_DEBUG : LOG_INFO;
 	if (!log_enabled(level))
 		return;
-	char method[320], handler[320], backend[320], sandbox[96], container[96], duration[48],
-		code[48];
+	char buf[7][320];
 	const char *fields[8];
 	size_t n = 0;
-	snprintf(method, sizeof(method), "CRI_METHOD=%s", s->method);
-	fields[n++] = method;
-	if (s->handler && snprintf(handler, sizeof(handler), "CRI_HANDLER=%s", s->handler))
-		fields[n++] = handler;
-	if (s->backend && snprintf(backend, sizeof(backend), "CRI_BACKEND=%s", s->backend))
-		fields[n++] = backend;
-	if (s->sandbox_id &&
-	    snprintf(sandbox, sizeof(sandbox), "CRI_POD_SANDBOX_ID=%s", s->sandbox_id))
-		fields[n++] = sandbox;
-	if (s->container_id &&
-	    snprintf(container, sizeof(container), "CRI_CONTAINER_ID=%s", s->container_id))
-		fields[n++] = container;
-	snprintf(duration, sizeof(duration), "CRI_DURATION_MS=%.3f", (double)s->duration_ns / 1e6);
-	fields[n++] = duration;
-	snprintf(code, sizeof(code), "CRI_CODE=%s", rpc_code_name(s->code));
-	fields[n++] = code;
-	fields[n] = NULL;
+	const struct {
+		const char *key, *value;
+	} tags[] = {
+		{"CRI_METHOD", s->method},
+		{"CRI_HANDLER", s->handler},
+		{"CRI_BACKEND", s->backend},
+		{"CRI_POD_SANDBOX_ID", s->sandbox_id},
+		{"CRI_CONTAINER_ID", s->container_id},
+		{"CRI_CODE", rpc_code_name(s->code)},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(tags); i++)
+		if (tags[i].value) {
+			snprintf(buf[n], sizeof(buf[n]), "%s=%s", tags[i].key, tags[i].value);
+			fields[n] = buf[n];
+			n++;
+		}
+	snprintf(buf[n], sizeof(buf[n]), "CRI_DURATION_MS=%.3f", (double)s->duration_ns / 1e6);
+	fields[n] = buf[n];
+	fields[++n] = NULL;
 	log_fields(level, fields, "%s%s%s -> %s: %s%s%s (%.3f ms, %zu/%zu bytes)", s->method,
 		   s->handler ? " handler=" : "", s->handler ? s->handler : "",
 		   s->backend ? s->backend : "crimux", rpc_code_name(s->code),

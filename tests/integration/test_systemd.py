@@ -370,7 +370,12 @@ def test_journal_records_carry_fields(daemons, workdir, fake, journal):
                 return r
         return None
 
-    wait_for(lambda: record("ContainerStatus") and record("RunPodSandbox"), 10, "records")
+    def refused():
+        return [r for r in journal if r.get("CRI_CODE") == "INVALID_ARGUMENT"]
+
+    # A record is written when crimux frees the call, just after the reply.
+    wait_for(lambda: record("ContainerStatus") and record("RunPodSandbox") and refused(), 10,
+             "records")
     run = record("RunPodSandbox")
     assert run["CRI_HANDLER"] == "kata" and run["CRI_BACKEND"] == "fake"
     assert run["CRI_POD_SANDBOX_ID"] == "feedc0de" * 8
@@ -380,6 +385,5 @@ def test_journal_records_carry_fields(daemons, workdir, fake, journal):
     status = record("ContainerStatus")
     assert status["CRI_CONTAINER_ID"] == "c0ffee00" * 8
     assert status["CRI_HANDLER"] == "kata", "a container call carries its pod's handler"
-    refused = [r for r in journal if r.get("CRI_CODE") == "INVALID_ARGUMENT"]
-    assert refused and refused[0]["PRIORITY"] == "6" and refused[0]["CRI_HANDLER"] == "kata"
+    assert refused()[0]["PRIORITY"] == "6" and refused()[0]["CRI_HANDLER"] == "kata"
     assert "RunPodSandbox" not in d.text(), "with a journal stream, records go to the journal"
