@@ -345,7 +345,8 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	pthread_mutex_init(&d.lock, NULL);
 	_cleanup_close_ int lock_fd = -1;
 	struct rpc_server *server = NULL;
-	_cleanup_free_ char *address = NULL;
+	/* Declared before the first goto: cleanups run on every exit. */
+	_cleanup_free_ char *address = NULL, *target = NULL;
 	mode_t socket_mode = cfg->socket_mode;
 	unsigned shutdown_ms;
 
@@ -401,7 +402,6 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 		goto out;
 	struct rpc_channel_options self = {
 		.name = "crimuxd", .target = NULL, .max_message = 16 * MIB};
-	_cleanup_free_ char *target = NULL;
 	if (asprintf(&target, "unix://%s", d.socket_path) < 0) {
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 		goto out;
