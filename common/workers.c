@@ -21,7 +21,9 @@ struct workers {
 	pthread_cond_t work; /* a job was queued, or the pool stops */
 	pthread_cond_t gone; /* a thread left */
 	struct job *head, *tail;
-	unsigned threads, idle, max_threads;
+	/* A woken thread stays "idle" until it takes a job: a new job needs a
+	 * new thread unless the idle ones outnumber the jobs waiting. */
+	unsigned threads, idle, queued, max_threads;
 	bool stopping;
 };
 
@@ -46,6 +48,7 @@ static void *worker_main(void *arg)
 		w->head = job->next;
 		if (!w->head)
 			w->tail = NULL;
+		w->queued--;
 		pthread_mutex_unlock(&w->lock);
 		job->fn(job->arg);
 		free(job);
@@ -83,7 +86,7 @@ int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
 		free(job);
 		return -ESHUTDOWN;
 	}
-	if (w->idle == 0 && w->threads < w->max_threads) {
+	if (w->idle <= w->queued && w->threads < w->max_threads) {
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -103,6 +106,7 @@ int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
 	else
 		w->head = job;
 	w->tail = job;
+	w->queued++;
 	pthread_cond_signal(&w->work);
 	pthread_mutex_unlock(&w->lock);
 	return 0;

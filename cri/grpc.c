@@ -338,7 +338,6 @@ static void on_request(void *obj, bool ok)
 		rpc_call_fail(c, RPC_INVALID_ARGUMENT, "%s: the request carried no message",
 			      c->method);
 	} else {
-		/* Sending moves the buffer's slices out: measure it now. */
 		c->request_bytes = grpc_byte_buffer_length(c->request_bb);
 		c->server->opts.dispatch(c, c->server->opts.userdata);
 	}
@@ -620,10 +619,11 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 		relay_fail(c);
 		return;
 	}
-	grpc_byte_buffer *request = c->request_bb;
-	if (relay->request)
-		request = c->up_request =
-			byte_buffer_from(relay->request->data, relay->request->len);
+	/* Sending moves a buffer's slices out: the backend gets a copy, and the
+	 * request stays readable for whoever looks at it later. */
+	grpc_byte_buffer *request = c->up_request =
+		relay->request ? byte_buffer_from(relay->request->data, relay->request->len)
+			       : grpc_byte_buffer_copy(c->request_bb);
 
 	c->t_up_first = (struct tag){on_up_first, c};
 	c->t_up_status = (struct tag){on_up_status, c};
@@ -737,6 +737,7 @@ struct leg {
 	struct fanout *f;
 	struct rpc_channel *channel;
 	grpc_call *call;
+	grpc_byte_buffer *request; /* a copy each: sending empties a buffer */
 	grpc_metadata_array md, trailers;
 	grpc_byte_buffer *msg;
 	grpc_status_code status;
@@ -779,6 +780,8 @@ static void fanout_finish(struct fanout *f)
 			grpc_call_unref(l->call);
 		if (l->msg)
 			grpc_byte_buffer_destroy(l->msg);
+		if (l->request)
+			grpc_byte_buffer_destroy(l->request);
 		grpc_metadata_array_destroy(&l->md);
 		grpc_metadata_array_destroy(&l->trailers);
 		grpc_slice_unref(l->details);
@@ -831,7 +834,8 @@ void rpc_call_fanout(struct rpc_call *c, struct rpc_channel *const *channels, si
 		};
 		ops[0].data.send_initial_metadata.count = c->request_md.count;
 		ops[0].data.send_initial_metadata.metadata = c->request_md.metadata;
-		ops[1].data.send_message.send_message = c->request_bb;
+		l->request = grpc_byte_buffer_copy(c->request_bb);
+		ops[1].data.send_message.send_message = l->request;
 		ops[3].data.recv_initial_metadata.recv_initial_metadata = &l->md;
 		ops[4].data.recv_message.recv_message = &l->msg;
 		ops[5].data.recv_status_on_client.trailing_metadata = &l->trailers;

@@ -136,6 +136,15 @@ void fan_out(struct router *r, struct rpc_call *call, rpc_combine_fn combine, un
 		free(job);
 }
 
+/* Does the message already begin "backend <name>" (crimux's own words)? */
+static bool names_backend(const char *details, const char *name)
+{
+	size_t n = strlen(name);
+	return details && strncmp(details, "backend ", 8) == 0 &&
+	       strncmp(details + 8, name, n) == 0 &&
+	       (details[8 + n] == ' ' || details[8 + n] == ':');
+}
+
 /* A backend's failure as the client should see it: its status, its message,
  * and its name when the message does not already say it. */
 static void failed_result(struct router *r, size_t backend, const struct rpc_result *reply,
@@ -143,7 +152,7 @@ static void failed_result(struct router *r, size_t backend, const struct rpc_res
 {
 	const char *name = r->backends[backend]->name;
 	out->code = reply->code;
-	if (reply->details && strstr(reply->details, name))
+	if (names_backend(reply->details, name))
 		out->details = strdup(reply->details);
 	else if (asprintf(&out->details, "backend %s: %s", name,
 			  reply->details ? reply->details : rpc_code_name(reply->code)) < 0)
@@ -397,6 +406,7 @@ void serve_stream_list(struct rpc_call *call, void *arg)
 				break;
 		}
 		b->ops->stream_free(s);
+		bool failed = ret < 0 || end.code != RPC_OK;
 		if (ret == -ECANCELED) { /* the client left; nobody hears the rest */
 			rpc_call_finish(call, RPC_CANCELLED, NULL);
 		} else if (ret < 0) {
@@ -408,7 +418,7 @@ void serve_stream_list(struct rpc_call *call, void *arg)
 		}
 		rpc_result_clear(&end);
 		rpc_result_clear(&out);
-		if (ret < 0 || out.code != RPC_OK)
+		if (failed) /* the call is complete: nothing more may be sent */
 			return;
 	}
 	rpc_call_finish(call, RPC_OK, NULL);

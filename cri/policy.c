@@ -120,8 +120,12 @@ static int check_equal_resources(const char *handler, const char *what,
 				   "the CPU limit set and equal to the CPU request (%s)",
 				   handler, what,
 				   fmt_cpu(shares_to_milli(r->cpu_shares), a, sizeof(a)));
-	/* Compare as the kubelet computed them: shares from the request. */
-	if (r->cpu_shares != cpu_milli_to_shares(limit))
+	/* Compare as the kubelet computed them: shares from the request, quota
+	 * from the limit, each with its floor (2 shares, a 1000 quota), so
+	 * below 10m either side may have been rounded up. */
+	int64_t period = r->cpu_period > 0 ? r->cpu_period : DEFAULT_PERIOD;
+	if (r->cpu_shares != cpu_milli_to_shares(limit) &&
+	    r->cpu_quota != cpu_milli_to_quota(shares_to_milli(r->cpu_shares), period))
 		return crx_err_set(err, -EINVAL,
 				   "handler \"%s\": %s CPU request (%s) must equal its CPU limit "
 				   "(%s) for Kata Containers",

@@ -97,6 +97,17 @@ int main(void)
 	pod_init(&p, 300, 300, 512 * MIB);
 	is_int(check(&k, &p, &changed, &err), 0, "300m with 512Mi: accepted (shares rounded down)");
 
+	/* Below 10m the kubelet's quota floor (1000) makes 5m look like 10m. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	Runtime__V1__ContainerConfig tiny = RUNTIME__V1__CONTAINER_CONFIG__INIT;
+	Runtime__V1__LinuxContainerConfig tiny_linux = RUNTIME__V1__LINUX_CONTAINER_CONFIG__INIT;
+	Runtime__V1__LinuxContainerResources tiny_res;
+	resources(&tiny_res, 5, 5, 64 * MIB);
+	tiny.linux = &tiny_linux;
+	tiny_linux.resources = &tiny_res;
+	is_int(kata_check_container(&k, "kata", &tiny, &err), 0,
+	       "a guaranteed 5m container (quota raised to its floor): accepted");
+
 	/* Host namespaces. */
 	pod_init(&p, 1000, 1000, 2 * GIB);
 	p.ns.network = RUNTIME__V1__NAMESPACE_MODE__NODE;
