@@ -9,6 +9,7 @@
 
 static const struct backend_ops *const known_types[] = {
 	&cri_backend_ops,
+	&docker_backend_ops,
 };
 
 const struct backend_ops *backend_type_find(const char *type)

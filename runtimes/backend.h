@@ -57,8 +57,9 @@ struct backend {
 };
 
 extern const struct backend_ops cri_backend_ops;
+extern const struct backend_ops docker_backend_ops;
 
-#define BACKEND_TYPE_NAMES "cri"
+#define BACKEND_TYPE_NAMES "cri, docker"
 const struct backend_ops *backend_type_find(const char *type);
 
 int backend_open(const struct crx_backend_config *cfg, struct backend **out, struct crx_err *err);

@@ -122,3 +122,84 @@ def log_dir(tmp_path):
     path = tmp_path / "pod-logs"
     path.mkdir()
     return str(path)
+
+
+# --- the docker backend (crimux's dockershim) --------------------------------
+
+@pytest.fixture(scope="session")
+def dockerd(lab):
+    """A private dockerd (tests/lab/docker.py) beside the lab's containerd."""
+    from lab.docker import Dockerd
+    daemon = Dockerd(os.path.join(lab.workdir, "docker"))
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def docker_backend_config(lab, state_dir, **options):
+    """The [backend "docker"] keys of a crimuxd in front of the lab's dockerd:
+    the lab's CNI network, crimux's own pause image, short poll intervals."""
+    keys = {"type": "docker", "state_dir": state_dir, "cni_conf_dir": lab.net.conf_dir,
+            "cni_bin_dir": env.CNI_BIN_DIR, "pause_binary": lab.pause_binary,
+            "log_poll_interval": "50ms", "stats_layer_ttl": "1s"}
+    keys.update(options)
+    return '[backend "docker"]\n' + "".join(f"{k} = {v}\n" for k, v in keys.items()
+                                            if v is not None)
+
+
+def _start_docker_crimuxd(lab, dockerd, binary, state_dir, extra_config="", **keys):
+    daemon = lab.crimuxd(binary, {"docker": dockerd.endpoint},
+                         docker_backend_config(lab, state_dir, **keys) + extra_config)
+    daemon.state_dir = state_dir
+    return daemon
+
+
+def _stop_checked(daemons):
+    """Stop each; like crimuxd_factory, a running one must exit 0 on SIGTERM
+    and a sanitizer build must have nothing to report."""
+    problems = []
+    for daemon in daemons:
+        running = daemon.daemon.running()
+        code = daemon.stop()
+        if running and code != 0:
+            problems.append(f"crimuxd exited {code} on SIGTERM")
+        log = daemon.log()
+        if "Sanitizer" in log or "runtime error:" in log:
+            problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def docker_crimuxd_factory(lab, dockerd, crimuxd_binary, tmp_path_factory):
+    """start(state_dir=None, extra_config="", **backend_keys) -> a started
+    env.Crimuxd whose only backend is the lab's dockerd; stopped after the test."""
+    started = []
+
+    def start(state_dir=None, extra_config="", **keys):
+        state = state_dir or str(tmp_path_factory.mktemp("docker-state"))
+        daemon = _start_docker_crimuxd(lab, dockerd, crimuxd_binary, state, extra_config,
+                                       **keys)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    _stop_checked(started)
+
+
+@pytest.fixture(scope="session")
+def docker_crimuxd(lab, dockerd, crimuxd_binary, tmp_path_factory):
+    """One crimuxd in front of dockerd for the whole session."""
+    daemon = _start_docker_crimuxd(lab, dockerd, crimuxd_binary,
+                                   str(tmp_path_factory.mktemp("docker-state")))
+    yield daemon
+    _stop_checked([daemon])
+
+
+@pytest.fixture
+def dcri(docker_crimuxd, dockerd):
+    """A CRI client to the docker crimuxd; the test's pods are removed after it."""
+    with lab_cri.CRI(docker_crimuxd.endpoint) as client:
+        yield client
+        client.remove_all_pods()

@@ -1,0 +1,42 @@
+/* CRI log files made from Docker's json-file logs. Docker writes each
+ * container's output as JSON lines; crimux copies them, in the CRI format
+ * ("<RFC 3339 time> <stream> <P|F> <text>"), to the log path the kubelet
+ * asked for. A thread follows every tracked container; the position in
+ * Docker's file (inode and offset) is saved in the state directory after
+ * each batch, so a restarted crimuxd goes on where the last one stopped:
+ * lines may repeat after a crash between write and save, none is lost.
+ * Docker's own rotation (max-size) is followed through the renamed files;
+ * ReopenContainerLog starts a new CRI file after the kubelet rotated it. */
+#pragma once
+
+#include <stddef.h>
+
+#include "common/err.h"
+
+/* One json-file line to one CRI line (with its newline). -EINVAL when the
+ * line is not a log entry. */
+int dk_log_line_to_cri(const char *line, size_t len, char **out, size_t *out_len);
+
+struct dk_logs;
+
+/* state_dir holds one position file per container; interval_ms is how
+ * often the files are looked at. */
+int dk_logs_new(const char *state_dir, unsigned interval_ms, struct dk_logs **out,
+		struct crx_err *err);
+/* Copies what is left, saves positions and stops the thread. */
+void dk_logs_free(struct dk_logs *l);
+
+/* Starts (or, after a restart, resumes) following a container. The CRI
+ * file is created at once. Tracking an already tracked container is a
+ * no-op. */
+int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, const char *cri_log,
+		  struct crx_err *err);
+/* Copies everything Docker has written so far. */
+int dk_logs_drain(struct dk_logs *l, const char *id);
+/* Copies what is pending into the current file, then opens the CRI path
+ * anew. -ENOENT when the container is not tracked. */
+int dk_logs_reopen(struct dk_logs *l, const char *id, struct crx_err *err);
+/* Drains and stops following; removes the position file. */
+void dk_logs_forget(struct dk_logs *l, const char *id);
+/* Whether id is followed. */
+int dk_logs_tracked(struct dk_logs *l, const char *id);

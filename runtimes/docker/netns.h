@@ -1,0 +1,26 @@
+/* A pod's network namespace seen through libnl: its addresses (IPv4 and
+ * IPv6, which Docker cannot report for a CNI network) and interface
+ * counters. libnl's error space ends here. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+/* Global-scope addresses of ifname inside the namespace at netns_path,
+ * IPv4 first, without prefix lengths. */
+int dk_netns_ips(const char *netns_path, const char *ifname, char ***ips, size_t *n,
+		 struct crx_err *err);
+
+struct dk_if_stats {
+	char name[32];
+	uint64_t rx_bytes, rx_errors, tx_bytes, tx_errors;
+};
+/* Counters of every interface but loopback in the namespace. */
+int dk_netns_if_stats(const char *netns_path, struct dk_if_stats **out, size_t *n,
+		      struct crx_err *err);
+
+/* A socket of the given domain and type in the namespace at netns_path
+ * (sockets belong to the namespace they were made in). */
+int dk_netns_socket(const char *netns_path, int domain, int type, int *out, struct crx_err *err);

@@ -1,0 +1,713 @@
+/* Pod sandboxes on Docker: a pause container with NetworkMode=none whose
+ * network namespace CNI sets up, and a checkpoint file for what Docker does
+ * not keep. Run is idempotent by name; Stop and Remove succeed when the
+ * sandbox is already gone, and tear the network down from the checkpoint
+ * even when the pause container vanished. */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "runtimes/docker/api.h"
+#include "runtimes/docker/cni.h"
+#include "runtimes/docker/convert.h"
+#include "runtimes/docker/json.h"
+#include "runtimes/docker/logs.h"
+#include "runtimes/docker/names.h"
+#include "runtimes/docker/netns.h"
+#include "runtimes/docker/shim.h"
+
+#define POD_IFNAME           "eth0"
+#define SANDBOX_STOP_TIMEOUT 10
+
+int dk_cni_ready(struct dk_shim *ds, struct crx_err *err)
+{
+	_cleanup_json_ json_object *conf = NULL;
+	_cleanup_free_ char *file = NULL;
+	return dk_cni_load(ds->cni_conf_dir, &conf, &file, err);
+}
+
+static json_object *ports_json(const struct dk_checkpoint *cp)
+{
+	static const char *const protos[] = {"tcp", "udp", "sctp"};
+	json_object *a = json_object_new_array();
+	for (size_t i = 0; a && i < cp->n_ports; i++) {
+		const struct dk_port *p = &cp->ports[i];
+		if (p->host_port <= 0)
+			continue; /* not published on the node */
+		json_object *e = json_object_new_object();
+		int r = e && json_object_array_add(a, e) == 0 ? 0 : -ENOMEM;
+		r |= dk_json_add_int(e, "hostPort", p->host_port);
+		r |= dk_json_add_int(e, "containerPort", p->container_port);
+		r |= dk_json_add_str(e, "protocol",
+				     p->protocol >= 0 && p->protocol < 3 ? protos[p->protocol]
+									 : "tcp");
+		if (p->host_ip[0])
+			r |= dk_json_add_str(e, "hostIP", p->host_ip);
+		if (r) {
+			json_object_put(a);
+			return NULL;
+		}
+	}
+	return a;
+}
+
+static struct dk_cni_args cni_args(struct dk_shim *ds, const struct dk_checkpoint *cp,
+				   const char *netns, json_object *ports)
+{
+	return (struct dk_cni_args){
+		.container_id = cp->sandbox_id,
+		.netns = netns,
+		.ifname = POD_IFNAME,
+		.pod_name = cp->name,
+		.pod_namespace = cp->ns,
+		.pod_uid = cp->uid,
+		.bin_path = ds->cni_bin_path,
+		.port_mappings = ports,
+	};
+}
+
+/* CNI DEL with what ADD used; the namespace may be gone (pid 0). */
+static int teardown_network(struct dk_ctx *c, struct dk_checkpoint *cp, int pid,
+			    struct crx_err *err)
+{
+	if (cp->host_network || !cp->network_ready)
+		return 0;
+	char netns[64] = "";
+	if (pid > 0)
+		snprintf(netns, sizeof(netns), "/proc/%d/ns/net", pid);
+	_cleanup_json_ json_object *ports = ports_json(cp);
+	_cleanup_json_ json_object *current = NULL;
+	json_object *conf = cp->cni_conf;
+	if (!conf) {
+		_cleanup_free_ char *file = NULL;
+		int r = dk_cni_load(c->ds->cni_conf_dir, &current, &file, err);
+		if (r < 0)
+			return crx_err_prefix(err, "tearing down the network of sandbox %s",
+					      cp->sandbox_id);
+		conf = current;
+	}
+	struct dk_cni_args args = cni_args(c->ds, cp, netns, ports);
+	int r = dk_cni_del(conf, &args, cp->cni_result, err);
+	if (r < 0)
+		return crx_err_prefix(err, "tearing down the network of sandbox %s",
+				      cp->sandbox_id);
+	cp->network_ready = false;
+	return dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
+}
+
+static int write_resolv_conf(const char *path, const Runtime__V1__DNSConfig *dns,
+			     struct crx_err *err)
+{
+	if (!dns || (!dns->n_servers && !dns->n_searches && !dns->n_options))
+		return 0; /* keep what Docker wrote */
+	if (!path || !*path)
+		return crx_err_set(err, -EINVAL, "Docker gave the sandbox no resolv.conf");
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < dns->n_servers; i++)
+		fprintf(f, "nameserver %s\n", dns->servers[i]);
+	if (dns->n_searches) {
+		fputs("search", f);
+		for (size_t i = 0; i < dns->n_searches; i++)
+			fprintf(f, " %s", dns->searches[i]);
+		fputc('\n', f);
+	}
+	if (dns->n_options) {
+		fputs("options", f);
+		for (size_t i = 0; i < dns->n_options; i++)
+			fprintf(f, " %s", dns->options[i]);
+		fputc('\n', f);
+	}
+	if (fclose(f) != 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	/* In place: the file is bind-mounted into the containers. */
+	_cleanup_fclose_ FILE *out = fopen(path, "we");
+	if (!out || fwrite(text, 1, len, out) != len || fflush(out) != 0)
+		return crx_err_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
+	return 0;
+}
+
+int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_checkpoint *cp,
+		   char ***ips, size_t *n)
+{
+	*ips = NULL;
+	*n = 0;
+	/* Read from the namespace when the network was set up (and kept):
+	 * addresses do not change under a running pod, and Status is frequent. */
+	if (cp && cp->n_ips) {
+		char **list = calloc(cp->n_ips, sizeof(*list));
+		for (size_t i = 0; list && i < cp->n_ips; i++) {
+			if (!(list[i] = strdup(cp->ips[i]))) {
+				dk_strv_free(list, i);
+				return -ENOMEM;
+			}
+		}
+		if (!list)
+			return -ENOMEM;
+		*ips = list;
+		*n = cp->n_ips;
+		return 0;
+	}
+	int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+	if (pid > 0) {
+		char netns[64];
+		snprintf(netns, sizeof(netns), "/proc/%d/ns/net", pid);
+		if (dk_netns_ips(netns, POD_IFNAME, ips, n, NULL) == 0 && *n)
+			return 0;
+		dk_strv_free(*ips, *n);
+		*ips = NULL;
+		*n = 0;
+	}
+	return 0;
+}
+
+/* Removes a sandbox entirely: containers, network, pause container and
+ * checkpoint. Called with the sandbox locked. */
+static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect,
+			  struct crx_err *err)
+{
+	_cleanup_json_ json_object *filters =
+		dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, id);
+	_cleanup_json_ json_object *list = NULL;
+	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
+			: crx_err_set(err, -ENOMEM, "out of memory");
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < json_object_array_length(list); i++) {
+		const char *cid = dk_json_str(json_object_array_get_idx(list, i), "Id");
+		if (cid && (r = dk_remove_container_id(c, cid, err)) < 0)
+			return r;
+	}
+	struct dk_checkpoint cp = {0};
+	r = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
+	if (r == 0) {
+		int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+		r = teardown_network(c, &cp, pid, err);
+		dk_checkpoint_clear(&cp);
+		if (r < 0)
+			return r;
+	}
+	if (inspect && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
+		return r;
+	return dk_checkpoint_remove(c->ds->checkpoint_dir, id, err);
+}
+
+static int setup_network(struct dk_ctx *c, struct dk_checkpoint *cp, int pid, struct crx_err *err)
+{
+	_cleanup_json_ json_object *conf = NULL;
+	_cleanup_free_ char *file = NULL;
+	int r = dk_cni_load(c->ds->cni_conf_dir, &conf, &file, err);
+	if (r < 0)
+		return crx_err_prefix(err, "network plugin is not ready");
+	char netns[64];
+	snprintf(netns, sizeof(netns), "/proc/%d/ns/net", pid);
+	_cleanup_json_ json_object *ports = ports_json(cp);
+	if (!ports)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	/* Recorded before ADD, so a crash half-way still leads to DEL. */
+	cp->cni_conf = json_object_get(conf);
+	cp->netns = strdup(netns);
+	cp->network_ready = true;
+	if (!cp->netns)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	r = dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
+	if (r < 0)
+		return r;
+	struct dk_cni_args args = cni_args(c->ds, cp, netns, ports);
+	json_object *result = NULL;
+	r = dk_cni_add(conf, &args, &result, err);
+	if (r < 0) {
+		/* dk_cni_add has run DEL already. */
+		cp->network_ready = false;
+		dk_checkpoint_save(c->ds->checkpoint_dir, cp, NULL);
+		return crx_err_prefix(err, "setting up the pod network (%s)", file);
+	}
+	cp->cni_result = result;
+	/* The addresses as the namespace has them (both families), else as
+	 * the plugins reported them. */
+	if (dk_netns_ips(netns, POD_IFNAME, &cp->ips, &cp->n_ips, NULL) < 0 || cp->n_ips == 0) {
+		dk_strv_free(cp->ips, cp->n_ips);
+		cp->ips = NULL;
+		cp->n_ips = 0;
+		if (dk_cni_result_ips(result, &cp->ips, &cp->n_ips) < 0)
+			return crx_err_set(err, -ENOMEM, "out of memory");
+	}
+	return dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
+}
+
+static int fill_checkpoint(struct dk_checkpoint *cp, const char *id,
+			   const Runtime__V1__PodSandboxConfig *cfg, bool host_net, int64_t created,
+			   json_object *labels)
+{
+	const Runtime__V1__PodSandboxMetadata *md = cfg->metadata;
+	cp->sandbox_id = strdup(id);
+	cp->name = strdup(md->name);
+	cp->ns = strdup(md->namespace_);
+	cp->uid = strdup(md->uid);
+	cp->attempt = md->attempt;
+	cp->created_ns = created;
+	cp->host_network = host_net;
+	cp->labels = json_object_get(labels);
+	if (!cp->sandbox_id || !cp->name || !cp->ns || !cp->uid)
+		return -ENOMEM;
+	if (cfg->n_port_mappings && !(cp->ports = calloc(cfg->n_port_mappings, sizeof(*cp->ports))))
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->n_port_mappings; i++) {
+		const Runtime__V1__PortMapping *pm = cfg->port_mappings[i];
+		struct dk_port *p = &cp->ports[cp->n_ports++];
+		p->protocol = (int)pm->protocol;
+		p->container_port = pm->container_port;
+		p->host_port = pm->host_port;
+		snprintf(p->host_ip, sizeof(p->host_ip), "%s", pm->host_ip ? pm->host_ip : "");
+	}
+	return 0;
+}
+
+/* A sandbox of this name exists: ready ones are the answer to a retried
+ * call; anything half-made is removed so the call can start over. */
+static int reuse_existing(struct dk_ctx *c, const char *name, char **reuse_id, struct crx_err *err)
+{
+	*reuse_id = NULL;
+	_cleanup_json_ json_object *old = NULL;
+	int r = dk_inspect_typed(c, name, DK_TYPE_SANDBOX, &old, NULL);
+	if (r == -ENOENT) {
+		/* Something else of that name (not a sandbox) would make create
+		 * fail with a clear conflict. */
+		return 0;
+	}
+	if (r < 0)
+		return dk_inspect_typed(c, name, DK_TYPE_SANDBOX, &old, err);
+	const char *id = dk_json_str(old, "Id");
+	if (!id || !dk_valid_id(id))
+		return crx_err_set(err, -EBADMSG, "dockerd sent a sandbox without ID");
+	struct dk_checkpoint cp = {0};
+	bool ready = dk_json_bool(dk_json_get(old, "State", NULL), "Running") &&
+		     dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0 &&
+		     (cp.host_network || cp.network_ready);
+	dk_checkpoint_clear(&cp);
+	if (ready) {
+		*reuse_id = strdup(id);
+		return *reuse_id ? 0 : crx_err_set(err, -ENOMEM, "out of memory");
+	}
+	dk_sandbox_lock(c->ds, id);
+	r = remove_sandbox(c, id, old, err);
+	dk_sandbox_unlock(c->ds, id);
+	return r < 0 ? crx_err_prefix(err, "removing the unfinished sandbox %s", name) : 0;
+}
+
+static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg,
+		      const char *handler, const char *name, char **out_id, struct crx_err *err)
+{
+	struct dk_shim *ds = c->ds;
+	int r = reuse_existing(c, name, out_id, err);
+	if (r < 0 || *out_id)
+		return r;
+	r = dk_ensure_pause_image(c, err);
+	if (r < 0)
+		return r;
+
+	const Runtime__V1__LinuxPodSandboxConfig *lc = cfg->linux;
+	const Runtime__V1__NamespaceOption *ns =
+		lc && lc->security_context ? lc->security_context->namespace_options : NULL;
+	bool host_net = ns && ns->network == RUNTIME__V1__NAMESPACE_MODE__NODE;
+	int64_t created = dk_realtime_ns();
+	dk_cgroup_driver(c);
+	struct dk_spec_opts opts = dk_spec_opts(ds, created);
+	opts.runtime_handler = handler;
+	_cleanup_json_ json_object *spec = NULL;
+	r = dk_sandbox_spec(cfg, ds->pause_image, &opts, &spec, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *id = NULL;
+	r = dk_container_create(ds->sock, name, spec, &c->dl, &id, err);
+	if (r < 0)
+		return crx_err_prefix(err, "creating the sandbox container %s", name);
+
+	struct dk_checkpoint cp = {0};
+	dk_sandbox_lock(ds, id);
+	r = fill_checkpoint(&cp, id, cfg, host_net, created, dk_json_get(spec, "Labels", NULL));
+	if (r < 0)
+		r = crx_err_set(err, -ENOMEM, "out of memory");
+	if (r == 0)
+		r = dk_checkpoint_save(ds->checkpoint_dir, &cp, err);
+	if (r == 0) {
+		r = dk_container_start(ds->sock, id, &c->dl, err);
+		if (r < 0)
+			crx_err_prefix(err, "starting the sandbox container %s", name);
+	}
+	_cleanup_json_ json_object *inspect = NULL;
+	if (r == 0)
+		r = dk_container_inspect(ds->sock, id, &c->dl, &inspect, err);
+	if (r == 0)
+		r = write_resolv_conf(dk_json_str(inspect, "ResolvConfPath"), cfg->dns_config, err);
+	if (r == 0 && !host_net) {
+		int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+		r = pid > 0 ? setup_network(c, &cp, pid, err)
+			    : crx_err_set(err, -EIO, "the sandbox container %s is not running",
+					  name);
+	}
+	dk_checkpoint_clear(&cp);
+	if (r < 0) {
+		/* Leave nothing half-made behind; the call's error is the news. */
+		struct dk_ctx bg = *c;
+		bg.dl = dk_deadline_in(NULL, 60000);
+		remove_sandbox(&bg, id, inspect ? inspect : spec, NULL);
+		dk_sandbox_unlock(ds, id);
+		return r;
+	}
+	dk_sandbox_unlock(ds, id);
+	*out_id = TAKE_PTR(id);
+	return 0;
+}
+
+/* The handler the sandbox was run under, or this backend's default. */
+static char *sandbox_handler(struct dk_ctx *c, json_object *labels)
+{
+	const char *h = labels ? dk_json_str(labels, DK_LABEL_HANDLER) : NULL;
+	return h && *h ? dk_arena_strdup(&c->arena, h) : c->ds->handler;
+}
+
+int dk_run_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
+		       struct crx_err *err)
+{
+	const Runtime__V1__RunPodSandboxRequest *in = (const void *)req;
+	const Runtime__V1__PodSandboxConfig *cfg = in->config;
+	if (!cfg || !cfg->metadata)
+		return crx_err_set(err, -EINVAL, "RunPodSandbox needs a config with metadata");
+	const Runtime__V1__PodSandboxMetadata *md = cfg->metadata;
+	struct dk_sandbox_meta meta = {
+		.name = md->name, .uid = md->uid, .ns = md->namespace_, .attempt = md->attempt};
+	_cleanup_free_ char *name = NULL;
+	int r = dk_sandbox_name(&meta, &name, err);
+	if (r < 0)
+		return r;
+	char *id = NULL;
+	/* One run per name at a time: a retry waits for the first attempt. */
+	dk_name_lock(c->ds, name);
+	r = run_locked(c, cfg, in->runtime_handler, name, &id, err);
+	dk_name_unlock(c->ds, name);
+	if (r < 0)
+		return r;
+	Runtime__V1__RunPodSandboxResponse *out =
+		dk_msg_new(&c->arena, &runtime__v1__run_pod_sandbox_response__descriptor);
+	if (out)
+		out->pod_sandbox_id = dk_arena_strdup(&c->arena, id);
+	free(id);
+	if (!out)
+		return -ENOMEM;
+	*resp = &out->base;
+	return 0;
+}
+
+/* Stops every container of the sandbox (the CRI wants them terminated). */
+static int stop_containers(struct dk_ctx *c, const char *id, struct crx_err *err)
+{
+	_cleanup_json_ json_object *filters =
+		dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, id);
+	_cleanup_json_ json_object *list = NULL;
+	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
+			: crx_err_set(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; r == 0 && i < json_object_array_length(list); i++) {
+		json_object *e = json_object_array_get_idx(list, i);
+		const char *cid = dk_json_str(e, "Id");
+		if (!cid || !streq(dk_json_str(e, "State"), "running"))
+			continue;
+		r = dk_container_stop(c->ds->sock, cid, 0, &c->dl, err);
+		dk_logs_drain(c->ds->logs, cid);
+	}
+	return r;
+}
+
+int dk_stop_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
+			struct crx_err *err)
+{
+	const Runtime__V1__StopPodSandboxRequest *in = (const void *)req;
+	const char *id = in->pod_sandbox_id;
+	ProtobufCMessage *out =
+		dk_msg_new(&c->arena, &runtime__v1__stop_pod_sandbox_response__descriptor);
+	if (!out)
+		return -ENOMEM;
+	_cleanup_json_ json_object *inspect = NULL;
+	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &inspect, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	const char *full = inspect ? dk_json_str(inspect, "Id") : id;
+	if (!full || !dk_valid_id(full)) {
+		*resp = out; /* nothing of that name: stopped as far as anyone can tell */
+		return 0;
+	}
+	dk_sandbox_lock(c->ds, full);
+	if (inspect)
+		r = stop_containers(c, full, err);
+	else
+		r = 0;
+	struct dk_checkpoint cp = {0};
+	if (r == 0 && dk_checkpoint_load(c->ds->checkpoint_dir, full, &cp, NULL) == 0) {
+		/* DEL while the namespace still exists, then stop the pause. */
+		int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+		r = teardown_network(c, &cp, pid, err);
+		dk_checkpoint_clear(&cp);
+	}
+	if (r == 0 && inspect)
+		r = dk_container_stop(c->ds->sock, full, SANDBOX_STOP_TIMEOUT, &c->dl, err);
+	dk_sandbox_unlock(c->ds, full);
+	if (r < 0)
+		return r;
+	*resp = out;
+	return 0;
+}
+
+int dk_remove_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
+			  struct crx_err *err)
+{
+	const Runtime__V1__RemovePodSandboxRequest *in = (const void *)req;
+	const char *id = in->pod_sandbox_id;
+	ProtobufCMessage *out =
+		dk_msg_new(&c->arena, &runtime__v1__remove_pod_sandbox_response__descriptor);
+	if (!out)
+		return -ENOMEM;
+	_cleanup_json_ json_object *inspect = NULL;
+	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &inspect, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	const char *full = inspect ? dk_json_str(inspect, "Id") : id;
+	if (!full || !dk_valid_id(full)) {
+		*resp = out;
+		return 0;
+	}
+	dk_sandbox_lock(c->ds, full);
+	r = remove_sandbox(c, full, inspect, err);
+	dk_sandbox_unlock(c->ds, full);
+	if (r < 0)
+		return r;
+	*resp = out;
+	return 0;
+}
+
+static Runtime__V1__PodSandboxMetadata *sandbox_meta(struct dk_ctx *c, json_object *labels,
+						     const char *docker_name)
+{
+	Runtime__V1__PodSandboxMetadata *m =
+		dk_msg_new(&c->arena, &runtime__v1__pod_sandbox_metadata__descriptor);
+	if (!m || dk_meta_parse(&c->arena, labels, docker_name, &m->name, &m->uid, &m->namespace_,
+				&m->attempt) < 0)
+		return NULL;
+	return m;
+}
+
+static Runtime__V1__PodSandboxMetadata *checkpoint_meta(struct dk_ctx *c,
+							const struct dk_checkpoint *cp)
+{
+	Runtime__V1__PodSandboxMetadata *m =
+		dk_msg_new(&c->arena, &runtime__v1__pod_sandbox_metadata__descriptor);
+	if (!m)
+		return NULL;
+	m->name = dk_arena_strdup(&c->arena, cp->name);
+	m->uid = dk_arena_strdup(&c->arena, cp->uid);
+	m->namespace_ = dk_arena_strdup(&c->arena, cp->ns);
+	m->attempt = cp->attempt;
+	return m;
+}
+
+/* READY: the pause container runs and, unless on the host network, its
+ * network was set up. */
+static bool sandbox_ready(bool running, const struct dk_checkpoint *cp, bool have_cp)
+{
+	if (!running)
+		return false;
+	return !have_cp || cp->host_network || cp->network_ready;
+}
+
+int dk_pod_sandbox_status(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
+			  struct crx_err *err)
+{
+	const Runtime__V1__PodSandboxStatusRequest *in = (const void *)req;
+	struct dk_arena *a = &c->arena;
+	_cleanup_json_ json_object *inspect = NULL;
+	int r = dk_inspect_typed(c, in->pod_sandbox_id, DK_TYPE_SANDBOX, &inspect, err);
+	const char *id = inspect ? dk_json_str(inspect, "Id") : in->pod_sandbox_id;
+	struct dk_checkpoint cp = {0};
+	bool have_cp =
+		dk_valid_id(id) && dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+	if (r < 0 && !(r == -ENOENT && have_cp)) {
+		dk_checkpoint_clear(&cp);
+		return r; /* a checkpoint alone is a sandbox whose container vanished */
+	}
+	Runtime__V1__PodSandboxStatusResponse *out =
+		dk_msg_new(a, &runtime__v1__pod_sandbox_status_response__descriptor);
+	Runtime__V1__PodSandboxStatus *st =
+		dk_msg_new(a, &runtime__v1__pod_sandbox_status__descriptor);
+	Runtime__V1__LinuxPodSandboxStatus *ls =
+		dk_msg_new(a, &runtime__v1__linux_pod_sandbox_status__descriptor);
+	Runtime__V1__Namespace *nsmsg = dk_msg_new(a, &runtime__v1__namespace__descriptor);
+	Runtime__V1__NamespaceOption *nso =
+		dk_msg_new(a, &runtime__v1__namespace_option__descriptor);
+	if (!out || !st || !ls || !nsmsg || !nso) {
+		dk_checkpoint_clear(&cp);
+		return -ENOMEM;
+	}
+	out->status = st;
+	out->timestamp = dk_realtime_ns();
+	st->id = dk_arena_strdup(a, id);
+	json_object *labels = inspect ? dk_json_get(inspect, "Config", "Labels", NULL) : cp.labels;
+	st->runtime_handler = sandbox_handler(c, labels);
+	json_object *host = dk_json_get(inspect, "HostConfig", NULL);
+	bool running = dk_json_bool(dk_json_get(inspect, "State", NULL), "Running");
+	st->metadata = inspect ? sandbox_meta(c, labels, dk_json_str(inspect, "Name"))
+			       : checkpoint_meta(c, &cp);
+	st->state = sandbox_ready(running, &cp, have_cp)
+			    ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+			    : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+	st->created_at = inspect ? dk_created_ns(labels, inspect) : cp.created_ns;
+	if (st->created_at <= 0)
+		st->created_at = 1;
+	bool host_net = have_cp ? cp.host_network : streq(dk_json_str(host, "NetworkMode"), "host");
+	nso->network =
+		host_net ? RUNTIME__V1__NAMESPACE_MODE__NODE : RUNTIME__V1__NAMESPACE_MODE__POD;
+	nso->pid = streq(dk_json_str(host, "PidMode"), "host")
+			   ? RUNTIME__V1__NAMESPACE_MODE__NODE
+			   : RUNTIME__V1__NAMESPACE_MODE__CONTAINER;
+	nso->ipc = streq(dk_json_str(host, "IpcMode"), "host") ? RUNTIME__V1__NAMESPACE_MODE__NODE
+							       : RUNTIME__V1__NAMESPACE_MODE__POD;
+	nsmsg->options = nso;
+	ls->namespaces = nsmsg;
+	st->linux = ls;
+	if (!host_net) {
+		char **ips = NULL;
+		size_t n = 0;
+		if (dk_sandbox_ips(c, inspect, have_cp ? &cp : NULL, &ips, &n) == 0 && n) {
+			Runtime__V1__PodSandboxNetworkStatus *net =
+				dk_msg_new(a, &runtime__v1__pod_sandbox_network_status__descriptor);
+			if (net) {
+				net->ip = dk_arena_strdup(a, ips[0]);
+				for (size_t i = 1; i < n; i++) {
+					Runtime__V1__PodIP *ip =
+						dk_msg_new(a, &runtime__v1__pod_ip__descriptor);
+					if (ip) {
+						ip->ip = dk_arena_strdup(a, ips[i]);
+						DK_PUSH(a, &net->n_additional_ips,
+							&net->additional_ips, ip);
+					}
+				}
+				st->network = net;
+			}
+		}
+		dk_strv_free(ips, n);
+	}
+	r = dk_labels_to_cri(a, labels, &runtime__v1__pod_sandbox_status__labels_entry__descriptor,
+			     &st->n_labels, (void ***)&st->labels,
+			     &runtime__v1__pod_sandbox_status__annotations_entry__descriptor,
+			     &st->n_annotations, (void ***)&st->annotations);
+	if (r == 0 && in->verbose) {
+		_cleanup_json_ json_object *info = json_object_new_object();
+		_cleanup_json_ json_object *cpj = NULL;
+		if (have_cp)
+			dk_checkpoint_to_json(&cp, &cpj);
+		if (!info ||
+		    (inspect && dk_json_add(info, "docker", json_object_get(inspect)) < 0) ||
+		    (cpj && dk_json_add(info, "checkpoint", json_object_get(cpj)) < 0) ||
+		    DK_MAP_ADD(a, &runtime__v1__pod_sandbox_status_response__info_entry__descriptor,
+			       &out->n_info, &out->info, "info", dk_json_text(info)) < 0)
+			r = -ENOMEM;
+	}
+	dk_checkpoint_clear(&cp);
+	if (r < 0 || !st->metadata)
+		return -ENOMEM;
+	*resp = &out->base;
+	return 0;
+}
+
+static bool id_matches(const char *id, const char *filter)
+{
+	return !filter || !*filter || (id && strncmp(id, filter, strlen(filter)) == 0);
+}
+
+int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
+			struct crx_err *err)
+{
+	const Runtime__V1__ListPodSandboxRequest *in = (const void *)req;
+	const Runtime__V1__PodSandboxFilter *f = in->filter;
+	struct dk_arena *a = &c->arena;
+	_cleanup_json_ json_object *filters = dk_filters(DK_TYPE_SANDBOX, NULL, NULL, NULL);
+	_cleanup_json_ json_object *list = NULL;
+	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
+			: crx_err_set(err, -ENOMEM, "out of memory");
+	if (r < 0)
+		return r;
+	Runtime__V1__ListPodSandboxResponse *out =
+		dk_msg_new(a, &runtime__v1__list_pod_sandbox_response__descriptor);
+	if (!out)
+		return -ENOMEM;
+	char **cp_ids = NULL;
+	size_t n_cp = 0;
+	dk_checkpoint_list(c->ds->checkpoint_dir, &cp_ids, &n_cp, NULL);
+
+	size_t n = json_object_array_length(list);
+	for (size_t i = 0; i < n + n_cp; i++) {
+		json_object *e = i < n ? json_object_array_get_idx(list, i) : NULL;
+		const char *id = e ? dk_json_str(e, "Id") : cp_ids[i - n];
+		if (!id || !dk_valid_id(id) || !id_matches(id, f ? f->id : NULL))
+			continue;
+		if (!e) {
+			/* A checkpoint whose container Docker still has was listed above. */
+			bool seen = false;
+			for (size_t k = 0; k < n && !seen; k++)
+				seen = streq(dk_json_str(json_object_array_get_idx(list, k), "Id"),
+					     id);
+			if (seen)
+				continue;
+		}
+		struct dk_checkpoint cp = {0};
+		bool have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+		if (!e && !have_cp)
+			continue;
+		json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp.labels;
+		Runtime__V1__PodSandbox *p = dk_msg_new(a, &runtime__v1__pod_sandbox__descriptor);
+		if (!p) {
+			dk_checkpoint_clear(&cp);
+			r = -ENOMEM;
+			break;
+		}
+		p->id = dk_arena_strdup(a, id);
+		p->runtime_handler = sandbox_handler(c, labels);
+		const char *name = NULL;
+		json_object *names = dk_json_get(e, "Names", NULL);
+		if (names && json_object_array_length(names))
+			name = json_object_get_string(json_object_array_get_idx(names, 0));
+		p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, &cp);
+		p->state =
+			sandbox_ready(e && streq(dk_json_str(e, "State"), "running"), &cp, have_cp)
+				? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+				: RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+		p->created_at = e ? dk_created_ns(labels, e) : cp.created_ns;
+		if (p->created_at <= 0)
+			p->created_at = 1;
+		bool keep = p->metadata && (!f || !f->state || f->state->state == p->state) &&
+			    (!f || dk_labels_match(labels, f->n_label_selector,
+						   (void *const *)f->label_selector));
+		if (keep)
+			r = dk_labels_to_cri(
+				a, labels, &runtime__v1__pod_sandbox__labels_entry__descriptor,
+				&p->n_labels, (void ***)&p->labels,
+				&runtime__v1__pod_sandbox__annotations_entry__descriptor,
+				&p->n_annotations, (void ***)&p->annotations);
+		if (keep && r == 0)
+			r = DK_PUSH(a, &out->n_items, &out->items, p);
+		dk_checkpoint_clear(&cp);
+		if (r < 0)
+			break;
+	}
+	dk_strv_free(cp_ids, n_cp);
+	if (r < 0)
+		return -ENOMEM;
+	*resp = &out->base;
+	return 0;
+}

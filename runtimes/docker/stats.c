@@ -1,0 +1,380 @@
+#include "config.h"
+
+#include "runtimes/docker/stats.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/util.h"
+#include "runtimes/docker/checkpoint.h"
+#include "runtimes/docker/convert.h"
+#include "runtimes/docker/http.h"
+
+int dk_cgroup_stat_value(const char *text, const char *key, uint64_t *out)
+{
+	size_t klen = strlen(key);
+	for (const char *p = text; p && *p;) {
+		if (strncmp(p, key, klen) == 0 && p[klen] == ' ') {
+			char *end;
+			errno = 0;
+			unsigned long long v = strtoull(p + klen + 1, &end, 10);
+			if (errno || end == p + klen + 1)
+				return -EINVAL;
+			*out = v;
+			return 0;
+		}
+		p = strchr(p, '\n');
+		if (p)
+			p++;
+	}
+	return -ENOENT;
+}
+
+int dk_cgroup_path(const char *proc_cgroup, const char *controller, char *out, size_t size)
+{
+	for (const char *p = proc_cgroup; p && *p;) {
+		const char *eol = strchr(p, '\n');
+		size_t len = eol ? (size_t)(eol - p) : strlen(p);
+		const char *c1 = memchr(p, ':', len);
+		const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - p)) : NULL;
+		if (c2) {
+			/* "id:ctrl1,ctrl2:path"; "0::path" is the v2 hierarchy. */
+			const char *ctrls = c1 + 1;
+			size_t clen = (size_t)(c2 - ctrls);
+			bool match = false;
+			if (!*controller) {
+				match = clen == 0;
+			} else {
+				size_t want = strlen(controller);
+				for (const char *c = ctrls; c < c2;) {
+					const char *comma = memchr(c, ',', (size_t)(c2 - c));
+					size_t n = comma ? (size_t)(comma - c) : (size_t)(c2 - c);
+					if (n == want && strncmp(c, controller, n) == 0)
+						match = true;
+					c += n + 1;
+				}
+			}
+			size_t plen = len - (size_t)(c2 + 1 - p);
+			if (match) {
+				if (plen >= size)
+					return -ENAMETOOLONG;
+				memcpy(out, c2 + 1, plen);
+				out[plen] = '\0';
+				return 0;
+			}
+		}
+		p = eol ? eol + 1 : NULL;
+	}
+	return -ENOENT;
+}
+
+/* Where each hierarchy is mounted, from /proc/self/mountinfo. */
+struct mount_point {
+	char ctrl[32]; /* "memory", "cpuacct", "pids"; "" for cgroup2 */
+	char root[256], dir[256];
+};
+static struct mount_point mounts[16];
+static size_t n_mounts;
+static pthread_once_t mounts_once = PTHREAD_ONCE_INIT;
+
+static void add_mount(const char *ctrl, const char *root, const char *dir)
+{
+	if (n_mounts == ARRAY_SIZE(mounts))
+		return;
+	struct mount_point *m = &mounts[n_mounts++];
+	snprintf(m->ctrl, sizeof(m->ctrl), "%s", ctrl);
+	snprintf(m->root, sizeof(m->root), "%s", root);
+	snprintf(m->dir, sizeof(m->dir), "%s", dir);
+}
+
+static void read_mounts(void)
+{
+	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096];
+	while (f && fgets(line, sizeof(line), f)) {
+		char root[256], dir[256], fstype[64], super[1024];
+		/* id parent major:minor root mountpoint options ... - fstype source super */
+		char *dash = strstr(line, " - ");
+		if (!dash || sscanf(line, "%*s %*s %*s %255s %255s", root, dir) != 2 ||
+		    sscanf(dash + 3, "%63s %*s %1023s", fstype, super) != 2)
+			continue;
+		if (streq(fstype, "cgroup2")) {
+			add_mount("", root, dir);
+		} else if (streq(fstype, "cgroup")) {
+			static const char *const wanted[] = {"cpuacct", "memory", "pids"};
+			for (size_t i = 0; i < ARRAY_SIZE(wanted); i++) {
+				char *save, opts[1024];
+				snprintf(opts, sizeof(opts), "%s", super);
+				for (char *o = strtok_r(opts, ",", &save); o;
+				     o = strtok_r(NULL, ",", &save))
+					if (streq(o, wanted[i]))
+						add_mount(wanted[i], root, dir);
+			}
+		}
+	}
+}
+
+/* The directory of controller's cgroup for a /proc/PID/cgroup text. */
+static int cgroup_dir(const char *proc_cgroup, const char *ctrl, char *out, size_t size)
+{
+	pthread_once(&mounts_once, read_mounts);
+	char path[1024];
+	if (dk_cgroup_path(proc_cgroup, ctrl, path, sizeof(path)) < 0)
+		return -ENOENT;
+	for (size_t i = 0; i < n_mounts; i++) {
+		const struct mount_point *m = &mounts[i];
+		if (!streq(m->ctrl, ctrl))
+			continue;
+		size_t rlen = streq(m->root, "/") ? 0 : strlen(m->root);
+		if (rlen && strncmp(path, m->root, rlen) != 0)
+			continue;
+		snprintf(out, size, "%s%s", m->dir, path + rlen);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static int read_small(const char *dir, const char *file, char *buf, size_t size)
+{
+	char path[1200];
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	size_t n = fread(buf, 1, size - 1, f);
+	buf[n] = '\0';
+	return 0;
+}
+
+static int read_u64(const char *dir, const char *file, uint64_t *out)
+{
+	char buf[64];
+	int r = read_small(dir, file, buf, sizeof(buf));
+	if (r < 0)
+		return r;
+	if (strncmp(buf, "max", 3) == 0) {
+		*out = UINT64_MAX;
+		return 0;
+	}
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(buf, &end, 10);
+	if (errno || end == buf)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int dk_cgroup_read(int pid, struct dk_cgroup_sample *s, struct crx_err *err)
+{
+	*s = (struct dk_cgroup_sample){0};
+	char path[64], text[4096], dir[1200];
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f)
+		return crx_err_set(err, errno == ENOENT ? -ESRCH : -errno, "cannot read %s: %s",
+				   path, strerror(errno));
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+
+	_cleanup_free_ char *stat = malloc(16384);
+	if (!stat)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	/* cgroup v1 controllers where they are, else the v2 hierarchy. */
+	if (cgroup_dir(text, "cpuacct", dir, sizeof(dir)) == 0) {
+		s->has_cpu = read_u64(dir, "cpuacct.usage", &s->cpu_ns) == 0;
+	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0 &&
+		   read_small(dir, "cpu.stat", stat, 16384) == 0) {
+		uint64_t usec;
+		if (dk_cgroup_stat_value(stat, "usage_usec", &usec) == 0) {
+			s->cpu_ns = usec * 1000;
+			s->has_cpu = true;
+		}
+	}
+	if (cgroup_dir(text, "memory", dir, sizeof(dir)) == 0) {
+		uint64_t inactive = 0;
+		s->has_memory = read_u64(dir, "memory.usage_in_bytes", &s->mem_usage) == 0;
+		read_u64(dir, "memory.limit_in_bytes", &s->mem_limit);
+		if (read_small(dir, "memory.stat", stat, 16384) == 0) {
+			dk_cgroup_stat_value(stat, "total_inactive_file", &inactive);
+			dk_cgroup_stat_value(stat, "total_rss", &s->mem_rss);
+			dk_cgroup_stat_value(stat, "total_pgfault", &s->pgfault);
+			dk_cgroup_stat_value(stat, "total_pgmajfault", &s->pgmajfault);
+		}
+		s->mem_working_set = s->mem_usage > inactive ? s->mem_usage - inactive : 0;
+	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0) {
+		uint64_t inactive = 0;
+		s->has_memory = read_u64(dir, "memory.current", &s->mem_usage) == 0;
+		read_u64(dir, "memory.max", &s->mem_limit);
+		if (read_small(dir, "memory.stat", stat, 16384) == 0) {
+			dk_cgroup_stat_value(stat, "inactive_file", &inactive);
+			dk_cgroup_stat_value(stat, "anon", &s->mem_rss);
+			dk_cgroup_stat_value(stat, "pgfault", &s->pgfault);
+			dk_cgroup_stat_value(stat, "pgmajfault", &s->pgmajfault);
+		}
+		s->mem_working_set = s->mem_usage > inactive ? s->mem_usage - inactive : 0;
+	}
+	if (cgroup_dir(text, "pids", dir, sizeof(dir)) == 0 ||
+	    cgroup_dir(text, "", dir, sizeof(dir)) == 0)
+		s->has_pids = read_u64(dir, "pids.current", &s->pids) == 0;
+	return 0;
+}
+
+struct cache_entry {
+	struct cache_entry *next;
+	char *id;
+	int64_t cpu_at_ns;
+	uint64_t cpu_ns;
+	bool has_cpu;
+	char *upperdir;
+	int64_t layer_at_ns, layer_at_ms;
+	uint64_t layer_bytes, layer_inodes;
+	bool has_layer;
+};
+
+struct dk_stats_cache {
+	pthread_mutex_t lock;
+	struct cache_entry *entries;
+};
+
+int dk_stats_cache_new(struct dk_stats_cache **out)
+{
+	struct dk_stats_cache *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	pthread_mutex_init(&c->lock, NULL);
+	*out = c;
+	return 0;
+}
+
+static void entry_free(struct cache_entry *e)
+{
+	free(e->id);
+	free(e->upperdir);
+	free(e);
+}
+
+void dk_stats_cache_free(struct dk_stats_cache *c)
+{
+	if (!c)
+		return;
+	while (c->entries) {
+		struct cache_entry *e = c->entries;
+		c->entries = e->next;
+		entry_free(e);
+	}
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+/* Called with the lock held. */
+static struct cache_entry *get_entry(struct dk_stats_cache *c, const char *id)
+{
+	for (struct cache_entry *e = c->entries; e; e = e->next)
+		if (streq(e->id, id))
+			return e;
+	struct cache_entry *e = calloc(1, sizeof(*e));
+	if (!e || !(e->id = strdup(id))) {
+		free(e);
+		return NULL;
+	}
+	e->next = c->entries;
+	c->entries = e;
+	return e;
+}
+
+bool dk_stats_cpu_rate(struct dk_stats_cache *c, const char *id, int64_t now_ns, uint64_t cpu_ns,
+		       uint64_t *nano_cores)
+{
+	pthread_mutex_lock(&c->lock);
+	struct cache_entry *e = get_entry(c, id);
+	bool have = false;
+	if (e) {
+		if (e->has_cpu && now_ns > e->cpu_at_ns && cpu_ns >= e->cpu_ns) {
+			/* core-ns per second: ns of CPU over ns of wall clock, scaled by 1e9. */
+			double rate = (double)(cpu_ns - e->cpu_ns) * 1e9 /
+				      (double)(now_ns - e->cpu_at_ns);
+			*nano_cores = (uint64_t)rate;
+			have = true;
+		}
+		/* Keep the older sample when two calls come close together, so
+		 * the rate has a window to average over. */
+		if (!e->has_cpu || now_ns - e->cpu_at_ns >= 1000000000 || cpu_ns < e->cpu_ns) {
+			e->cpu_at_ns = now_ns;
+			e->cpu_ns = cpu_ns;
+			e->has_cpu = true;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return have;
+}
+
+static _Thread_local uint64_t walk_bytes, walk_inodes;
+
+static int walk_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)path;
+	(void)flag;
+	(void)ftw;
+	walk_bytes += (uint64_t)st->st_blocks * 512;
+	walk_inodes++;
+	return 0;
+}
+
+int dk_stats_layer(struct dk_stats_cache *c, const char *id, const char *upperdir, int64_t ttl_ms,
+		   uint64_t *bytes, uint64_t *inodes, int64_t *at_ns, struct crx_err *err)
+{
+	int64_t now = dk_now_ms();
+	pthread_mutex_lock(&c->lock);
+	struct cache_entry *e = get_entry(c, id);
+	if (e && e->has_layer && now - e->layer_at_ms < ttl_ms && streq(e->upperdir, upperdir)) {
+		*bytes = e->layer_bytes;
+		*inodes = e->layer_inodes;
+		*at_ns = e->layer_at_ns;
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&c->lock);
+
+	/* Measured without the lock: a large layer takes a while. */
+	walk_bytes = walk_inodes = 0;
+	if (nftw(upperdir, walk_one, 16, FTW_PHYS | FTW_MOUNT) < 0)
+		return crx_err_set(err, -errno, "cannot measure %s: %s", upperdir, strerror(errno));
+	int64_t at = dk_realtime_ns();
+	pthread_mutex_lock(&c->lock);
+	e = get_entry(c, id);
+	if (e) {
+		free(e->upperdir);
+		e->upperdir = strdup(upperdir);
+		e->layer_bytes = walk_bytes;
+		e->layer_inodes = walk_inodes;
+		e->layer_at_ms = now;
+		e->layer_at_ns = at;
+		e->has_layer = e->upperdir != NULL;
+	}
+	pthread_mutex_unlock(&c->lock);
+	*bytes = walk_bytes;
+	*inodes = walk_inodes;
+	*at_ns = at;
+	return 0;
+}
+
+void dk_stats_forget(struct dk_stats_cache *c, const char *id)
+{
+	pthread_mutex_lock(&c->lock);
+	for (struct cache_entry **p = &c->entries; *p; p = &(*p)->next) {
+		if (streq((*p)->id, id)) {
+			struct cache_entry *e = *p;
+			*p = e->next;
+			entry_free(e);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+}

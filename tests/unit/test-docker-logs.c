@@ -1,0 +1,194 @@
+/* CRI log files from Docker's json-file logs: line conversion, following a
+ * file through Docker's rotation, resuming after a restart without losing
+ * or repeating lines, and reopening after the kubelet rotated the file. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "runtimes/docker/checkpoint.h"
+#include "runtimes/docker/logs.h"
+#include "tap.h"
+
+static char dir[] = "/tmp/crimux-logs-test-XXXXXX";
+static char docker_log[600], cri_log[600], state[600];
+
+static char *convert(const char *line)
+{
+	char *out = NULL;
+	size_t len;
+	return dk_log_line_to_cri(line, strlen(line), &out, &len) == 0 ? out : NULL;
+}
+
+static void conversion(void)
+{
+	char *s = convert("{\"log\":\"hello\\n\",\"stream\":\"stdout\",\"time\":"
+			  "\"2026-11-22T15:38:48.05750421Z\"}");
+	is_str(s, "2026-11-22T15:38:48.05750421Z stdout F hello\n", "a full stdout line");
+	free(s);
+	s = convert("{\"log\":\"a \\u003cb\\u003e\\tc\\n\",\"stream\":\"stderr\",\"time\":\"T\"}");
+	is_str(s, "T stderr F a <b>\tc\n", "escapes decoded, stderr");
+	free(s);
+	s = convert("{\"log\":\"\\n\",\"stream\":\"stdout\",\"time\":\"T\"}");
+	is_str(s, "T stdout F \n", "an empty line");
+	free(s);
+	s = convert("{\"log\":\"tail\",\"stream\":\"stdout\",\"time\":\"T\"}");
+	is_str(s, "T stdout F tail\n", "the rest flushed at the end is a line of its own");
+	free(s);
+	char *big = malloc(16 * 1024 + 100), *line = malloc(16 * 1024 + 200);
+	memset(big, 'x', 16 * 1024);
+	big[16 * 1024] = '\0';
+	snprintf(line, 16 * 1024 + 200, "{\"log\":\"%s\",\"stream\":\"stdout\",\"time\":\"T\"}",
+		 big);
+	s = convert(line);
+	ok(s && strncmp(s, "T stdout P xxx", 14) == 0 && strlen(s) == 16 * 1024 + 12,
+	   "a 16 KiB piece without newline is partial");
+	free(s);
+	free(big);
+	free(line);
+	ok(!convert("not json"), "garbage is skipped");
+	ok(!convert("{\"log\":1,\"stream\":\"stdout\",\"time\":\"T\"}"), "a non-string log");
+	ok(!convert("{\"log\":\"x\\n\",\"time\":\"T\"}"), "no stream");
+}
+
+/* Docker json-file lines "n-<from>" .. "n-<to>". */
+static void append(const char *path, int from, int to)
+{
+	FILE *f = fopen(path, "a");
+	for (int i = from; i <= to; i++)
+		fprintf(f,
+			"{\"log\":\"n-%d\\n\",\"stream\":\"stdout\","
+			"\"time\":\"2026-01-01T00:00:00Z\"}\n",
+			i);
+	fclose(f);
+}
+
+/* The numbers of "n-<i>" lines in a CRI file, in order, as a string. */
+static char *numbers(const char *path)
+{
+	char *text = NULL;
+	size_t len;
+	if (dk_read_file(path, 1 << 22, &text, &len, NULL) < 0)
+		return strdup("(none)");
+	size_t cap = len + 1, used = 0;
+	char *out = calloc(1, cap + 1);
+	for (char *p = text; (p = strstr(p, " F n-"));) {
+		p += 5;
+		int n = atoi(p);
+		used += (size_t)snprintf(out + used, cap - used, "%d,", n);
+	}
+	free(text);
+	return out;
+}
+
+static char *expected(int from, int to)
+{
+	char *s = calloc(1, 16 * (size_t)(to - from + 2));
+	size_t used = 0;
+	for (int i = from; i <= to; i++)
+		used += (size_t)sprintf(s + used, "%d,", i);
+	return s;
+}
+
+static void pump(void)
+{
+	struct dk_logs *l = NULL;
+	struct crx_err err = {0};
+	is_int(dk_logs_new(state, 10000, &l, &err), 0, "log thread started");
+	is_int(dk_logs_track(l, "c1", docker_log, cri_log, &err), 0,
+	       "tracking before Docker wrote");
+	ok(access(cri_log, F_OK) == 0, "the CRI file exists at once");
+	append(docker_log, 1, 10);
+	/* An incomplete last line is left for later. */
+	FILE *f = fopen(docker_log, "a");
+	fputs("{\"log\":\"n-11\\n\",\"stre", f);
+	fclose(f);
+	dk_logs_drain(l, "c1");
+	char *got = numbers(cri_log), *want = expected(1, 10);
+	is_str(got, want, "complete lines copied");
+	free(got);
+	free(want);
+	f = fopen(docker_log, "a");
+	fputs("am\":\"stdout\",\"time\":\"T\"}\n", f);
+	fclose(f);
+
+	/* Docker's rotation: the file becomes .1, a new one starts. */
+	append(docker_log, 12, 20);
+	char rotated[700];
+	snprintf(rotated, sizeof(rotated), "%s.1", docker_log);
+	rename(docker_log, rotated);
+	append(docker_log, 21, 30);
+	dk_logs_drain(l, "c1");
+	got = numbers(cri_log);
+	want = expected(1, 30);
+	is_str(got, want, "rotation followed, nothing lost");
+	free(got);
+	free(want);
+
+	/* The kubelet's rotation: rename, then reopen. */
+	char old[700];
+	snprintf(old, sizeof(old), "%s.old", cri_log);
+	rename(cri_log, old);
+	is_int(dk_logs_reopen(l, "c1", &err), 0, "reopened");
+	append(docker_log, 31, 35);
+	dk_logs_drain(l, "c1");
+	got = numbers(cri_log);
+	want = expected(31, 35);
+	is_str(got, want, "new lines in the new file");
+	free(got);
+	free(want);
+	is_int(dk_logs_reopen(l, "nope", &err), -ENOENT, "an untracked container");
+
+	/* A restart: everything written meanwhile, incl. a rotation, arrives
+	 * once. */
+	dk_logs_free(l);
+	append(docker_log, 36, 40);
+	char rotated2[700];
+	snprintf(rotated2, sizeof(rotated2), "%s.2", docker_log);
+	rename(rotated, rotated2);
+	rename(docker_log, rotated);
+	append(docker_log, 41, 45);
+	is_int(dk_logs_new(state, 10000, &l, &err), 0, "restarted");
+	is_int(dk_logs_track(l, "c1", docker_log, cri_log, &err), 0, "tracking again");
+	got = numbers(cri_log);
+	want = expected(31, 45);
+	is_str(got, want, "resumed at the saved position, through the rotation");
+	free(got);
+	free(want);
+	/* One file only: Docker truncates it in place. */
+	ok(truncate(docker_log, 0) == 0, "truncated");
+	append(docker_log, 46, 48);
+	dk_logs_drain(l, "c1");
+	got = numbers(cri_log);
+	want = expected(31, 48);
+	is_str(got, want, "a truncated file is read from its start");
+	free(got);
+	free(want);
+	ok(dk_logs_tracked(l, "c1"), "tracked");
+	dk_logs_forget(l, "c1");
+	ok(!dk_logs_tracked(l, "c1"), "forgotten");
+	char sp[700];
+	snprintf(sp, sizeof(sp), "%s/c1.json", state);
+	ok(access(sp, F_OK) != 0, "its position file is gone");
+	dk_logs_free(l);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(docker_log, sizeof(docker_log), "%s/docker-json.log", dir);
+	snprintf(cri_log, sizeof(cri_log), "%s/pods/app/0.log", dir);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	conversion();
+	pump();
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		return 1;
+	return tap_done();
+}
