@@ -426,29 +426,40 @@ static int stop_containers(struct dk_ctx *c, const char *id, struct crx_err *err
 	return r;
 }
 
+/* Stop and remove are idempotent: a sandbox Docker no longer has may still
+ * have a checkpoint (its network to tear down). *full is NULL when there is
+ * nothing of that name at all. */
+static int find_sandbox(struct dk_ctx *c, const char *id, json_object **inspect, const char **full,
+			struct crx_err *err)
+{
+	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, inspect, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	*full = *inspect ? dk_json_str(*inspect, "Id") : id;
+	if (!*full || !dk_valid_id(*full))
+		*full = NULL;
+	return 0;
+}
+
 int dk_stop_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 			struct crx_err *err)
 {
 	const Runtime__V1__StopPodSandboxRequest *in = (const void *)req;
-	const char *id = in->pod_sandbox_id;
 	ProtobufCMessage *out =
 		dk_msg_new(&c->arena, &runtime__v1__stop_pod_sandbox_response__descriptor);
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &inspect, err);
-	if (r < 0 && r != -ENOENT)
+	const char *full;
+	int r = find_sandbox(c, in->pod_sandbox_id, &inspect, &full, err);
+	if (r < 0)
 		return r;
-	const char *full = inspect ? dk_json_str(inspect, "Id") : id;
-	if (!full || !dk_valid_id(full)) {
+	if (!full) {
 		*resp = out; /* nothing of that name: stopped as far as anyone can tell */
 		return 0;
 	}
 	dk_sandbox_lock(c->ds, full);
-	if (inspect)
-		r = stop_containers(c, full, err);
-	else
-		r = 0;
+	r = inspect ? stop_containers(c, full, err) : 0;
 	struct dk_checkpoint cp = {0};
 	if (r == 0 && dk_checkpoint_load(c->ds->checkpoint_dir, full, &cp, NULL) == 0) {
 		/* DEL while the namespace still exists, then stop the pause. */
@@ -469,18 +480,17 @@ int dk_remove_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 			  struct crx_err *err)
 {
 	const Runtime__V1__RemovePodSandboxRequest *in = (const void *)req;
-	const char *id = in->pod_sandbox_id;
 	ProtobufCMessage *out =
 		dk_msg_new(&c->arena, &runtime__v1__remove_pod_sandbox_response__descriptor);
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &inspect, err);
-	if (r < 0 && r != -ENOENT)
+	const char *full;
+	int r = find_sandbox(c, in->pod_sandbox_id, &inspect, &full, err);
+	if (r < 0)
 		return r;
-	const char *full = inspect ? dk_json_str(inspect, "Id") : id;
-	if (!full || !dk_valid_id(full)) {
-		*resp = out;
+	if (!full) {
+		*resp = out; /* already gone */
 		return 0;
 	}
 	dk_sandbox_lock(c->ds, full);
