@@ -4,6 +4,7 @@ Docker's hijacked exec and attach streams and in the pod's network
 namespace. Driven with the tests' SPDY/3.1 and WebSocket clients (what the
 kubelet and crictl speak)."""
 
+import os
 import urllib.parse
 import uuid
 
@@ -111,3 +112,125 @@ def test_streaming_errors(dcri, lab, pod):
     with pytest.raises(grpc.RpcError) as err:
         dcri.PortForward(pod_sandbox_id=pod[0], port=[70000])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_port_forward_concurrent_connections_both_ways(dcri, lab, pod):
+    start(dcri, lab, pod, "echo", "exec nc -ll -p 9000 -e cat")
+    url = dcri.PortForward(pod_sandbox_id=pod[0], port=[9000]).url
+    pf = st.SpdyPortForward(url)
+    try:
+        from lab.env import wait_for
+
+        def echoes():
+            data, _ = pf.connect(9000)
+            data.write(b"ping")
+            data.close()
+            return data.read_all() == b"ping"
+        wait_for(echoes, 10, "the echo server in the pod")
+        payloads = [bytes([65 + i]) * (256 << 10) for i in range(8)]
+        pairs = [pf.connect(9000) for _ in payloads]
+        for (data, _), payload in zip(pairs, payloads):
+            data.write(payload)
+        for data, _ in pairs:
+            data.close()
+        assert [data.read_all(timeout=30) for data, _ in pairs] == payloads
+    finally:
+        pf.close()
+    # And over WebSocket, as crictl may: a 2-byte port prefix, then the data.
+    ws, ch = st.ws_port_forward(dcri.PortForward(pod_sandbox_id=pod[0], port=[9000]).url)
+    try:
+        ports = {}
+        while len(ports) < 2:  # each channel first says its port
+            channel, data = ch.recv()
+            ports[channel] = data
+        assert ports == {0: b"\x28\x23", 1: b"\x28\x23"}  # 9000, little-endian
+        ch.send(0, b"over websocket")
+        got = b""
+        while got != b"over websocket":
+            channel, data = ch.recv()
+            assert channel == 0, (channel, data)
+            got += data
+    finally:
+        ws.sock.close()
+
+
+def spdy_garbage(url, raw):
+    """Upgrades, sends raw bytes as SPDY frames; True once the server closed."""
+    conn = st.SpdyConnection(url)
+    conn.send(raw)
+    conn.wait_closed(10)
+    return conn
+
+
+def still_serves(dcri, cid):
+    res = st.spdy_exec(exec_url(dcri, cid, ["echo", "alive"]))
+    assert res.stdout == b"alive\n" and res.exit_code == 0
+
+
+def test_misuse_gets_clean_errors_and_the_server_goes_on(dcri, lab, pod):
+    import struct
+    cid = start(dcri, lab, pod, "c", "sleep 1000")
+    url = exec_url(dcri, cid, ["true"])
+    assert st.spdy_exec(url).exit_code == 0
+    with pytest.raises(st.HTTPError) as err:  # single use
+        st.spdy_exec(url)
+    assert err.value.status == 404
+    base = url.rsplit("/", 2)[0]
+    with pytest.raises(st.HTTPError) as err:
+        st.spdy_exec(base + "/exec/" + "A" * 22)
+    assert err.value.status == 404
+    # Malformed SPDY after a valid upgrade: the session is dropped, cleanly.
+    for raw in (b"\xff\xff\xff\xff" * 8, struct.pack(">II", 1, 0xFFFFFF),
+                st.data_frame(0, 0, b"x")):
+        conn = spdy_garbage(exec_url(dcri, cid, ["sleep", "60"]), raw)
+        assert conn.goaway and conn.goaway[1] == 1  # PROTOCOL_ERROR
+    still_serves(dcri, cid)
+
+
+def counts(pid):
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return fds, threads
+
+
+def test_thousand_short_sessions_leak_nothing(dcri, docker_crimuxd, lab, pod):
+    """1,000 sessions through crimuxd (exec over SPDY and WebSocket,
+    port-forward): crimuxd's fds and threads are what they were before."""
+    import time
+    from lab.env import wait_for
+    cid = start(dcri, lab, pod, "echo", "exec nc -ll -p 9000 -e cat")
+    still_serves(dcri, cid)
+    pf_url = lambda: dcri.PortForward(pod_sandbox_id=pod[0], port=[9000]).url  # noqa: E731
+
+    def session(i):
+        kind = i % 8
+        if kind == 0:
+            r = st.spdy_exec(exec_url(dcri, cid, ["sh", "-c", f"exit {i % 3}"]))
+            assert r.exit_code == i % 3
+        elif kind == 1:
+            r = st.ws_exec(exec_url(dcri, cid, ["cat"], stdin=True, stderr=False),
+                           stdin=b"s%d" % i)
+            assert r.stdout == b"s%d" % i and r.exit_code == 0
+        else:
+            pf = st.SpdyPortForward(pf_url())
+            data, _ = pf.connect(9000)
+            data.write(b"p%d" % i)
+            data.close()
+            assert data.read_all() == b"p%d" % i
+            pf.close()
+
+    for i in range(16):  # warm the pools, then measure
+        session(i)
+    time.sleep(1)
+    before = counts(docker_crimuxd.pid)
+    t0 = time.monotonic()
+    for i in range(1000):
+        session(i)
+    elapsed = time.monotonic() - t0
+    # Sessions end asynchronously; idle worker threads leave after a while.
+    wait_for(lambda: counts(docker_crimuxd.pid)[0] <= before[0], 20, "fds back")
+    after = counts(docker_crimuxd.pid)
+    assert after[0] == before[0], f"fds: {before[0]} before, {after[0]} after"
+    assert after[1] <= before[1], f"threads: {before[1]} before, {after[1]} after"
+    print(f"1000 sessions through crimuxd in {elapsed:.1f}s")
