@@ -66,6 +66,22 @@ def crimuxd_binary():
     return path
 
 
+def stop_checked(daemons):
+    """Stops each crimuxd. Whatever a test did with it, one still running
+    must exit 0 on SIGTERM, and a sanitizer build must have nothing to
+    report."""
+    problems = []
+    for daemon in daemons:
+        running = daemon.daemon.running()
+        code = daemon.stop()
+        if running and code != 0:
+            problems.append(f"crimuxd exited {code} on SIGTERM")
+        log = daemon.log()
+        if "Sanitizer" in log or "runtime error:" in log:
+            problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
+    assert not problems, "\n".join(problems)
+
+
 @pytest.fixture
 def crimuxd_factory(lab, crimuxd_binary):
     """start(backends=None, extra_config="") -> a started env.Crimuxd;
@@ -78,18 +94,7 @@ def crimuxd_factory(lab, crimuxd_binary):
         return daemon
 
     yield start
-    problems = []
-    for daemon in started:
-        running = daemon.daemon.running()
-        code = daemon.stop()
-        # Each daemon must stop cleanly on SIGTERM, and a sanitizer build
-        # must have nothing to report, whatever the test did with it.
-        if running and code != 0:
-            problems.append(f"crimuxd exited {code} on SIGTERM")
-        log = daemon.log()
-        if "Sanitizer" in log or "runtime error:" in log:
-            problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
-    assert not problems, "\n".join(problems)
+    stop_checked(started)
 
 
 @pytest.fixture
@@ -156,21 +161,6 @@ def _start_docker_crimuxd(lab, dockerd, binary, state_dir, extra_config="", **ke
     return daemon
 
 
-def _stop_checked(daemons):
-    """Stop each; like crimuxd_factory, a running one must exit 0 on SIGTERM
-    and a sanitizer build must have nothing to report."""
-    problems = []
-    for daemon in daemons:
-        running = daemon.daemon.running()
-        code = daemon.stop()
-        if running and code != 0:
-            problems.append(f"crimuxd exited {code} on SIGTERM")
-        log = daemon.log()
-        if "Sanitizer" in log or "runtime error:" in log:
-            problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
-    assert not problems, "\n".join(problems)
-
-
 @pytest.fixture
 def docker_crimuxd_factory(lab, dockerd, crimuxd_binary, tmp_path_factory):
     """start(state_dir=None, extra_config="", **backend_keys) -> a started
@@ -185,7 +175,7 @@ def docker_crimuxd_factory(lab, dockerd, crimuxd_binary, tmp_path_factory):
         return daemon
 
     yield start
-    _stop_checked(started)
+    stop_checked(started)
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +184,7 @@ def docker_crimuxd(lab, dockerd, crimuxd_binary, tmp_path_factory):
     daemon = _start_docker_crimuxd(lab, dockerd, crimuxd_binary,
                                    str(tmp_path_factory.mktemp("docker-state")))
     yield daemon
-    _stop_checked([daemon])
+    stop_checked([daemon])
 
 
 @pytest.fixture
@@ -203,3 +193,22 @@ def dcri(docker_crimuxd, dockerd):
     with lab_cri.CRI(docker_crimuxd.endpoint) as client:
         yield client
         client.remove_all_pods()
+
+
+@pytest.fixture
+def testd():
+    """tests/stream-testd: the streaming server with a local-process runtime."""
+    from lab import streaming
+    d = streaming.TestDaemon(streaming.find_testd())
+    yield d
+    assert d.alive(), "stream-testd died during the test"
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def echo():
+    """A TCP echo server on loopback, for port-forward tests."""
+    from lab import streaming
+    e = streaming.EchoServer()
+    yield e
+    e.stop()

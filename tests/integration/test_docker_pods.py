@@ -8,7 +8,6 @@ import json
 import os
 import time
 import urllib.request
-import uuid
 
 import grpc
 import pytest

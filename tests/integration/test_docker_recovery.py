@@ -4,7 +4,6 @@ stats, port mappings and network teardown all work, from Docker's labels
 and crimux's checkpoint and log-position files."""
 
 import os
-import signal
 import subprocess
 import time
 import urllib.request

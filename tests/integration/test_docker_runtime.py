@@ -4,7 +4,6 @@ the lab's registries (with and without credentials)."""
 
 import os
 import time
-import urllib.error
 
 import grpc
 import pytest

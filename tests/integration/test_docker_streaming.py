@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from lab import streaming as st
-from lab.cri import container_config, pb, sandbox_config
+from lab.cri import container_config, sandbox_config
 
 
 @pytest.fixture

@@ -10,13 +10,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lab import streaming as st  # noqa: E402
+from lab import streaming as st
 
 GOPATH = "/usr/share/gocode"
 NEEDED = ["github.com/moby/spdystream", "github.com/gorilla/websocket"]
@@ -210,14 +207,6 @@ def interop(tmp_path_factory):
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
     return run
-
-
-@pytest.fixture
-def testd():
-    d = st.TestDaemon(st.find_testd())
-    yield d
-    assert d.alive()
-    assert d.stop() == 0
 
 
 def test_spdystream_exec(testd, interop):

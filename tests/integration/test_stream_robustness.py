@@ -5,27 +5,16 @@ sessions with the fd and thread counts unchanged at the end."""
 import os
 import socket
 import struct
-import sys
 import time
 import zlib
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lab import streaming as st  # noqa: E402
+from lab import streaming as st
 
 
 def start(*args):
     return st.TestDaemon(st.find_testd(), *args)
-
-
-@pytest.fixture
-def testd():
-    d = start()
-    yield d
-    assert d.alive(), "stream-testd died during the test"
-    assert d.stop() == 0
 
 
 def wait_idle(d, timeout=10):

@@ -3,29 +3,11 @@ against tests/stream-testd (the server with a local-process runtime)."""
 
 import json
 import os
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lab import streaming as st  # noqa: E402
-
-
-@pytest.fixture
-def testd():
-    d = st.TestDaemon(st.find_testd())
-    yield d
-    assert d.alive(), "stream-testd died during the test"
-    assert d.stop() == 0
-
-
-@pytest.fixture
-def echo():
-    e = st.EchoServer()
-    yield e
-    e.stop()
+from lab import streaming as st
 
 
 def test_exec_exit_zero_with_stdout_and_stderr(testd):

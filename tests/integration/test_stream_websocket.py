@@ -2,30 +2,11 @@
 signal, base64 variants, port-forward), against tests/stream-testd."""
 
 import json
-import os
 import struct
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lab import streaming as st  # noqa: E402
-
-
-@pytest.fixture
-def testd():
-    d = st.TestDaemon(st.find_testd())
-    yield d
-    assert d.alive(), "stream-testd died during the test"
-    assert d.stop() == 0
-
-
-@pytest.fixture
-def echo():
-    e = st.EchoServer()
-    yield e
-    e.stop()
+from lab import streaming as st
 
 
 def test_v5_exec_with_stdin_close_signal(testd):

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import urllib.parse
 
 from . import env
