@@ -522,16 +522,18 @@ int dk_sandbox_spec(const Runtime__V1__PodSandboxConfig *cfg, const char *image,
 			return r;
 		if (parent && dk_json_add_str(host, "CgroupParent", parent) < 0)
 			return crx_err_set(err, -ENOMEM, "out of memory");
-		if (lc->n_sysctls) {
-			json_object *sysctls = json_object_new_object();
-			if (dk_json_add(host, "Sysctls", sysctls) < 0)
-				return crx_err_set(err, -ENOMEM, "out of memory");
-			for (size_t i = 0; i < lc->n_sysctls; i++)
-				if (dk_json_add_str(sysctls, lc->sysctls[i]->key,
-						    lc->sysctls[i]->value) < 0)
-					return crx_err_set(err, -ENOMEM, "out of memory");
-		}
 	}
+	/* Docker turns IPv6 off in a container it has no IPv6 network for;
+	 * a pod's namespace keeps it, as in containerd (loopback ::1, and the
+	 * CNI plugin's IPv6 addresses). The pod's own sysctls come after. */
+	json_object *sysctls = json_object_new_object();
+	if (!sysctls || dk_json_add(host, "Sysctls", sysctls) < 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	if (!host_net && dk_json_add_str(sysctls, "net.ipv6.conf.all.disable_ipv6", "0") < 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; lc && i < lc->n_sysctls; i++)
+		if (dk_json_add_str(sysctls, lc->sysctls[i]->key, lc->sysctls[i]->value) < 0)
+			return crx_err_set(err, -ENOMEM, "out of memory");
 	if (sc) {
 		if (sc->supplemental_groups_policy ==
 		    RUNTIME__V1__SUPPLEMENTAL_GROUPS_POLICY__Strict)

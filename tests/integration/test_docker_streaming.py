@@ -234,3 +234,21 @@ def test_thousand_short_sessions_leak_nothing(dcri, docker_crimuxd, lab, pod):
     assert after[0] == before[0], f"fds: {before[0]} before, {after[0]} after"
     assert after[1] <= before[1], f"threads: {before[1]} before, {after[1]} after"
     print(f"1000 sessions through crimuxd in {elapsed:.1f}s")
+
+
+def test_port_forward_reaches_an_ipv6_only_server(dcri, lab, pod):
+    # Listens on the pod's ::1 only: the forward must try IPv6 after IPv4.
+    start(dcri, lab, pod, "v6", "mkdir /w; echo six > /w/index.html; "
+                                "exec httpd -f -p [::1]:9006 -h /w")
+    pf = st.SpdyPortForward(dcri.PortForward(pod_sandbox_id=pod[0], port=[9006]).url)
+    try:
+        from lab.env import wait_for
+
+        def fetch():
+            data, _ = pf.connect(9006)
+            data.write(b"GET / HTTP/1.0\r\n\r\n")
+            data.close()
+            return data.read_all().endswith(b"\r\n\r\nsix\n")
+        wait_for(fetch, 10, "the IPv6-only server through the forward")
+    finally:
+        pf.close()
