@@ -51,6 +51,23 @@ static inline void fclosep(FILE **f)
 #define _cleanup_close_  _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
+/* Writes all of buf to a blocking descriptor, through short writes and EINTR. */
+static inline int write_all(int fd, const void *buf, size_t n)
+{
+	const char *p = buf;
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
 static inline int streq(const char *a, const char *b)
 {
 	return a && b && __builtin_strcmp(a, b) == 0;

@@ -177,7 +177,7 @@ int http_request_parse(const char *buf, size_t len, struct http_request *r, size
 /* A plain-text HTTP error response, best effort (the client may be gone). */
 void http_reply_error(int fd, int code, const char *reason, const char *extra, const char *body);
 /* Writes everything to a non-blocking socket within timeout_ms. */
-int write_all(int fd, const char *p, size_t n, unsigned timeout_ms);
+int stream_send_all(int fd, const char *p, size_t n, unsigned timeout_ms);
 
 struct session_config {
 	const struct stream_runtime_ops *ops;

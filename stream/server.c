@@ -110,7 +110,7 @@ int http_request_parse(const char *buf, size_t len, struct http_request *r, size
 	return 1;
 }
 
-int write_all(int fd, const char *p, size_t n, unsigned timeout_ms)
+int stream_send_all(int fd, const char *p, size_t n, unsigned timeout_ms)
 {
 	uint64_t deadline = stream_now_ms() + timeout_ms;
 	while (n) {
@@ -140,7 +140,8 @@ void http_reply_error(int fd, int code, const char *reason, const char *extra, c
 			 "Connection: close\r\n%s\r\n%s\n",
 			 code, reason, strlen(body) + 1, extra ? extra : "", body);
 	if (n > 0)
-		write_all(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1, 1000);
+		stream_send_all(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1,
+				1000);
 }
 
 /* Reads the request; leftover bytes (the client may start talking at once)

@@ -268,5 +268,5 @@ int spdy_session_handshake(struct session *s, const struct http_request *h)
 			 "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
 			 "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: %s\r\n\r\n",
 			 chosen);
-	return write_all(s->sock, resp, (size_t)l, 5000);
+	return stream_send_all(s->sock, resp, (size_t)l, 5000);
 }

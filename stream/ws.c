@@ -208,7 +208,7 @@ int ws_session_handshake(struct session *s, const struct http_request *h)
 			 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
 			 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
 			 accept, proto);
-	return write_all(s->sock, resp, (size_t)l, 5000);
+	return stream_send_all(s->sock, resp, (size_t)l, 5000);
 }
 
 /* WebSocket sessions know their channels at once. */

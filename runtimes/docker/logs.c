@@ -186,21 +186,6 @@ static int open_src(struct entry *e, int k, off_t offset)
 	return 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Copies complete lines from the source file until its end. */
 static void copy_lines(struct dk_logs *l, struct entry *e)
 {

@@ -37,21 +37,6 @@ static bool cancel_fd_fired(void *arg)
 	return fd_ready(*(const int *)arg);
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* One exec or attach session: Docker's raw stream and the client's fds. */
 struct session {
 	struct dk_shim *ds;

@@ -66,15 +66,18 @@ def crimuxd_binary():
     return path
 
 
-def stop_checked(daemons):
+def stop_checked(daemons, must_run=False):
     """Stops each crimuxd. Whatever a test did with it, one still running
     must exit 0 on SIGTERM, and a sanitizer build must have nothing to
-    report."""
+    report. must_run: it must not have died on its own either (a daemon
+    shared by a whole module)."""
     problems = []
     for daemon in daemons:
         running = daemon.daemon.running()
         code = daemon.stop()
-        if running and code != 0:
+        if must_run and not running:
+            problems.append(f"crimuxd died on its own (exit {code}):\n{daemon.log()[-3000:]}")
+        elif running and code != 0:
             problems.append(f"crimuxd exited {code} on SIGTERM")
         log = daemon.log()
         if "Sanitizer" in log or "runtime error:" in log:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
+from conftest import stop_checked
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -59,11 +60,7 @@ def daemon(lab, crimuxd_binary, containerd_cri):
     for item in containerd_cri.ListPodSandbox(
             filter=pb().PodSandboxFilter(label_selector=LABELS)).items:
         containerd_cri.remove_pod(item.id)
-    running = d.daemon.running()
-    code = d.stop()
-    assert running, f"crimuxd died during the module ({code}):\n{d.log()[-3000:]}"
-    assert code == 0, f"crimuxd exited {code} on SIGTERM:\n{d.log()[-3000:]}"
-    assert "Sanitizer" not in d.log() and "runtime error:" not in d.log(), d.log()[-4000:]
+    stop_checked([d], must_run=True)
 
 
 @pytest.fixture

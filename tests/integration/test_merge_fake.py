@@ -19,6 +19,7 @@ import pytest
 from lab import env
 from lab.cri import CRI, pb
 from lab.fake_backend import FakeBackend, abort, reply, sleep, stream
+from conftest import stop_checked
 
 RUNTIME = "/runtime.v1.RuntimeService/"
 EVENTS = RUNTIME + "GetContainerEvents"
@@ -68,11 +69,7 @@ def fresh_fakes():
 def daemon(lab, fakes, crimuxd_binary):
     d = lab.crimuxd(crimuxd_binary, {n: f.endpoint for n, f in fakes.items()}, HANDLERS)
     yield d
-    running = d.daemon.running()
-    code = d.stop()
-    assert running, f"crimuxd died during the module ({code}):\n{d.log()[-3000:]}"
-    assert code == 0, f"crimuxd exited {code} on SIGTERM:\n{d.log()[-3000:]}"
-    assert "Sanitizer" not in d.log() and "runtime error:" not in d.log(), d.log()[-4000:]
+    stop_checked([d], must_run=True)
 
 
 @pytest.fixture

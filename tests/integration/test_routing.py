@@ -23,6 +23,7 @@ import pytest
 from lab import env, images
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
 from lab.env import wait_for
+from conftest import stop_checked
 
 MIB = 1 << 20
 RUN = uuid.uuid4().hex[:12]  # labels every pod this module creates
@@ -93,11 +94,7 @@ def daemon(lab, two, direct, crimuxd_binary):
     d = lab.crimuxd(crimuxd_binary, {"one": lab.containerd.endpoint, "two": two.endpoint},
                     HANDLERS)
     yield d
-    running = d.daemon.running()
-    code = d.stop()
-    assert running, f"crimuxd died during the module ({code}):\n{d.log()[-3000:]}"
-    assert code == 0, f"crimuxd exited {code} on SIGTERM:\n{d.log()[-3000:]}"
-    assert "Sanitizer" not in d.log() and "runtime error:" not in d.log(), d.log()[-4000:]
+    stop_checked([d], must_run=True)
 
 
 @pytest.fixture
