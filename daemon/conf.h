@@ -6,7 +6,7 @@
 #include <sys/types.h>
 
 #include "common/err.h"
-#include "cri/policy.h"
+#include "router/policy.h"
 
 #define CRX_DEFAULT_CONFIG "/etc/crimux/crimux.conf"
 #define CRX_DEFAULT_SOCKET "/run/crimux/crimux.sock"

@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "common/util.h"
-#include "cri/router.h"
+#include "router/router.h"
 #include "cri/rpc.h"
 #include "daemon/log.h"
 

@@ -9,13 +9,13 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/logs.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/logs.h"
+#include "runtimes/docker/model/names.h"
 #include "runtimes/docker/shim.h"
-#include "runtimes/docker/stats.h"
+#include "runtimes/docker/model/stats.h"
 
 /* ExecSync keeps this much of each stream (CVE-2022-1708). */
 #define EXEC_OUTPUT_CAP (16 * MIB)

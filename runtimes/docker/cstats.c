@@ -10,13 +10,13 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
-#include "runtimes/docker/netns.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/netns.h"
 #include "runtimes/docker/shim.h"
-#include "runtimes/docker/stats.h"
+#include "runtimes/docker/model/stats.h"
 
 /* memory.limit_in_bytes of an unlimited v1 cgroup is near 2^63. */
 #define NO_LIMIT (1ULL << 62)

@@ -11,9 +11,9 @@
 
 #include "common/util.h"
 #include "cri/status.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 #include "runtimes/docker/shim.h"
 
 struct dk_events {

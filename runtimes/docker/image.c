@@ -12,10 +12,10 @@
 #include <sys/statvfs.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/pause.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/pause.h"
 #include "runtimes/docker/shim.h"
 
 /* GET /images/{ref}/json; -ENOENT when Docker has no such image. */

@@ -6,9 +6,9 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/cni.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/model/cni.h"
+#include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/shim.h"
 
 int dk_version(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,

@@ -12,13 +12,13 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/cni.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/logs.h"
-#include "runtimes/docker/names.h"
-#include "runtimes/docker/netns.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/model/cni.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/logs.h"
+#include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/netns.h"
 #include "runtimes/docker/shim.h"
 
 #define POD_IFNAME           "eth0"

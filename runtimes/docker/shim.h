@@ -11,10 +11,10 @@
 #include "common/err.h"
 #include "cri/api.pb-c.h"
 #include "cri/rpc.h"
-#include "runtimes/docker/arena.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/http.h"
-#include "runtimes/docker/spec.h"
+#include "runtimes/docker/model/arena.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/http.h"
+#include "runtimes/docker/model/spec.h"
 
 #define DK_LOCKS 64
 

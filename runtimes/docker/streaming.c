@@ -18,10 +18,10 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
-#include "runtimes/docker/netns.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/netns.h"
 #include "runtimes/docker/shim.h"
 #include "stream/stream.h"
 

@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/json.h"
 #include "tap.h"
 
 int main(void)

@@ -11,9 +11,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/cni.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/model/cni.h"
+#include "runtimes/docker/engine/json.h"
 #include "tap.h"
 
 static char dir[] = "/tmp/crimux-cni-test-XXXXXX";

@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/api.h"
-#include "runtimes/docker/http.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/engine/http.h"
+#include "runtimes/docker/engine/json.h"
 #include "tap.h"
 
 static char sock_path[200];

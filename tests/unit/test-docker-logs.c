@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/logs.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/model/logs.h"
 #include "tap.h"
 
 static char dir[] = "/tmp/crimux-logs-test-XXXXXX";

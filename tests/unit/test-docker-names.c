@@ -8,10 +8,10 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "runtimes/docker/arena.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/model/arena.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 #include "tap.h"
 
 static void names(void)

@@ -12,9 +12,9 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
-#include "runtimes/docker/spec.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/spec.h"
 #include "tap.h"
 
 static const struct dk_spec_opts opts = {

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/pause.h"
-#include "runtimes/docker/stats.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/pause.h"
+#include "runtimes/docker/model/stats.h"
 #include "tap.h"
 
 static void parsers(void)

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "cri/api.pb-c.h"
-#include "cri/owners.h"
+#include "router/owners.h"
 #include "cri/wire.h"
 #include "tap.h"
 

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "cri/policy.h"
+#include "router/policy.h"
 #include "tap.h"
 
 /* A pod as the kubelet describes it: requests and limits in milli-CPU and

@@ -11,7 +11,7 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "cri/router.h"
+#include "router/router.h"
 #include "cri/rpc.h"
 #include "tap.h"
 

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/logs.h"
+#include "runtimes/docker/model/logs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 
 #define READ_CHUNK  (256 * 1024)
 #define MAX_ROTATED 9 /* Docker's rotated files: <log>.1 .. <log>.9 */

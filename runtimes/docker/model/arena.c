@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/arena.h"
+#include "runtimes/docker/model/arena.h"
 
 #include <errno.h>
 #include <stdio.h>

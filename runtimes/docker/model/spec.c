@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/spec.h"
+#include "runtimes/docker/model/spec.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 
 /* Adds an array of strings under key; nothing for n == 0. */
 static int add_strv(json_object *o, const char *key, char *const *v, size_t n)

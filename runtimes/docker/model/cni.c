@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/cni.h"
+#include "runtimes/docker/model/cni.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/http.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/http.h"
+#include "runtimes/docker/engine/json.h"
 
 extern char **environ;
 

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/checkpoint.h"
+#include "runtimes/docker/model/checkpoint.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 
 #define CHECKPOINT_VERSION 1
 #define CHECKPOINT_MAX     (4 * MIB)

@@ -6,7 +6,7 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "cri/router-internal.h"
+#include "router/internal.h"
 #include "cri/wire.h"
 
 #define FANOUT_THREADS     64

@@ -9,7 +9,7 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "cri/router-internal.h"
+#include "router/internal.h"
 
 /* ---------------------------------------------------------------- fan-out */
 

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/model/names.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/engine/json.h"
 
 static bool name_char(char c)
 {

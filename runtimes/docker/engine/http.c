@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/http.h"
+#include "runtimes/docker/engine/http.h"
 
 #include <ctype.h>
 #include <errno.h>

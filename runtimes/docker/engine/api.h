@@ -8,7 +8,7 @@
 #include <stdbool.h>
 
 #include "common/err.h"
-#include "runtimes/docker/http.h"
+#include "runtimes/docker/engine/http.h"
 
 #define DK_API_PREFIX "/v1.41"
 

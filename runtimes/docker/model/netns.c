@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/netns.h"
+#include "runtimes/docker/model/netns.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/stats.h"
+#include "runtimes/docker/model/stats.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -12,9 +12,9 @@
 #include <sys/stat.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/convert.h"
-#include "runtimes/docker/http.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/engine/http.h"
 
 int dk_cgroup_stat_value(const char *text, const char *key, uint64_t *out)
 {

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/convert.h"
+#include "runtimes/docker/model/convert.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/engine/json.h"
 
 static int digits(const char **p, int n)
 {

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/engine/json.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "cri/owners.h"
+#include "router/owners.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/api.h"
+#include "runtimes/docker/engine/api.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -12,8 +12,8 @@
 #include <time.h>
 
 #include "common/util.h"
-#include "runtimes/docker/json.h"
-#include "runtimes/docker/names.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/names.h"
 
 #define ANSWER_MAX (64 * MIB)
 

@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "cri/policy.h"
+#include "router/policy.h"
 
 #include <math.h>
 #include <stddef.h>

@@ -1,12 +1,12 @@
-/* What cri/router.c and cri/merge.c share: the router's state and the
+/* What router/router.c and router/merge.c share: the router's state and the
  * fan-out to every backend. Not for other modules. */
 #pragma once
 
 #include "common/workers.h"
 #include "cri/methods.h"
-#include "cri/owners.h"
-#include "cri/policy.h"
-#include "cri/router.h"
+#include "router/owners.h"
+#include "router/policy.h"
+#include "router/router.h"
 #include "runtimes/backend.h"
 
 /* Where each method goes. */

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
-#include "runtimes/docker/arena.h"
+#include "runtimes/docker/model/arena.h"
 
 /* The kubelet dockershim's internal labels, kept for familiarity. */
 #define DK_LABEL_TYPE        "io.kubernetes.docker.type"

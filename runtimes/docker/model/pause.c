@@ -1,6 +1,6 @@
 #include "config.h"
 
-#include "runtimes/docker/pause.h"
+#include "runtimes/docker/model/pause.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -10,8 +10,8 @@
 #include <sys/utsname.h>
 
 #include "common/util.h"
-#include "runtimes/docker/checkpoint.h"
-#include "runtimes/docker/json.h"
+#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/json.h"
 
 #define PAUSE_MAX (64 * MIB)
 /* Fixed times keep the archive, and so the image ID, reproducible. */
