@@ -6,31 +6,8 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/crx-config.h"
 #include "cri/api.pb-c.h"
-
-#define MILLI_PER_CORE 1000
-#define GIB            (1024ll * 1024 * 1024)
-
-struct kata_policy {
-	int64_t min_cpu_milli;      /* smallest pod: CPU */
-	int64_t min_memory;         /* smallest pod: memory, bytes */
-	int64_t min_memory_per_cpu; /* bytes of memory per core, at least */
-	int64_t max_memory_per_cpu; /* bytes of memory per core, at most */
-	int64_t overhead_cpu_milli; /* added when a pod declares no overhead */
-	int64_t overhead_memory;
-	/* Annotation prefixes the runtime reserves for itself, and the keys (or
-	 * prefixes ending in '*') a pod may set all the same. */
-	char **reserved_annotations;
-	size_t n_reserved_annotations;
-	char **allowed_annotations;
-	size_t n_allowed_annotations;
-};
-
-/* The documented defaults: 0.25 CPU / 256 MiB at least, 1 to 8 GiB per core,
- * 0.1 CPU / 100 MiB overhead, io.katacontainers. and the CRI runtimes'
- * internal annotations reserved. */
-int kata_policy_init(struct kata_policy *p);
-void kata_policy_clear(struct kata_policy *p);
 
 /* The kubelet's conversions between milli-CPU and cgroup values. */
 int64_t cpu_milli_to_shares(int64_t milli);
@@ -48,7 +25,3 @@ int kata_check_sandbox(const struct kata_policy *p, const char *handler,
  * memory limit, no reserved annotations. */
 int kata_check_container(const struct kata_policy *p, const char *handler,
 			 const Runtime__V1__ContainerConfig *config, struct crx_err *err);
-
-/* "250m", "0.5", "2" → milli-CPU; "256Mi", "1Gi", "1e9", "1G" → bytes. */
-int parse_cpu_milli(const char *s, int64_t *out);
-int parse_bytes(const char *s, int64_t *out);

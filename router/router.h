@@ -7,7 +7,7 @@
 
 #include "common/err.h"
 #include "cri/rpc.h"
-#include "daemon/conf.h"
+#include "common/crx-config.h"
 
 struct router;
 

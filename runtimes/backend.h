@@ -6,7 +6,7 @@
 #include "common/err.h"
 #include "cri/methods.h"
 #include "cri/rpc.h"
-#include "daemon/conf.h"
+#include "common/crx-config.h"
 
 struct backend;
 struct backend_stream;
