@@ -2,6 +2,8 @@
  * resource updates, logs and ExecSync. */
 #include "config.h"
 
+#include "runtimes/docker/container.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,11 +12,10 @@
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
-#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
-#include "runtimes/docker/shim.h"
 #include "runtimes/docker/model/stats.h"
 
 /* ExecSync keeps this much of each stream (CVE-2022-1708). */

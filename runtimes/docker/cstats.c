@@ -4,6 +4,8 @@
  * every few seconds should cause. */
 #include "config.h"
 
+#include "runtimes/docker/cstats.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,11 +13,10 @@
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
-#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
-#include "runtimes/docker/shim.h"
 #include "runtimes/docker/model/stats.h"
 
 /* memory.limit_in_bytes of an unlimited v1 cgroup is near 2^63. */

@@ -3,6 +3,8 @@
  * its containers' statuses (what the kubelet's evented PLEG reads). */
 #include "config.h"
 
+#include "runtimes/docker/events.h"
+
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,7 +16,8 @@
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/names.h"
-#include "runtimes/docker/shim.h"
+#include "runtimes/docker/container.h"
+#include "runtimes/docker/sandbox.h"
 
 struct dk_events {
 	struct dk_shim *ds;

@@ -4,6 +4,8 @@
  * ListImages and the containers' image_id. */
 #include "config.h"
 
+#include "runtimes/docker/image.h"
+
 #include <errno.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -13,10 +15,9 @@
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
-#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/pause.h"
-#include "runtimes/docker/shim.h"
 
 /* GET /images/{ref}/json; -ENOENT when Docker has no such image. */
 static int image_inspect(struct dk_ctx *c, const char *ref, json_object **out, struct crx_err *err)

@@ -1,15 +1,16 @@
 /* Version, Status and runtime configuration of the docker backend. */
 #include "config.h"
 
+#include "runtimes/docker/runtime.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
-#include "runtimes/docker/model/cni.h"
 #include "runtimes/docker/engine/json.h"
-#include "runtimes/docker/shim.h"
+#include "runtimes/docker/sandbox.h"
 
 int dk_version(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 	       struct crx_err *err)

@@ -5,6 +5,8 @@
  * even when the pause container vanished. */
 #include "config.h"
 
+#include "runtimes/docker/sandbox.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,13 +15,14 @@
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/cni.h"
 #include "runtimes/docker/model/convert.h"
-#include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
-#include "runtimes/docker/shim.h"
+#include "runtimes/docker/container.h"
+#include "runtimes/docker/image.h"
 
 #define POD_IFNAME           "eth0"
 #define SANDBOX_STOP_TIMEOUT 10

@@ -5,6 +5,8 @@
  * port-forward, to a socket made inside the pod's network namespace. */
 #include "config.h"
 
+#include "runtimes/docker/streaming.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,12 +20,11 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "stream/stream.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
-#include "runtimes/docker/shim.h"
-#include "stream/stream.h"
 
 /* True once fd is readable or closed: the client is gone. */
 static bool fd_ready(int fd)

@@ -11,6 +11,7 @@
 #include "runtimes/docker/model/arena.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/model/names.h"
 #include "tap.h"
 

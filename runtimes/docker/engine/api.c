@@ -13,9 +13,20 @@
 
 #include "common/util.h"
 #include "runtimes/docker/engine/json.h"
-#include "runtimes/docker/model/names.h"
 
 #define ANSWER_MAX (64 * MIB)
+
+bool dk_valid_id(const char *id)
+{
+	size_t n = id ? strlen(id) : 0;
+	if (n == 0 || n > 128)
+		return false;
+	for (const char *p = id; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '.' || *p == '-' || *p == '_'))
+			return false;
+	return true;
+}
 
 int dk_status_errno(int status)
 {

@@ -12,6 +12,10 @@
 
 #define DK_API_PREFIX "/v1.41"
 
+/* A Docker container or exec ID as clients may send it (hex, names): safe in
+ * a URL path and a file name. */
+bool dk_valid_id(const char *id);
+
 /* Maps an HTTP status of Docker's to a negative errno (0 below 400). */
 int dk_status_errno(int status);
 

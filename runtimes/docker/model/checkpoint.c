@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
-#include "runtimes/docker/model/names.h"
 
 #define CHECKPOINT_VERSION 1
 #define CHECKPOINT_MAX     (4 * MIB)

@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/model/checkpoint.h"
 #include "runtimes/docker/engine/http.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/checkpoint.h"
 
 extern char **environ;
 

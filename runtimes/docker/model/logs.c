@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
-#include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/checkpoint.h"
 
 #define READ_CHUNK  (256 * 1024)
 #define MAX_ROTATED 9 /* Docker's rotated files: <log>.1 .. <log>.9 */

@@ -98,17 +98,6 @@ int dk_parse_name(const char *name, char *buf, size_t size, bool *sandbox,
 	return 0;
 }
 
-bool dk_valid_id(const char *id)
-{
-	size_t n = id ? strlen(id) : 0;
-	if (n == 0 || n > 128)
-		return false;
-	for (const char *p = id; *p; p++)
-		if (!name_char(*p) && *p != '_')
-			return false;
-	return true;
-}
-
 int dk_labels_add_cri(json_object *labels, size_t n_labels, void *const *label_entries,
 		      size_t n_ann, void *const *ann_entries)
 {

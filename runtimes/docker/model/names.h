@@ -49,9 +49,6 @@ int dk_container_name(const struct dk_container_meta *c, const struct dk_sandbox
 int dk_parse_name(const char *name, char *buf, size_t size, bool *sandbox,
 		  struct dk_sandbox_meta *s, struct dk_container_meta *c);
 
-/* A Docker container or exec ID as clients may send it: hex, names. */
-bool dk_valid_id(const char *id);
-
 /* Docker labels for a CRI object: labels as they are, annotations prefixed.
  * Entries are any protobuf-c map entries (struct dk_pb_kv). */
 int dk_labels_add_cri(json_object *labels, size_t n_labels, void *const *label_entries,

@@ -10,8 +10,8 @@
 #include <sys/utsname.h>
 
 #include "common/util.h"
-#include "runtimes/docker/model/checkpoint.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/checkpoint.h"
 
 #define PAUSE_MAX (64 * MIB)
 /* Fixed times keep the archive, and so the image ID, reproducible. */

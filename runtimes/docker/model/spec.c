@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "common/util.h"
+#include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/names.h"
 

@@ -12,9 +12,8 @@
 #include <sys/stat.h>
 
 #include "common/util.h"
-#include "runtimes/docker/model/checkpoint.h"
-#include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/engine/http.h"
+#include "runtimes/docker/model/convert.h"
 
 int dk_cgroup_stat_value(const char *text, const char *key, uint64_t *out)
 {

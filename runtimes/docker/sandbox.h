@@ -1,0 +1,21 @@
+/* Pod sandboxes: the pause container, its network (CNI) and checkpoint. */
+#pragma once
+
+#include "runtimes/docker/shim.h"
+
+int dk_run_pod_sandbox(struct dk_ctx *, const ProtobufCMessage *, ProtobufCMessage **,
+		       struct crx_err *);
+int dk_stop_pod_sandbox(struct dk_ctx *, const ProtobufCMessage *, ProtobufCMessage **,
+			struct crx_err *);
+int dk_remove_pod_sandbox(struct dk_ctx *, const ProtobufCMessage *, ProtobufCMessage **,
+			  struct crx_err *);
+int dk_pod_sandbox_status(struct dk_ctx *, const ProtobufCMessage *, ProtobufCMessage **,
+			  struct crx_err *);
+int dk_list_pod_sandbox(struct dk_ctx *, const ProtobufCMessage *, ProtobufCMessage **,
+			struct crx_err *);
+/* The pod's IPs (primary first) for a sandbox: as recorded in its
+ * checkpoint at set-up, else read from its namespace. */
+int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_checkpoint *cp,
+		   char ***ips, size_t *n);
+/* Loads the CNI configuration: 0 when a valid one exists. */
+int dk_cni_ready(struct dk_shim *ds, struct crx_err *err);

@@ -1,0 +1,136 @@
+/* The dockershim's state shared by its CRI handlers: locks, the cgroup
+ * driver, and the lookups every handler makes. */
+#include "config.h"
+
+#include "runtimes/docker/shim.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/util.h"
+#include "runtimes/docker/engine/api.h"
+#include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/model/names.h"
+
+struct dk_spec_opts dk_spec_opts(struct dk_shim *ds, int64_t created_ns)
+{
+	return (struct dk_spec_opts){
+		.cgroup_driver = ds->cgroup_driver[0] ? ds->cgroup_driver : "cgroupfs",
+		.oom_score_adj_min = ds->oom_score_adj_min,
+		.cap_bounding = ds->cap_bounding,
+		.caps_restricted = ds->caps_restricted,
+		.log_max_size = ds->log_max_size,
+		.log_max_files = ds->log_max_files,
+		.created_ns = created_ns,
+	};
+}
+
+const char *dk_cgroup_driver(struct dk_ctx *c)
+{
+	struct dk_shim *ds = c->ds;
+	pthread_mutex_lock(&ds->lock);
+	bool known = ds->cgroup_driver[0] != '\0';
+	pthread_mutex_unlock(&ds->lock);
+	if (!known) {
+		_cleanup_json_ json_object *info = NULL;
+		if (dk_call(ds->sock, "GET", "/info", NULL, &c->dl, &info, NULL, NULL) == 0) {
+			const char *d = dk_json_str(info, "CgroupDriver");
+			pthread_mutex_lock(&ds->lock);
+			snprintf(ds->cgroup_driver, sizeof(ds->cgroup_driver), "%s",
+				 d && *d ? d : "cgroupfs");
+			pthread_mutex_unlock(&ds->lock);
+		}
+	}
+	return ds->cgroup_driver[0] ? ds->cgroup_driver : "cgroupfs";
+}
+
+static unsigned lock_index(const char *id)
+{
+	unsigned h = 5381;
+	for (const char *p = id; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	return h % DK_LOCKS;
+}
+
+void dk_sandbox_lock(struct dk_shim *ds, const char *id)
+{
+	pthread_mutex_lock(&ds->sandbox_locks[lock_index(id)]);
+}
+
+void dk_sandbox_unlock(struct dk_shim *ds, const char *id)
+{
+	pthread_mutex_unlock(&ds->sandbox_locks[lock_index(id)]);
+}
+
+void dk_name_lock(struct dk_shim *ds, const char *name)
+{
+	pthread_mutex_lock(&ds->name_locks[lock_index(name)]);
+}
+
+void dk_name_unlock(struct dk_shim *ds, const char *name)
+{
+	pthread_mutex_unlock(&ds->name_locks[lock_index(name)]);
+}
+
+int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_object **out,
+		     struct crx_err *err)
+{
+	const char *what = streq(type, DK_TYPE_SANDBOX) ? "sandbox" : "container";
+	if (!id || !*id)
+		return crx_err_set(err, -EINVAL, "no %s ID given", what);
+	if (!dk_valid_id(id))
+		return crx_err_set(err, -ENOENT, "%s %s not found", what, id);
+	json_object *o = NULL;
+	int r = dk_container_inspect(c->ds->sock, id, &c->dl, &o, err);
+	if (r == -ENOENT)
+		return crx_err_set(err, -ENOENT, "%s %s not found", what, id);
+	if (r < 0)
+		return r;
+	if (!streq(dk_json_str(dk_json_get(o, "Config", "Labels", NULL), DK_LABEL_TYPE), type)) {
+		json_object_put(o);
+		return crx_err_set(err, -ENOENT, "%s %s not found", what, id);
+	}
+	*out = o;
+	return 0;
+}
+
+json_object *dk_filters(const char *type, const char *id, const char *label, const char *value)
+{
+	json_object *f = json_object_new_object(), *labels = json_object_new_array();
+	_cleanup_free_ char *t = NULL, *extra = NULL;
+	if (asprintf(&t, "%s=%s", DK_LABEL_TYPE, type) < 0)
+		t = NULL;
+	int r = dk_json_add(f, "label", labels);
+	r |= t ? dk_json_append_str(labels, t) : -ENOMEM;
+	if (label) {
+		if (asprintf(&extra, "%s=%s", label, value) < 0)
+			extra = NULL;
+		r |= extra ? dk_json_append_str(labels, extra) : -ENOMEM;
+	}
+	if (id && *id) {
+		json_object *ids = json_object_new_array();
+		r |= dk_json_add(f, "id", ids);
+		r |= dk_json_append_str(ids, id);
+	}
+	if (r && f) {
+		json_object_put(f);
+		f = NULL;
+	}
+	return f;
+}
+
+int64_t dk_created_ns(json_object *labels, json_object *container)
+{
+	const char *s = dk_json_str(labels, DK_LABEL_CREATED);
+	if (s) {
+		long long v = strtoll(s, NULL, 10);
+		if (v > 0)
+			return v;
+	}
+	json_object *created = dk_json_get(container, "Created", NULL);
+	if (created && json_object_is_type(created, json_type_int))
+		return json_object_get_int64(created) * 1000000000; /* list: seconds */
+	return dk_parse_time(dk_json_str(container, "Created"));
+}
