@@ -2,6 +2,7 @@
 
 #include "runtimes/docker/engine/api.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -22,8 +23,7 @@ bool dk_valid_id(const char *id)
 	if (n == 0 || n > 128)
 		return false;
 	for (const char *p = id; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		      *p == '.' || *p == '-' || *p == '_'))
+		if (!isalnum((unsigned char)*p) && !strchr(".-_", *p))
 			return false;
 	return true;
 }
