@@ -2,8 +2,10 @@
 #pragma once
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #define _cleanup_(f)  __attribute__((cleanup(f)))
@@ -71,4 +73,12 @@ static inline int write_all(int fd, const void *buf, size_t n)
 static inline int streq(const char *a, const char *b)
 {
 	return a && b && __builtin_strcmp(a, b) == 0;
+}
+
+/* Milliseconds on the monotonic clock, for deadlines and timeouts. */
+static inline uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }

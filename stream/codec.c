@@ -9,7 +9,7 @@
 #include <openssl/evp.h>
 
 #include "common/util.h"
-#include "stream/internal.h"
+#include "stream/codec.h"
 
 /* The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00
  * 2.6.10.1): 1423 bytes, zlib dictionary id (adler32) 0xe3c6a7c2. */

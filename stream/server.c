@@ -17,9 +17,10 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "stream/internal.h"
-
-#define HTTP_MAX 8192
+#include "stream/http.h"
+#include "stream/proto.h"
+#include "stream/session.h"
+#include "stream/tokens.h"
 
 struct stream_server {
 	struct stream_server_options opts;
@@ -40,116 +41,12 @@ struct conn_arg {
 	int fd;
 };
 
-/* --- HTTP --- */
-
-static char *trim(char *p)
-{
-	while (*p == ' ' || *p == '\t')
-		p++;
-	size_t l = strlen(p);
-	while (l && (p[l - 1] == ' ' || p[l - 1] == '\t'))
-		p[--l] = '\0';
-	return p;
-}
-
-static void add_value(char *dst, size_t size, const char *v)
-{
-	size_t l = strlen(dst);
-	snprintf(dst + l, size - l, "%s%s", l ? "," : "", v);
-}
-
-int http_request_parse(const char *buf, size_t len, struct http_request *r, size_t *used)
-{
-	const char *end = memmem(buf, len, "\r\n\r\n", 4);
-	if (!end)
-		return len >= HTTP_MAX ? -E2BIG : 0;
-	size_t n = (size_t)(end - buf) + 4;
-	if (n > HTTP_MAX)
-		return -E2BIG;
-	char copy[HTTP_MAX + 1];
-	memcpy(copy, buf, n - 2);
-	copy[n - 2] = '\0';
-	memset(r, 0, sizeof(*r));
-
-	char *save = NULL, *line = strtok_r(copy, "\r\n", &save);
-	char method[16], target[1024], version[16];
-	if (!line || sscanf(line, "%15s %1023s %15s", method, target, version) != 3 ||
-	    strncmp(version, "HTTP/1.", 7) != 0 || strlen(method) >= sizeof(r->method))
-		return -EINVAL;
-	strcpy(r->method, method);
-	char *q = strchr(target, '?');
-	if (q) {
-		*q++ = '\0';
-		snprintf(r->query, sizeof(r->query), "%s", q);
-	}
-	if (strlen(target) >= sizeof(r->path))
-		return -E2BIG;
-	strcpy(r->path, target);
-
-	while ((line = strtok_r(NULL, "\r\n", &save))) {
-		char *colon = strchr(line, ':');
-		if (!colon)
-			return -EINVAL;
-		*colon = '\0';
-		const char *name = line;
-		char *value = trim(colon + 1);
-		if (strcasecmp(name, "Upgrade") == 0)
-			snprintf(r->upgrade, sizeof(r->upgrade), "%s", value);
-		else if (strcasecmp(name, "Connection") == 0)
-			add_value(r->connection, sizeof(r->connection), value);
-		else if (strcasecmp(name, "X-Stream-Protocol-Version") == 0)
-			add_value(r->protocols, sizeof(r->protocols), value);
-		else if (strcasecmp(name, "Sec-WebSocket-Key") == 0)
-			snprintf(r->ws_key, sizeof(r->ws_key), "%s", value);
-		else if (strcasecmp(name, "Sec-WebSocket-Version") == 0)
-			snprintf(r->ws_version, sizeof(r->ws_version), "%s", value);
-		else if (strcasecmp(name, "Sec-WebSocket-Protocol") == 0)
-			add_value(r->ws_protocols, sizeof(r->ws_protocols), value);
-	}
-	*used = n;
-	return 1;
-}
-
-int stream_send_all(int fd, const char *p, size_t n, unsigned timeout_ms)
-{
-	uint64_t deadline = stream_now_ms() + timeout_ms;
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w > 0) {
-			p += w;
-			n -= (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno != EAGAIN && errno != EINTR)
-			return -errno;
-		uint64_t now = stream_now_ms();
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, (int)(deadline - now));
-	}
-	return 0;
-}
-
-void http_reply_error(int fd, int code, const char *reason, const char *extra, const char *body)
-{
-	char buf[2048];
-	int n = snprintf(buf, sizeof(buf),
-			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-			 "X-Content-Type-Options: nosniff\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n%s\r\n%s\n",
-			 code, reason, strlen(body) + 1, extra ? extra : "", body);
-	if (n > 0)
-		stream_send_all(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1,
-				1000);
-}
-
 /* Reads the request; leftover bytes (the client may start talking at once)
  * stay in buf after *used. 1 on success, or an HTTP status already sent. */
 static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
 			struct http_request *req, size_t *used)
 {
-	uint64_t deadline = stream_now_ms() + s->opts.request_timeout_ms;
+	uint64_t deadline = monotonic_ms() + s->opts.request_timeout_ms;
 	*len = 0;
 	for (;;) {
 		int r = http_request_parse(buf, *len, req, used);
@@ -164,7 +61,7 @@ static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
 			http_reply_error(fd, 400, "Bad Request", NULL, "malformed HTTP request");
 			return r;
 		}
-		uint64_t now = stream_now_ms();
+		uint64_t now = monotonic_ms();
 		if (now >= deadline) {
 			/* A slow or silent client does not keep a thread forever. */
 			http_reply_error(fd, 408, "Request Timeout", NULL,
@@ -187,17 +84,6 @@ static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
 		if (got > 0)
 			*len += (size_t)got;
 	}
-}
-
-static bool has_token(const char *list, const char *word)
-{
-	/* Connection: keep-alive, Upgrade */
-	char copy[128], *save = NULL;
-	snprintf(copy, sizeof(copy), "%s", list);
-	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
-		if (strcasecmp(trim(t), word) == 0)
-			return true;
-	return false;
 }
 
 static void serve(struct stream_server *s, int fd)
@@ -236,21 +122,22 @@ static void serve(struct stream_server *s, int fd)
 	}
 	bool ws = strcasecmp(h.upgrade, "websocket") == 0;
 	bool spdy = strcasecmp(h.upgrade, "SPDY/3.1") == 0;
-	if (!has_token(h.connection, "upgrade") || (!ws && !spdy)) {
+	if (!http_list_has(h.connection, "upgrade") || (!ws && !spdy)) {
 		http_reply_error(fd, 400, "Bad Request", NULL,
 				 "unable to upgrade: missing upgrade headers in request "
 				 "(Connection: Upgrade with Upgrade: SPDY/3.1 or websocket)");
 		return;
 	}
 	/* Used once, even when it turns out to be the wrong kind. */
-	struct stream_request *req = token_cache_consume(s->tokens, token, stream_now_ms());
+	struct stream_request *req = token_cache_consume(s->tokens, token, monotonic_ms());
 	if (!req || req->kind != kind) {
 		stream_request_free(req);
 		http_reply_error(fd, 404, "Not Found", NULL,
 				 "streaming token not found: unknown, already used or expired");
 		return;
 	}
-	session_run(&s->cfg, fd, &h, req, (const uint8_t *)buf + used, len - used);
+	session_run(&s->cfg, ws ? &ws_proto : &spdy_proto, fd, &h, req, (const uint8_t *)buf + used,
+		    len - used);
 }
 
 /* Closing a socket with unread input resets the connection, and a reset can
@@ -260,10 +147,10 @@ static void lingering_close(int fd)
 {
 	char buf[4096];
 	size_t total = 0;
-	uint64_t deadline = stream_now_ms() + 500;
+	uint64_t deadline = monotonic_ms() + 500;
 	shutdown(fd, SHUT_WR);
 	while (total < 256 * 1024) {
-		uint64_t now = stream_now_ms();
+		uint64_t now = monotonic_ms();
 		struct pollfd p = {.fd = fd, .events = POLLIN};
 		if (now >= deadline || poll(&p, 1, (int)(deadline - now)) <= 0)
 			break;
@@ -485,7 +372,7 @@ int stream_server_register(struct stream_server *s, const struct stream_request 
 	if (!copy)
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	char token[TOKEN_CHARS + 1];
-	r = token_cache_insert(s->tokens, copy, stream_now_ms(), token, err);
+	r = token_cache_insert(s->tokens, copy, monotonic_ms(), token, err);
 	if (r < 0)
 		return r;
 	char *u = NULL;
@@ -498,7 +385,7 @@ int stream_server_register(struct stream_server *s, const struct stream_request 
 void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions)
 {
 	if (tokens)
-		*tokens = token_cache_count(s->tokens, stream_now_ms());
+		*tokens = token_cache_count(s->tokens, monotonic_ms());
 	if (sessions) {
 		pthread_mutex_lock(&s->lock);
 		*sessions = s->sessions;

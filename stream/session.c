@@ -17,6 +17,7 @@
 
 #include "common/util.h"
 #include "stream/session.h"
+#include "stream/tokens.h"
 
 /* --- chans --- */
 
@@ -96,13 +97,7 @@ int sess_send_data(struct session *s, struct chan *c, const void *p, size_t n, b
 {
 	if (c->discard)
 		return 0;
-	if (!s->ws)
-		return spdy_session_send(s, c, p, n, fin);
-	if (fin)
-		c->out_fin = true;
-	if (n == 0 && fin)
-		return 0;
-	return ws_session_send(s, (uint8_t)c->id, p, n);
+	return s->proto->send(s, c, p, n, fin);
 }
 
 /* Ends the session politely: say goodbye, flush, then shut down writing and
@@ -113,11 +108,8 @@ void sess_begin_close(struct session *s, uint32_t goaway_status, uint16_t ws_cod
 	if (s->closing)
 		return;
 	s->closing = true;
-	if (s->ws)
-		ws_session_close(s, ws_code, why);
-	else
-		spdy_put_u32s(&s->out, SPDY_GOAWAY, s->last_stream, goaway_status, true);
-	s->linger_deadline = stream_now_ms() + LINGER_MS;
+	s->proto->close(s, goaway_status, ws_code, why);
+	s->linger_deadline = monotonic_ms() + LINGER_MS;
 }
 
 /* --- runtime threads --- */
@@ -195,7 +187,7 @@ struct forward *sess_forward_new(struct session *s, const char *request_id, uint
 	f->s = s;
 	snprintf(f->request_id, sizeof(f->request_id), "%s", request_id);
 	f->port = port;
-	f->created_ms = stream_now_ms();
+	f->created_ms = monotonic_ms();
 	s->fws[s->n_fws++] = f;
 	return f;
 }
@@ -223,14 +215,14 @@ static void reap(struct session *s, void *which)
 		s->rt_joined = true;
 		for (size_t i = 0; i < s->n_chans; i++)
 			chan_close_rt(s->chans[i]);
-		s->drain_deadline = stream_now_ms() + DRAIN_MS;
+		s->drain_deadline = monotonic_ms() + DRAIN_MS;
 		return;
 	}
 	struct forward *f = which;
 	pthread_join(f->thread, NULL);
 	f->joined = true;
 	chan_close_rt(f->data);
-	f->created_ms = stream_now_ms(); /* now the start of its drain */
+	f->created_ms = monotonic_ms(); /* now the start of its drain */
 }
 
 /* --- the end of an exec or attach --- */
@@ -285,7 +277,7 @@ static void progress_forwards(struct session *s, uint64_t now)
 	unsigned timeout = s->cfg->request_timeout_ms;
 	for (size_t i = 0; i < s->n_fws;) {
 		struct forward *f = s->fws[i];
-		if (!f->started && !f->joined && !s->ws) {
+		if (!f->started && !f->joined && !s->proto->fixed_channels) {
 			/* A SPDY pair still missing its data or error stream. */
 			if (now < f->created_ms + timeout) {
 				i++;
@@ -317,7 +309,7 @@ static void progress_forwards(struct session *s, uint64_t now)
 		}
 		sess_send_data(s, f->error, NULL, 0, true);
 		f->reported = true;
-		if (s->ws) {
+		if (s->proto->fixed_channels) {
 			/* WebSocket channels stay until the connection ends. */
 			f->data->out_eof = true;
 			i++;
@@ -325,14 +317,14 @@ static void progress_forwards(struct session *s, uint64_t now)
 		}
 		sess_forward_free(s, f);
 	}
-	if (s->ws && !s->closing) {
+	if (s->proto->fixed_channels && !s->closing) {
 		bool all = true;
 		for (size_t i = 0; i < s->n_fws; i++)
 			all = all && s->fws[i]->joined && s->fws[i]->data->out_fin;
 		if (all)
 			sess_begin_close(s, 0, 1000, "");
 	}
-	if (!s->ws && s->goaway_in && s->n_fws == 0)
+	if (!s->proto->fixed_channels && s->goaway_in && s->n_fws == 0)
 		sess_begin_close(s, SPDY_GOAWAY_OK, 0, "");
 }
 
@@ -434,7 +426,7 @@ static void pump_fds(struct session *s, struct pollfd *pfds, struct chan **owner
 			else if (r == 0 || (errno != EAGAIN && errno != EINTR))
 				c->out_eof = true;
 			if (c->out_eof && c->kind == CH_PF_DATA && c->fw && !c->fw->joined &&
-			    !s->ws)
+			    !s->proto->fixed_channels)
 				sess_send_data(s, c, NULL, 0, true); /* the pod half-closed */
 		}
 	}
@@ -480,16 +472,17 @@ static void session_loop(struct session *s)
 	struct pollfd pfds[FIXED + MAX_CHANS];
 	struct chan *owners[FIXED + MAX_CHANS];
 	for (;;) {
-		uint64_t now = stream_now_ms();
+		uint64_t now = monotonic_ms();
 		/* Input first: what it changes (a GOAWAY, the last stream) counts
 		 * in this pass, not after the next poll. */
 		if (!s->closing && !s->abort_reason)
-			s->ws ? ws_session_input(s) : spdy_session_input(s);
+			s->proto->input(s);
 		half_close(s);
 		if (s->abort_reason)
 			return;
-		now = stream_now_ms();
-		bool waiting = s->req->kind != STREAM_PORT_FORWARD && !s->ws && !s->rt_started;
+		now = monotonic_ms();
+		bool waiting = s->req->kind != STREAM_PORT_FORWARD && !s->proto->fixed_channels &&
+			       !s->rt_started;
 		if (waiting && now >= s->streams_deadline) {
 			s->abort_reason = "timed out waiting for the client to create streams";
 			return;
@@ -562,7 +555,7 @@ static void session_loop(struct session *s)
 				ssize_t got =
 					read(s->sock, s->in.data + s->in.len, sbuf_room(&s->in));
 				if (got > 0) {
-					s->last_io = stream_now_ms();
+					s->last_io = monotonic_ms();
 					if (s->closing)
 						s->in.len = 0; /* lingering: discard */
 					else
@@ -584,7 +577,7 @@ static void session_loop(struct session *s)
 			ssize_t w = send(s->sock, s->out.data, s->out.len, MSG_NOSIGNAL);
 			if (w > 0) {
 				sbuf_consume(&s->out, (size_t)w);
-				s->last_io = stream_now_ms();
+				s->last_io = monotonic_ms();
 			} else if (w < 0 && errno != EAGAIN && errno != EINTR) {
 				s->abort_reason = "client disconnected";
 				return;
@@ -600,8 +593,9 @@ static void session_loop(struct session *s)
 	}
 }
 
-void session_run(const struct session_config *cfg, int sock, const struct http_request *http,
-		 struct stream_request *req, const uint8_t *early, size_t n_early)
+void session_run(const struct session_config *cfg, const struct stream_proto *proto, int sock,
+		 const struct http_request *http, struct stream_request *req, const uint8_t *early,
+		 size_t n_early)
 {
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -611,18 +605,18 @@ void session_run(const struct session_config *cfg, int sock, const struct http_r
 	s->cfg = cfg;
 	s->req = req;
 	s->sock = sock;
-	s->ws = strcasecmp(http->upgrade, "websocket") == 0;
+	s->proto = proto;
 	s->in.max = FRAME_MAX + 64;
 	s->out.max = IO_MAX;
 	s->wsmsg.max = FRAME_MAX;
 	s->cancel[0] = s->cancel[1] = s->done[0] = s->done[1] = -1;
 	s->resize[0] = s->resize[1] = -1;
-	uint64_t now = stream_now_ms();
+	uint64_t now = monotonic_ms();
 	s->streams_deadline = now + cfg->request_timeout_ms;
 	s->last_io = now;
 	if (pipe2(s->cancel, O_CLOEXEC) < 0 || pipe2(s->done, O_CLOEXEC | O_NONBLOCK) < 0)
 		goto out;
-	if ((s->ws ? ws_session_handshake(s, http) : spdy_session_handshake(s, http)) < 0)
+	if (proto->handshake(s, http) < 0)
 		goto out;
 	s->in.data = malloc(s->in.max);
 	if (!s->in.data)
@@ -630,7 +624,7 @@ void session_run(const struct session_config *cfg, int sock, const struct http_r
 	s->in.cap = s->in.max;
 	if (sbuf_append(&s->in, early, n_early) < 0)
 		goto out;
-	if (s->ws && ws_session_open(s) < 0)
+	if (proto->open && proto->open(s) < 0)
 		s->abort_reason = "cannot open the session's channels";
 	session_loop(s);
 	if (s->abort_reason) {

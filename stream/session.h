@@ -1,5 +1,7 @@
-/* The parts of a streaming session shared by its core (stream/session.c)
- * and its two protocols (stream/spdy.c, stream/ws.c). Private to stream/.
+/* A streaming session: its channels, forwarded connections and runtime
+ * threads (stream/session.c). The protocols (stream/spdy.c, stream/ws.c)
+ * sit above it and plug in through struct stream_proto; the server above
+ * them picks one per connection. Private to stream/.
  *
  * Each stream the protocol carries is a `chan`. A chan with a runtime
  * descriptor owns a socketpair: `fd` is the server's non-blocking end, `rt`
@@ -10,7 +12,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "stream/internal.h"
+#include "stream/codec.h"
+#include "stream/http.h"
+#include "stream/stream.h"
 
 #define IO_MAX       (256 * 1024) /* socket buffers, a chan's pending bytes */
 #define FRAME_MAX    (128 * 1024) /* the largest frame accepted */
@@ -20,6 +24,41 @@
 #define MAX_FORWARDS 64 /* concurrent forwarded connections per session */
 #define DRAIN_MS     2000
 #define LINGER_MS    2000
+
+struct session;
+struct chan;
+
+/* What differs between SPDY/3.1 and WebSocket, for the session core. */
+struct stream_proto {
+	/* WebSocket: the channels exist from the start and live as long as the
+	 * connection. SPDY: the client opens streams one by one, and each one
+	 * ends on its own. */
+	bool fixed_channels;
+	/* Answers the upgrade request. */
+	int (*handshake)(struct session *s, const struct http_request *h);
+	/* Creates the channels known at once and starts the runtime (NULL: the
+	 * client's streams do that). */
+	int (*open)(struct session *s);
+	/* Handles the client's bytes in s->in. */
+	void (*input)(struct session *s);
+	/* Data for the client on c; fin ends c where the protocol can. */
+	int (*send)(struct session *s, struct chan *c, const void *p, size_t n, bool fin);
+	/* Says goodbye: a GOAWAY with goaway_status, or a close frame. */
+	void (*close)(struct session *s, uint32_t goaway_status, uint16_t ws_code, const char *why);
+};
+
+struct session_config {
+	const struct stream_runtime_ops *ops;
+	void *userdata;
+	unsigned request_timeout_ms, idle_timeout_ms;
+	int stop_fd; /* readable when the server shuts down */
+};
+/* Serves one upgraded connection for req (taken) in protocol proto, starting with the bytes
+ * already read after the HTTP request; returns when the session is over.
+ * Closes nothing it did not create: the caller closes sock. */
+void session_run(const struct session_config *cfg, const struct stream_proto *proto, int sock,
+		 const struct http_request *http, struct stream_request *req, const uint8_t *early,
+		 size_t n_early);
 
 enum chan_kind { CH_STDIN, CH_STDOUT, CH_STDERR, CH_ERROR, CH_RESIZE, CH_PF_DATA, CH_PF_ERROR };
 
@@ -57,7 +96,8 @@ struct session {
 	const struct session_config *cfg;
 	struct stream_request *req;
 	int sock;
-	bool ws, b64;
+	const struct stream_proto *proto;
+	bool b64;
 	int version; /* remote command protocol 1..5 */
 	struct sbuf in, out, wsmsg;
 	uint8_t wsop;
@@ -106,16 +146,3 @@ void sess_forward_free(struct session *s, struct forward *f);
 const char *sess_negotiate(const char *client, const char *const *supported, size_t n);
 /* 4 for "v4.channel.k8s.io"; 1 for "channel.k8s.io". */
 int sess_protocol_version(const char *p);
-
-/* --- SPDY/3.1 (spdy.c) --- */
-int spdy_session_handshake(struct session *s, const struct http_request *h);
-void spdy_session_input(struct session *s);
-int spdy_session_send(struct session *s, struct chan *c, const void *p, size_t n, bool fin);
-
-/* --- WebSocket (ws.c) --- */
-int ws_session_handshake(struct session *s, const struct http_request *h);
-/* Creates the channels (known at once) and starts the runtime. */
-int ws_session_open(struct session *s);
-void ws_session_input(struct session *s);
-int ws_session_send(struct session *s, uint8_t channel, const void *p, size_t n);
-void ws_session_close(struct session *s, uint16_t code, const char *why);

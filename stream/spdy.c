@@ -11,9 +11,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "stream/session.h"
+#include "stream/proto.h"
 
-int spdy_session_send(struct session *s, struct chan *c, const void *p, size_t n, bool fin)
+static int spdy_send(struct session *s, struct chan *c, const void *p, size_t n, bool fin)
 {
 	if (c->out_fin)
 		return 0;
@@ -217,7 +217,7 @@ static int spdy_frame(struct session *s, const struct spdy_frame *f)
 	}
 }
 
-void spdy_session_input(struct session *s)
+static void spdy_input(struct session *s)
 {
 	while (s->in.len && !s->closing && sbuf_room(&s->out) >= OUT_HEADROOM) {
 		struct spdy_frame f;
@@ -233,7 +233,7 @@ void spdy_session_input(struct session *s)
 	}
 }
 
-int spdy_session_handshake(struct session *s, const struct http_request *h)
+static int spdy_handshake(struct session *s, const struct http_request *h)
 {
 	static const char *const pf[] = {"portforward.k8s.io"};
 	bool forward = s->req->kind == STREAM_PORT_FORWARD;
@@ -270,3 +270,18 @@ int spdy_session_handshake(struct session *s, const struct http_request *h)
 			 chosen);
 	return stream_send_all(s->sock, resp, (size_t)l, 5000);
 }
+
+static void spdy_close(struct session *s, uint32_t goaway_status, uint16_t ws_code, const char *why)
+{
+	(void)ws_code;
+	(void)why;
+	spdy_put_u32s(&s->out, SPDY_GOAWAY, s->last_stream, goaway_status, true);
+}
+
+const struct stream_proto spdy_proto = {
+	.fixed_channels = false,
+	.handshake = spdy_handshake,
+	.input = spdy_input,
+	.send = spdy_send,
+	.close = spdy_close,
+};

@@ -10,7 +10,8 @@
 #include <openssl/rand.h>
 
 #include "common/util.h"
-#include "stream/internal.h"
+#include "stream/codec.h"
+#include "stream/tokens.h"
 
 struct token_entry {
 	char token[TOKEN_CHARS + 1];
@@ -23,13 +24,6 @@ struct token_cache {
 	unsigned max, ttl_ms, n;
 	struct token_entry *e; /* max entries, the first n used */
 };
-
-uint64_t stream_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 int token_cache_new(unsigned max, unsigned ttl_ms, struct token_cache **out)
 {

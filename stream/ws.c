@@ -11,9 +11,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "stream/session.h"
+#include "stream/proto.h"
 
-int ws_session_send(struct session *s, uint8_t channel, const void *p, size_t n)
+static int ws_send_channel(struct session *s, uint8_t channel, const void *p, size_t n)
 {
 	char *tmp = s->b64buf;
 	if (s->b64) {
@@ -32,7 +32,7 @@ int ws_session_send(struct session *s, uint8_t channel, const void *p, size_t n)
 	return r;
 }
 
-void ws_session_close(struct session *s, uint16_t code, const char *why)
+static void ws_close_frame(struct session *s, uint16_t code, const char *why)
 {
 	uint8_t p[125];
 	size_t n = strlen(why);
@@ -87,7 +87,7 @@ static void ws_message(struct session *s, struct chan *c, uint8_t *p, size_t n)
 	sess_deliver(s, c, p + 1, (size_t)l);
 }
 
-void ws_session_input(struct session *s)
+static void ws_input(struct session *s)
 {
 	while (s->in.len && !s->closing && sbuf_room(&s->out) >= OUT_HEADROOM) {
 		struct ws_frame f;
@@ -167,7 +167,7 @@ void ws_session_input(struct session *s)
 	}
 }
 
-int ws_session_handshake(struct session *s, const struct http_request *h)
+static int ws_handshake(struct session *s, const struct http_request *h)
 {
 	static const char *const exec_protocols[] = {
 		"v5.channel.k8s.io", "v4.channel.k8s.io",     "v4.base64.channel.k8s.io",
@@ -212,7 +212,7 @@ int ws_session_handshake(struct session *s, const struct http_request *h)
 }
 
 /* WebSocket sessions know their channels at once. */
-int ws_session_open(struct session *s)
+static int ws_open(struct session *s)
 {
 	const struct stream_request *r = s->req;
 	if (r->kind == STREAM_PORT_FORWARD) {
@@ -242,6 +242,31 @@ int ws_session_open(struct session *s)
 	/* An empty message on the lowest channel the client reads tells it the
 	 * session is up. */
 	static const uint8_t empty[1];
-	ws_session_send(s, r->use_stdout ? 1 : r->use_stderr ? 2 : 3, empty, 0);
+	ws_send_channel(s, r->use_stdout ? 1 : r->use_stderr ? 2 : 3, empty, 0);
 	return sess_start_exec(s);
 }
+
+/* WebSocket channels end with the connection: fin only marks c done. */
+static int ws_send(struct session *s, struct chan *c, const void *p, size_t n, bool fin)
+{
+	if (fin)
+		c->out_fin = true;
+	if (n == 0 && fin)
+		return 0;
+	return ws_send_channel(s, (uint8_t)c->id, p, n);
+}
+
+static void ws_close(struct session *s, uint32_t goaway_status, uint16_t ws_code, const char *why)
+{
+	(void)goaway_status;
+	ws_close_frame(s, ws_code, why);
+}
+
+const struct stream_proto ws_proto = {
+	.fixed_channels = true,
+	.handshake = ws_handshake,
+	.open = ws_open,
+	.input = ws_input,
+	.send = ws_send,
+	.close = ws_close,
+};

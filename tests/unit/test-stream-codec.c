@@ -9,7 +9,9 @@
 #include <json-c/json.h>
 
 #include "common/util.h"
-#include "stream/internal.h"
+#include "stream/codec.h"
+#include "stream/http.h"
+#include "stream/tokens.h"
 #include "tests/unit/tap.h"
 
 static void test_base64(void)

@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "stream/internal.h"
+#include "stream/codec.h"
+#include "stream/http.h"
+#include "stream/tokens.h"
 #include "tests/unit/tap.h"
 
 static struct stream_request *exec_req(void)

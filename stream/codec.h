@@ -1,6 +1,6 @@
-/* The streaming server's parts, visible to each other and to the unit
- * tests: byte buffers, the SPDY/3 and WebSocket codecs, the Status JSON,
- * the token cache and the per-connection session. */
+/* The streaming server's codecs: byte buffers, base64, SPDY/3 and
+ * WebSocket framing, the v4 Status JSON and the resize stream. Pure
+ * functions over bytes, below everything else in stream/ (and fuzzed). */
 #pragma once
 
 #include <stdbool.h>
@@ -138,55 +138,3 @@ struct resize_parser {
 };
 int resize_parser_feed(struct resize_parser *p, const uint8_t *data, size_t n,
 		       void (*fn)(const struct stream_winsize *ws, void *arg), void *arg);
-
-/* --- single-use tokens --- */
-#define TOKEN_BYTES 16
-#define TOKEN_CHARS 22 /* URL-safe base64 of TOKEN_BYTES */
-struct token_cache;
-int token_cache_new(unsigned max, unsigned ttl_ms, struct token_cache **out);
-void token_cache_free(struct token_cache *c);
-/* Takes req. now_ms is a monotonic clock (injected for the tests). */
-int token_cache_insert(struct token_cache *c, struct stream_request *req, uint64_t now_ms,
-		       char token[TOKEN_CHARS + 1], struct crx_err *err);
-/* The request, removed from the cache; NULL if unknown, used or expired. */
-struct stream_request *token_cache_consume(struct token_cache *c, const char *token,
-					   uint64_t now_ms);
-unsigned token_cache_count(struct token_cache *c, uint64_t now_ms);
-
-struct stream_request *stream_request_dup(const struct stream_request *req);
-void stream_request_free(struct stream_request *req);
-int stream_request_validate(const struct stream_request *req, struct crx_err *err);
-uint64_t stream_now_ms(void);
-
-/* --- one client connection after the HTTP request was read --- */
-struct http_request {
-	char method[8];
-	char path[256]; /* without the query */
-	char query[512];
-	char upgrade[64];
-	char connection[128];
-	char protocols[512]; /* X-Stream-Protocol-Version values, comma-joined */
-	char ws_key[64];
-	char ws_version[8];
-	char ws_protocols[512]; /* Sec-WebSocket-Protocol values, comma-joined */
-};
-/* 1: a whole request parsed (*used bytes); 0: need more; -E2BIG: too long;
- * -EINVAL: malformed. */
-int http_request_parse(const char *buf, size_t len, struct http_request *r, size_t *used);
-
-/* A plain-text HTTP error response, best effort (the client may be gone). */
-void http_reply_error(int fd, int code, const char *reason, const char *extra, const char *body);
-/* Writes everything to a non-blocking socket within timeout_ms. */
-int stream_send_all(int fd, const char *p, size_t n, unsigned timeout_ms);
-
-struct session_config {
-	const struct stream_runtime_ops *ops;
-	void *userdata;
-	unsigned request_timeout_ms, idle_timeout_ms;
-	int stop_fd; /* readable when the server shuts down */
-};
-/* Serves one upgraded connection for req (taken), starting with the bytes
- * already read after the HTTP request; returns when the session is over.
- * Closes nothing it did not create: the caller closes sock. */
-void session_run(const struct session_config *cfg, int sock, const struct http_request *http,
-		 struct stream_request *req, const uint8_t *early, size_t n_early);
