@@ -9,7 +9,7 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "router/internal.h"
+#include "router/merge.h"
 
 /* ---------------------------------------------------------------- fan-out */
 

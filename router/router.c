@@ -1,12 +1,14 @@
 #include "config.h"
 
+#include "router/router.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "router/internal.h"
+#include "router/merge.h"
 #include "cri/wire.h"
 
 #define FANOUT_THREADS     64

@@ -1,13 +1,14 @@
-/* What router/router.c and router/merge.c share: the router's state and the
- * fan-out to every backend. Not for other modules. */
+/* The router's state, the fan-out of one call to every backend and how
+ * their replies merge (merge.c); router.c dispatches on top of it. Private
+ * to router/. */
 #pragma once
 
 #include "common/workers.h"
 #include "cri/methods.h"
+#include "cri/rpc.h"
+#include "runtimes/backend.h"
 #include "router/owners.h"
 #include "router/policy.h"
-#include "router/router.h"
-#include "runtimes/backend.h"
 
 /* Where each method goes. */
 enum route {
