@@ -451,6 +451,28 @@ static int pack_to(const ProtobufCMessage *msg, struct rpc_buf *out)
 	return 0;
 }
 
+/* A call a policy decides on. The backend gets the request re-encoded from
+ * the reading that was checked, never the client's bytes: a reader that
+ * merges repeated fields (Go, so containerd) could find in those a request
+ * that was never checked. Before that, input that two readers could read two
+ * ways is refused outright (wire_check_strict). msg is protobuf-c's reading
+ * of the call's request; *forward receives the encoding to send. */
+static int admit(const struct route_handler *h, struct rpc_call *call, const struct cri_method *m,
+		 ProtobufCMessage *msg, struct rpc_buf *forward, struct crx_err *err)
+{
+	size_t len;
+	const uint8_t *data = rpc_call_request(call, &len);
+	int ret = wire_check_strict(data, len, m->request, err);
+	if (ret < 0)
+		return crx_err_prefix(err, "%s", m->name);
+	bool changed = false;
+	if (h->policy == CRX_POLICY_KATA)
+		ret = kata_check_request(h->kata, h->name, msg, &changed, err);
+	if (ret == 0 && pack_to(msg, forward) < 0)
+		ret = crx_err_set(err, -ENOMEM, "out of memory");
+	return ret;
+}
+
 static void run_sandbox(struct router *r, struct rpc_call *call, const struct cri_method *m)
 {
 	size_t len;
@@ -475,26 +497,32 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 	}
 	const struct route_handler *h = hi >= 0 ? &r->handlers[hi] : NULL;
 	rpc_call_tag(call, h ? h->name : asked, NULL, NULL);
-	bool changed = false;
-	struct crx_err err = {0};
-	if (h && h->policy == CRX_POLICY_KATA &&
-	    kata_check_sandbox(h->kata, h->name, req->config, &changed, &err) < 0) {
-		rpc_call_fail_err(call, &err);
-		runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
-		return;
-	}
-	char *theirs = req->runtime_handler;
-	if (h && !streq(asked, h->runtime_handler)) {
+	struct rpc_buf forward = {0};
+	int ret = 0;
+	if (h && h->policy != CRX_POLICY_NONE) {
+		char *theirs = req->runtime_handler;
 		req->runtime_handler = (char *)h->runtime_handler;
-		changed = true;
+		struct crx_err err = {0};
+		ret = admit(h, call, m, &req->base, &forward, &err);
+		req->runtime_handler = theirs; /* protobuf-c frees what it allocated */
+		if (ret < 0) {
+			rpc_call_fail_err(call, &err);
+			runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+			return;
+		}
+	} else if (h && !streq(asked, h->runtime_handler)) {
+		/* No policy: the client's bytes stay as they are, with the
+		 * backend's name as the last runtime_handler, which every reader
+		 * takes. */
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
+			m->request, "runtime_handler");
+		ret = wire_append_string(data, len, f->id, h->runtime_handler, &forward.data,
+					 &forward.len);
 	}
-	struct rpc_buf rewritten = {0};
-	int ret = changed ? pack_to(&req->base, &rewritten) : 0;
-	req->runtime_handler = theirs; /* protobuf-c frees what it allocated */
 
 	struct owner owner = {.backend = h ? h->backend : r->default_backend, .handler = hi};
 
-	struct backend_serve how = {.request = changed ? &rewritten : NULL};
+	struct backend_serve how = {.request = forward.data ? &forward : NULL};
 	const char *uid = req->config->metadata ? req->config->metadata->uid : NULL;
 	struct learn *l = NULL;
 	if (ret == 0 && r->tracks_owners) {
@@ -513,27 +541,26 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 	} else {
 		serve(r, owner.backend, call, m, &how);
 	}
-	rpc_buf_clear(&rewritten);
+	rpc_buf_clear(&forward);
 	runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
 }
 
-/* CreateContainer in a pod of a policy handler: check the container. */
-static int check_container(struct router *r, struct rpc_call *call, struct owner owner,
-			   struct crx_err *err)
+/* A call on an object of a pod with a policy (CreateContainer, the Update*
+ * calls): admitted as RunPodSandbox was. *forward is left empty for calls the
+ * policy has nothing to say about. */
+static int admit_owned(struct router *r, struct rpc_call *call, const struct cri_method *m,
+		       struct owner owner, struct rpc_buf *forward, struct crx_err *err)
 {
 	const struct route_handler *h = owner.handler >= 0 ? &r->handlers[owner.handler] : NULL;
-	if (!h || h->policy != CRX_POLICY_KATA)
+	if (!h || h->policy == CRX_POLICY_NONE || !kata_checks(m->request))
 		return 0;
 	size_t len;
 	const uint8_t *data = rpc_call_request(call, &len);
-	Runtime__V1__CreateContainerRequest *req =
-		runtime__v1__create_container_request__unpack(NULL, len, data);
-	int ret =
-		!req || !req->config
-			? crx_err_set(err, -EINVAL,
-				      "CreateContainer: the request has no valid container config")
-			: kata_check_container(h->kata, h->name, req->config, err);
-	runtime__v1__create_container_request__free_unpacked(req, NULL);
+	ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
+	if (!msg)
+		return crx_err_set(err, -EINVAL, "%s: the request cannot be decoded", m->name);
+	int ret = admit(h, call, m, msg, forward, err);
+	protobuf_c_message_free_unpacked(msg, NULL);
 	return ret;
 }
 
@@ -542,6 +569,7 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 			enum route route, const char *full_id, struct owner owner)
 {
 	struct backend_serve how = {0};
+	struct rpc_buf forward = {0};
 	bool remove = m->request == &runtime__v1__remove_container_request__descriptor ||
 		      m->request == &runtime__v1__remove_pod_sandbox_request__descriptor;
 	const char *handler = owner.handler >= 0 ? r->handlers[owner.handler].name : NULL;
@@ -549,12 +577,13 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 		rpc_call_tag(call, handler, NULL, full_id);
 	else if (*full_id)
 		rpc_call_tag(call, handler, full_id, NULL);
+	struct crx_err err = {0};
+	if (admit_owned(r, call, m, owner, &forward, &err) < 0) {
+		rpc_call_fail_err(call, &err);
+		return;
+	}
+	how.request = forward.data ? &forward : NULL;
 	if (route == ROUTE_CREATE_CONTAINER) {
-		struct crx_err err = {0};
-		if (check_container(r, call, owner, &err) < 0) {
-			rpc_call_fail_err(call, &err);
-			return;
-		}
 		if (r->tracks_owners) {
 			struct learn *l =
 				learn_new(r, OWNER_CONTAINER, reply_field(m, "container_id"), owner,
@@ -581,11 +610,11 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 			free(job);
 		return;
 	}
-	if (how.observe && !how.observe_arg) {
+	if (how.observe && !how.observe_arg)
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		return;
-	}
-	serve(r, owner.backend, call, m, &how);
+	else
+		serve(r, owner.backend, call, m, &how);
+	rpc_buf_clear(&forward);
 }
 
 struct lookup {

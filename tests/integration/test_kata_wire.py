@@ -62,17 +62,38 @@ def run_request(config, handler="kata"):
 def join(*messages):
     """Serialized messages back to back: one message in which every field
     of the later ones occurs again (protobuf's merge)."""
-    return b"".join(m.SerializeToString() for m in messages)
+    return b"".join(m if isinstance(m, bytes) else m.SerializeToString() for m in messages)
 
 
-def host_namespaces_first(good):
-    """RunPodSandbox bytes: config.linux once with network, PID and IPC on
-    the node, then again as `good` has it (POD is 0: not on the wire)."""
+def varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def field(number, data):
+    """A length-delimited field: a sub-message's bytes, or a string's."""
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def number(message_cls, name):
+    return message_cls.DESCRIPTOR.fields_by_name[name].number
+
+
+def host_namespaces_first(good, handler="kata"):
+    """RunPodSandbox bytes whose config holds config.linux twice: first with
+    network, PID and IPC on the node, then as `good` has it (POD is 0, so the
+    second occurrence does not mention them)."""
     api = pb()
     evil = api.PodSandboxConfig()
     ns = evil.linux.security_context.namespace_options
     ns.network = ns.pid = ns.ipc = api.NODE
-    return join(api.RunPodSandboxRequest(config=evil), run_request(good))
+    config = join(evil, good)
+    return join(field(number(api.RunPodSandboxRequest, "config"), config),
+                api.RunPodSandboxRequest(runtime_handler=handler))
 
 
 # ------------------------------------------------------------------ fixtures
@@ -145,16 +166,20 @@ def test_duplicated_cpu_period_cannot_raise_the_limit(mux, containerd_cri):
     containerd, 500m to a reader that keeps the later occurrence only."""
     api = pb()
     good = pod()
-    evil = api.PodSandboxConfig()
-    evil.linux.resources.cpu_period = 10000
-    first = good.linux.resources
     good.linux.resources.ClearField("cpu_period")
-    assert first.cpu_quota == 50000
-    data = join(api.RunPodSandboxRequest(config=evil), run_request(good))
+    assert good.linux.resources.cpu_quota == 50000
+    evil = api.LinuxContainerResources(cpu_period=10000)
+    # config.linux.resources twice, inside one config.linux
+    linux = good.linux.SerializeToString()
+    linux = field(number(api.LinuxPodSandboxConfig, "resources"), evil.SerializeToString()) + linux
+    good.ClearField("linux")
+    config = good.SerializeToString() + field(number(api.PodSandboxConfig, "linux"), linux)
+    data = join(field(number(api.RunPodSandboxRequest, "config"), config),
+                api.RunPodSandboxRequest(runtime_handler="kata"))
     assert api.RunPodSandboxRequest.FromString(data).config.linux.resources.cpu_period == 10000
     details = refused(mux, RUN_POD, data, containerd_cri)
-    assert details == ("RunPodSandbox: the request sets config.linux more than once; a "
-                       "handler with a policy accepts each field once")
+    assert details == ("RunPodSandbox: the request sets config.linux.resources more than once; "
+                       "a handler with a policy accepts each field once")
     assert backend_pods(containerd_cri, good) == []
 
 
@@ -176,8 +201,7 @@ def test_runc_keeps_its_pass_through(mux, containerd_cri):
     """Handlers without a policy are not held to it: containerd merges the
     duplicated config.linux itself, as it would without crimux."""
     good = pod(hostname="")
-    data = host_namespaces_first(good)
-    data = data.replace(b"kata", b"runc")
+    data = host_namespaces_first(good, handler="runc")
     reply_bytes = mux.raw(RUN_POD, data)
     pod_id = pb().RunPodSandboxResponse.FromString(reply_bytes).pod_sandbox_id
     status = containerd_cri.PodSandboxStatus(pod_sandbox_id=pod_id).status
