@@ -339,11 +339,17 @@ static int check_message(struct strict *s, const uint8_t *msg, size_t len,
 				r = -1;
 			else
 				data = p, p += n;
-		} else {
-			r = -1; /* groups, and wire types that do not exist */
 		}
 		const ProtobufCFieldDescriptor *f =
 			protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+		if (wt != WIRE_VARINT && wt != WIRE_FIXED64 && wt != WIRE_FIXED32 &&
+		    wt != WIRE_BYTES) { /* groups, and wire types that do not exist */
+			r = strict_fail(s,
+					"the request cannot be decoded: %s%s%s has wire type %u, "
+					"which proto3 does not use",
+					s->path, *s->path ? "." : "", f ? f->name : "a field", wt);
+			break;
+		}
 		if (r < 0) {
 			r = strict_fail(s, "the request cannot be decoded: %s%s%s is cut short",
 					s->path, *s->path ? "." : "", f ? f->name : "a field");

@@ -225,6 +225,149 @@ int main(void)
 	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
 	       "a container without resources: refused");
 
+	/* A container in the host's namespaces. */
+	Runtime__V1__LinuxContainerSecurityContext csec =
+		RUNTIME__V1__LINUX_CONTAINER_SECURITY_CONTEXT__INIT;
+	Runtime__V1__NamespaceOption cns = RUNTIME__V1__NAMESPACE_OPTION__INIT;
+	clinux.resources = &cres;
+	resources(&cres, 500, 500, 256 * MIB);
+	clinux.security_context = &csec;
+	csec.namespace_options = &cns;
+	cns.network = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
+	       "a container on the host network: refused");
+	has_str(err.msg,
+		"handler \"kata\": container \"app\": Kata Containers does not support the host "
+		"network namespace (namespace_options.network = NODE)",
+		"naming the container and the namespace");
+	cns.network = RUNTIME__V1__NAMESPACE_MODE__POD;
+	cns.pid = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL, "host PID: refused");
+	cns.pid = RUNTIME__V1__NAMESPACE_MODE__CONTAINER;
+	is_int(kata_check_container(&k, "kata", &c, &err), 0, "its own PID namespace: accepted");
+	clinux.security_context = NULL;
+
+	/* resources.unified must not override what was checked. */
+	Runtime__V1__LinuxContainerResources__UnifiedEntry cpu_max =
+		RUNTIME__V1__LINUX_CONTAINER_RESOURCES__UNIFIED_ENTRY__INIT;
+	Runtime__V1__LinuxContainerResources__UnifiedEntry *unified[] = {&cpu_max};
+	cpu_max.key = (char *)"cpu.max";
+	cpu_max.value = (char *)"max 100000";
+	cres.unified = unified;
+	cres.n_unified = 1;
+	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL, "unified cpu.max: refused");
+	has_str(err.msg, "sets the cgroup file \"cpu.max\" in resources.unified", "saying which");
+	cpu_max.key = (char *)"memory.min";
+	is_int(kata_check_container(&k, "kata", &c, &err), 0, "unified memory.min: accepted");
+	cres.n_unified = 0;
+	cres.unified = NULL;
+
+	/* Arithmetic on client numbers saturates; it never wraps. */
+	is_int(cpu_milli_to_shares(INT64_MAX), INT64_MAX, "shares of INT64_MAX milli: clamped");
+	is_int(cpu_milli_to_quota(INT64_MAX, 100000), INT64_MAX, "quota of INT64_MAX: clamped");
+	is_int(cpu_milli_to_quota(INT64_MAX, INT64_MAX), INT64_MAX, "and with INT64_MAX period");
+	is_int(cpu_shares_to_milli(INT64_MAX), 9007199254740991999, "INT64_MAX shares in milli");
+	is_int(cpu_shares_to_milli(INT64_MIN), -9007199254740991999, "INT64_MIN shares in milli");
+	Runtime__V1__LinuxContainerResources big;
+	resources(&big, 1000, 1000, 2 * GIB);
+	big.cpu_quota = INT64_MAX;
+	is_int(cpu_limit_milli(&big), 92233720368547758, "INT64_MAX quota over 100000");
+	big.cpu_period = 1;
+	is_int(cpu_limit_milli(&big), INT64_MAX, "INT64_MAX quota over 1: clamped");
+	big.cpu_period = -5;
+	big.cpu_quota = 100000;
+	is_int(cpu_limit_milli(&big), 1000, "a negative period counts as the default");
+	big.cpu_quota = -1;
+	is_int(cpu_limit_milli(&big), 0, "a negative quota is no limit");
+	/* 2^61 + 100000: times 1000 it wraps to exactly 10^8, which over the
+	 * 100000 period read as 1 CPU, equal to a 1 CPU request. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.resources.cpu_quota = 2305843009213793952;
+	refused(&k, &p, "the pod CPU request (1000m) must equal its CPU limit (23058430092137939m)",
+		"a quota that wrapped to 1 CPU: refused");
+	/* A limit so large that memory per CPU overflowed: still measured. */
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	p.resources.cpu_quota = INT64_MAX;
+	p.resources.cpu_period = 1;
+	p.resources.cpu_shares = INT64_MAX;
+	refused(&k, &p, "does not fit its CPU", "INT64_MAX CPU with 2Gi: refused by the ratio");
+	pod_init(&p, 1000, 1000, INT64_MAX);
+	refused(&k, &p, "does not fit its CPU", "INT64_MAX memory for 1 CPU: refused");
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	resources(&p.overhead, 100, 100, 100 * MIB);
+	p.overhead.cpu_quota = 2305843009213793952; /* the wrapped one again */
+	p.overhead.cpu_shares = 0;
+	is_int(check(&k, &p, &changed, &err), 0, "a huge overhead quota is a big overhead");
+
+	/* The other calls that change a Kata pod. */
+	Runtime__V1__UpdateContainerResourcesRequest upd =
+		RUNTIME__V1__UPDATE_CONTAINER_RESOURCES_REQUEST__INIT;
+	upd.container_id = (char *)"c0ffee";
+	resources(&cres, 250, 500, 256 * MIB);
+	upd.linux = &cres;
+	is_int(kata_check_request(&k, "kata", &upd.base, &changed, &err), -EINVAL,
+	       "UpdateContainerResources, unequal: refused");
+	has_str(err.msg, "container \"c0ffee\" CPU request (250m) must equal its CPU limit (500m)",
+		"naming the container by ID");
+	resources(&cres, 500, 500, 256 * MIB);
+	is_int(kata_check_request(&k, "kata", &upd.base, &changed, &err), 0,
+	       "UpdateContainerResources, equal: accepted");
+	upd.linux = NULL;
+	is_int(kata_check_request(&k, "kata", &upd.base, &changed, &err), -EINVAL,
+	       "UpdateContainerResources without Linux resources: refused");
+
+	Runtime__V1__UpdatePodSandboxResourcesRequest pupd =
+		RUNTIME__V1__UPDATE_POD_SANDBOX_RESOURCES_REQUEST__INIT;
+	Runtime__V1__LinuxContainerResources pres, pover;
+	resources(&pres, 2000, 2000, 20 * GIB);
+	resources(&pover, 100, 100, 100 * MIB);
+	pupd.resources = &pres;
+	pupd.overhead = &pover;
+	is_int(kata_check_request(&k, "kata", &pupd.base, &changed, &err), -EINVAL,
+	       "UpdatePodSandboxResources past 1:8: refused");
+	has_str(err.msg, "the pod's memory (20Gi) does not fit its CPU (2000m)",
+		"with the numbers");
+	resources(&pres, 2000, 2000, 4 * GIB);
+	resources(&pover, 50, 50, 100 * MIB);
+	is_int(kata_check_request(&k, "kata", &pupd.base, &changed, &err), -EINVAL,
+	       "UpdatePodSandboxResources with a small overhead: refused");
+	pupd.overhead = NULL;
+	changed = false;
+	is_int(kata_check_request(&k, "kata", &pupd.base, &changed, &err), 0,
+	       "UpdatePodSandboxResources without overhead: accepted");
+	ok(changed && pupd.overhead && pupd.overhead->memory_limit_in_bytes == 100 * MIB,
+	   "and given the configured one");
+	free(pupd.overhead);
+
+	Runtime__V1__CreateContainerRequest create = RUNTIME__V1__CREATE_CONTAINER_REQUEST__INIT;
+	create.config = &c;
+	clinux.resources = &cres;
+	pod_init(&p, 1000, 1000, 2 * GIB);
+	create.sandbox_config = &p.config;
+	p.annotation.key = (char *)"io.katacontainers.config.hypervisor.path";
+	p.annotation.value = (char *)"/tmp/evil";
+	p.annotations[0] = &p.annotation;
+	p.config.annotations = p.annotations;
+	p.config.n_annotations = 1;
+	is_int(kata_check_request(&k, "kata", &create.base, &changed, &err), -EINVAL,
+	       "CreateContainer whose sandbox_config has a Kata annotation: refused");
+	is_str(err.msg,
+	       "handler \"kata\": CreateContainer's sandbox_config: pod annotation "
+	       "\"io.katacontainers.config.hypervisor.path\" is in the runtime-reserved namespace "
+	       "\"io.katacontainers.\"; the handler's kata_allowed_annotations can allow it",
+	       "saying where");
+	p.config.n_annotations = 0;
+	p.ns.network = RUNTIME__V1__NAMESPACE_MODE__NODE;
+	is_int(kata_check_request(&k, "kata", &create.base, &changed, &err), -EINVAL,
+	       "CreateContainer whose sandbox_config is on the host network: refused");
+	p.ns.network = RUNTIME__V1__NAMESPACE_MODE__POD;
+	is_int(kata_check_request(&k, "kata", &create.base, &changed, &err), 0,
+	       "CreateContainer with a pod's own sandbox_config: accepted");
+	free(p.linux.overhead == &p.overhead ? NULL : p.linux.overhead);
+	ok(kata_checks(&runtime__v1__update_pod_sandbox_resources_request__descriptor) &&
+		   !kata_checks(&runtime__v1__start_container_request__descriptor),
+	   "the calls the policy decides on");
+
 	/* Quantities in the configuration. */
 	int64_t v;
 	ok(parse_cpu_milli("250m", &v) == 0 && v == 250, "250m");
