@@ -207,3 +207,258 @@ def test_runc_keeps_its_pass_through(mux, containerd_cri):
     status = containerd_cri.PodSandboxStatus(pod_sandbox_id=pod_id).status
     assert status.linux.namespaces.options.network == pb().NODE
     mux.remove_pod(pod_id)
+
+
+# ------------------------------------------------------------------ other ways to read twice
+
+def with_config_bytes(good, extra):
+    """RunPodSandbox (kata) whose config is `good` followed by raw `extra` bytes."""
+    api = pb()
+    config = good.SerializeToString() + extra
+    return join(field(number(api.RunPodSandboxRequest, "config"), config),
+                api.RunPodSandboxRequest(runtime_handler="kata"))
+
+
+def entry(key, value):
+    return field(1, key) + field(2, value)
+
+
+def metadata_named(name):
+    """The bytes of a config's metadata field, with this name (bytes)."""
+    return lambda good: field(1, field(1, name) + field(3, good.metadata.uid.encode()))
+
+
+AMBIGUOUS = {
+    # A field crimux's schema does not know may be one the backend's newer
+    # schema does: nothing checked it, so nothing forwards it.
+    "unknown-field": (lambda good: varint(999 << 3 | 0) + varint(1),
+                      "RunPodSandbox: the request carries field 999 of config, which crimux's "
+                      "CRI schema does not know; a handler with a policy forwards only what it "
+                      "checked"),
+    # Go keeps the last value of a key, protobuf-c every entry.
+    "map-key-twice": (lambda good: field(7, entry(b"a", b"1")) + field(7, entry(b"a", b"2")),
+                      'RunPodSandbox: config.annotations has the key "a" more than once'),
+    # newer Go protobuf refuses it; protobuf-c takes it
+    "not-utf8": (metadata_named(b"x\xff"),
+                 "RunPodSandbox: config.metadata.name is not valid UTF-8"),
+    # protobuf-c's C string would end at the NUL, Go's would not
+    "nul-in-string": (metadata_named(b"x\0y"),
+                      "RunPodSandbox: config.metadata.name contains a NUL byte"),
+}
+
+
+@pytest.mark.parametrize("case", list(AMBIGUOUS))
+def test_ambiguous_input_is_refused(mux, containerd_cri, case):
+    extra, message = AMBIGUOUS[case]
+    good = pod()
+    uid, tail = good.metadata.uid, extra(good)
+    if case.startswith(("not-utf8", "nul")):
+        good.ClearField("metadata")
+    assert refused(mux, RUN_POD, with_config_bytes(good, tail), containerd_cri) == message
+    assert [p for p in containerd_cri.ListPodSandbox().items if p.metadata.uid == uid] == []
+
+
+def test_unknown_enum_value_is_refused(mux, containerd_cri):
+    good = pod()
+    good.linux.security_context.namespace_options.ipc = 7
+    assert refused(mux, RUN_POD, run_request(good).SerializeToString(), containerd_cri) == (
+        "RunPodSandbox: config.linux.security_context.namespace_options.ipc is 7, which is not "
+        "a NamespaceMode crimux knows")
+    assert backend_pods(containerd_cri, good) == []
+
+
+def test_unpacked_repeated_scalars_reach_the_backend(mux, containerd_cri):
+    """Packed or not, every reader takes both forms: accepted, re-encoded."""
+    api = pb()
+    good = pod()
+    # supplemental_groups 5 and 6, unpacked, in config.linux.security_context
+    groups = number(api.LinuxSandboxSecurityContext, "supplemental_groups")
+    sc = good.linux.security_context.SerializeToString()
+    sc += varint(groups << 3) + varint(5) + varint(groups << 3) + varint(6)
+    good.linux.ClearField("security_context")
+    linux = good.linux.SerializeToString() + field(
+        number(api.LinuxPodSandboxConfig, "security_context"), sc)
+    good.ClearField("linux")
+    data = with_config_bytes(good, field(number(api.PodSandboxConfig, "linux"), linux))
+    pod_id = pb().RunPodSandboxResponse.FromString(mux.raw(RUN_POD, data)).pod_sandbox_id
+    seen = backend_config(containerd_cri, pod_id)
+    assert seen["linux"]["security_context"]["supplemental_groups"] == [5, 6]
+    mux.remove_pod(pod_id)
+
+
+# ------------------------------------------------------------------ containers and updates
+
+@pytest.fixture(scope="module")
+def kata_pod(daemon, lab):
+    """A running kata pod, busybox pulled for it."""
+    with CRI(daemon.endpoint) as client:
+        config = pod()
+        pod_id = client.run_pod(config, "kata")
+        client.pull(lab.busybox_ref, sandbox=config)
+        yield pod_id, config
+        client.remove_pod(pod_id)
+
+
+def container(lab, name, resources=None, **kwargs):
+    return container_config(name, lab.busybox_ref, ["sleep", "3600"], labels=LABELS,
+                            resources=resources or res(250, 250, 256 * MIB), **kwargs)
+
+
+def create_request(pod_id, config, sandbox):
+    return pb().CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                       sandbox_config=sandbox)
+
+
+def containers_in(one, pod_id):
+    return sorted(c.metadata.name for c in one.ListContainers(
+        filter=pb().ContainerFilter(pod_sandbox_id=pod_id)).containers)
+
+
+def test_container_on_the_host_network_is_refused(mux, containerd_cri, lab, kata_pod):
+    pod_id, sandbox = kata_pod
+    config = container(lab, "hostnet")
+    config.linux.security_context.namespace_options.network = pb().NODE
+    data = create_request(pod_id, config, sandbox).SerializeToString()
+    assert refused(mux, CREATE, data) == (
+        'handler "kata": container "hostnet": Kata Containers does not support the host '
+        "network namespace (namespace_options.network = NODE); run the pod with another "
+        "RuntimeClass")
+    assert "hostnet" not in containers_in(containerd_cri, pod_id)
+
+
+def test_sandbox_config_of_create_container_is_checked(mux, containerd_cri, lab, kata_pod):
+    """containerd passes pod annotations from this copy on to the runtime."""
+    pod_id, sandbox = kata_pod
+    lie = pb().PodSandboxConfig()
+    lie.CopyFrom(sandbox)
+    lie.annotations["io.katacontainers.config.hypervisor.kernel_params"] = "init=/bin/sh"
+    data = create_request(pod_id, container(lab, "lied"), lie).SerializeToString()
+    assert refused(mux, CREATE, data) == (
+        'handler "kata": CreateContainer\'s sandbox_config: pod annotation '
+        '"io.katacontainers.config.hypervisor.kernel_params" is in the runtime-reserved '
+        "namespace \"io.katacontainers.\"; the handler's kata_allowed_annotations can allow it")
+    assert "lied" not in containers_in(containerd_cri, pod_id)
+
+
+def test_duplicated_container_resources_are_refused(mux, containerd_cri, lab, kata_pod):
+    pod_id, sandbox = kata_pod
+    api = pb()
+    config = container(lab, "twice")
+    evil = api.LinuxContainerConfig(resources=api.LinuxContainerResources(cpu_period=10000))
+    config_bytes = field(number(api.ContainerConfig, "linux"), evil.SerializeToString())
+    config_bytes += config.SerializeToString()
+    data = join(api.CreateContainerRequest(pod_sandbox_id=pod_id, sandbox_config=sandbox),
+                field(number(api.CreateContainerRequest, "config"), config_bytes))
+    assert refused(mux, CREATE, data) == (
+        "CreateContainer: the request sets config.linux more than once; a handler with a "
+        "policy accepts each field once")
+    assert "twice" not in containers_in(containerd_cri, pod_id)
+
+
+def cfs_quota(client, cid):
+    reply = client.ExecSync(container_id=cid, cmd=["cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"])
+    return int(reply.stdout.decode())
+
+
+def test_update_container_resources_keeps_the_rules(mux, containerd_cri, lab, kata_pod):
+    pod_id, sandbox = kata_pod
+    cid = mux.start_container(pod_id, sandbox, container(lab, "resized"))
+    assert cfs_quota(containerd_cri, cid) == 25000
+
+    # request below the limit: refused, the cgroup untouched
+    with pytest.raises(grpc.RpcError) as err:
+        mux.UpdateContainerResources(container_id=cid, linux=res(250, 500, 256 * MIB))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        f'handler "kata": container "{cid}" CPU request (250m) must equal its CPU limit '
+        "(500m) for Kata Containers")
+    # a quota that wraps to 1 CPU in 64-bit milli-CPU arithmetic
+    wrapped = res(1000, 1000, 256 * MIB)
+    wrapped.cpu_quota = 2305843009213793952
+    with pytest.raises(grpc.RpcError) as err:
+        mux.UpdateContainerResources(container_id=cid, linux=wrapped)
+    assert "must equal its CPU limit (23058430092137939m)" in err.value.details()
+    # an equal one, given twice: refused, not merged
+    api = pb()
+    data = join(api.UpdateContainerResourcesRequest(
+        linux=api.LinuxContainerResources(cpu_period=10000)),
+        api.UpdateContainerResourcesRequest(container_id=cid, linux=res(500, 500, 256 * MIB)))
+    assert refused(mux, UPDATE_CONTAINER, data) == (
+        "UpdateContainerResources: the request sets linux more than once; a handler with a "
+        "policy accepts each field once")
+    assert cfs_quota(containerd_cri, cid) == 25000
+
+    mux.UpdateContainerResources(container_id=cid, linux=res(500, 500, 256 * MIB))
+    assert cfs_quota(containerd_cri, cid) == 50000
+    mux.StopContainer(container_id=cid, timeout=0)
+    mux.RemoveContainer(container_id=cid)
+
+
+# ------------------------------------------------------------------ UpdatePodSandboxResources
+
+FAKE_POLICY = """
+[crimux]
+default_handler = kata
+[handler "kata"]
+backend = fake
+policy = kata
+"""
+
+
+@pytest.fixture
+def fake_daemon(lab, crimuxd_binary):
+    """crimuxd before a scripted backend that holds one kata pod: containerd
+    1.6 has no UpdatePodSandboxResources."""
+    api = pb()
+    tmp = tempfile.mkdtemp(prefix="crx-wire-")
+    fake = FakeBackend(os.path.join(tmp, "fake.sock"))
+    listed = api.ListPodSandboxResponse(items=[api.PodSandbox(
+        id="f00d" * 16, runtime_handler="kata", state=api.SANDBOX_READY,
+        metadata=api.PodSandboxMetadata(name="p", namespace="default", uid="u1"))])
+    fake.on("/runtime.v1.RuntimeService/ListPodSandbox", reply(listed.SerializeToString()))
+    fake.on("/runtime.v1.RuntimeService/ListContainers", reply(b""))
+    fake.on(UPDATE_POD, reply(b""))
+    fake.start()
+    d = lab.crimuxd(crimuxd_binary, {"fake": fake.endpoint}, FAKE_POLICY)
+    yield d, fake
+    stop_checked([d], must_run=True)
+    fake.stop()
+    os.rmdir(tmp)
+
+
+def test_update_pod_sandbox_resources_keeps_the_rules(fake_daemon):
+    d, fake = fake_daemon
+    api = pb()
+    pod_id = "f00d" * 16
+    with CRI(d.endpoint) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.UpdatePodSandboxResources(pod_sandbox_id=pod_id,
+                                             resources=res(2000, 2000, 20 << 30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            'handler "kata": the pod\'s memory (20Gi) does not fit its CPU (2000m): Kata '
+            "Containers needs 1Gi to 8Gi of memory per CPU, 2Gi to 16Gi here")
+        data = join(api.UpdatePodSandboxResourcesRequest(
+            resources=api.LinuxContainerResources(cpu_period=10000)),
+            api.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod_id,
+                                                 resources=res(1000, 1000, 2 << 30)))
+        assert refused(client, UPDATE_POD, data) == (
+            "UpdatePodSandboxResources: the request sets resources more than once; a handler "
+            "with a policy accepts each field once")
+        assert fake.calls(UPDATE_POD) == []
+
+        # Accepted: the backend gets the checked reading, re-encoded, with the
+        # overhead the pod did not declare. Sent here with the fields in
+        # reverse order and memory first: not the canonical encoding.
+        resources = res(1000, 1000, 2 << 30)
+        sent = join(api.UpdatePodSandboxResourcesRequest(resources=resources),
+                    api.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod_id))
+        client.raw(UPDATE_POD, sent)
+        got = fake.wait_call(UPDATE_POD).request
+        want = api.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod_id, resources=resources,
+            overhead=api.LinuxContainerResources(cpu_period=100000, cpu_quota=10000,
+                                                 cpu_shares=102,
+                                                 memory_limit_in_bytes=100 * MIB))
+        assert got != sent
+        assert got == want.SerializeToString(deterministic=True)
