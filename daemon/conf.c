@@ -28,13 +28,51 @@ struct parse {
 	unsigned failed_line;
 };
 
+/* Hands inih one whole line at a time, without its leading white space.
+ * inih reads into a fixed buffer (size, 200 bytes in Debian's build): a
+ * longer line would reach it in pieces, the tail of a comment read as a key,
+ * so it is refused; so is a NUL byte, where inih would silently end the line.
+ * inih takes an indented line as a continuation of the previous value
+ * ("key = a" then "  other = b" sets key to "other = b"); with the white
+ * space gone, an indented line is read as what it says. Returns NULL at the
+ * end of the file or on an error, which stops the parse. */
 static char *read_line(char *buf, int size, void *stream)
 {
 	struct parse *p = stream;
-	char *s = fgets(buf, size, p->in);
-	if (s)
-		p->line++;
-	return s;
+	if (p->failed || size < 2)
+		return NULL;
+	size_t n = 0;
+	bool leading = true;
+	int c;
+	while ((c = getc(p->in)) != EOF && c != '\n') {
+		if (leading && (c == ' ' || c == '\t'))
+			continue;
+		leading = false;
+		if (c == '\0' || n + 1 >= (size_t)size) {
+			p->line++;
+			p->failed = true;
+			p->failed_line = p->line;
+			if (c == '\0')
+				crx_err_set(p->err, -EINVAL, "%s:%u: line contains a NUL byte",
+					    p->file, p->line);
+			else
+				crx_err_set(p->err, -EINVAL, "%s:%u: line is longer than %d bytes",
+					    p->file, p->line, size - 1);
+			return NULL;
+		}
+		buf[n++] = (char)c;
+	}
+	if (ferror(p->in)) {
+		p->failed = true;
+		p->failed_line = p->line + 1;
+		crx_err_set(p->err, -EIO, "cannot read %s: %s", p->file, strerror(errno));
+		return NULL;
+	}
+	if (c == EOF && n == 0)
+		return NULL;
+	buf[n] = '\0';
+	p->line++;
+	return buf;
 }
 
 static int fail(struct parse *p, const char *section, const char *key, const char *fmt, ...)

@@ -218,6 +218,42 @@ int main(void)
 		"handlers \"a\" and \"b\" both run as \"runc\" on backend \"one\"",
 		"two handlers, one backend runtime");
 
+	/* inih hands the reader 200-byte buffers and takes indented lines as
+	 * continuations of the previous value: neither may change what a line
+	 * means. A long comment's tail must not become a key. */
+	{
+		char text[600];
+		snprintf(text, sizeof(text),
+			 "[backend \"c\"]\nendpoint = /c.sock\n[crimux]\n# %0197dsocket_mode = 0600\n",
+			 0);
+		expect_error(text, "crimux.conf:4: line is longer than 199 bytes",
+			     "a line longer than inih's buffer is refused, not split");
+	}
+	r = load("[crimux]\n  log_level = debug\n\tsocket_mode = 0600\n"
+		 "[backend \"c\"]\n    endpoint = /c.sock\n    type = cri\n",
+		 &cfg, &err);
+	is_int(r, 0, "indented keys load");
+	if (r == 0) {
+		is_int(cfg.log_level, LOG_DEBUG, "an indented key is a key");
+		is_int(cfg.socket_mode, 0600, "the next indented key is not a continuation");
+		is_str(cfg.backends[0].endpoint, "unix:///c.sock", "in every section");
+		crx_config_clear(&cfg);
+	}
+	{
+		static const char text[] = "[backend \"c\"]\nendpoint = /c.sock\n[crimux]\n"
+					   "log_level = debug\0 ignored?\n";
+		FILE *f = fopen(write_file("crimux.conf", ""), "w");
+		fwrite(text, 1, sizeof(text) - 1, f);
+		fclose(f);
+		char main_path[512];
+		snprintf(main_path, sizeof(main_path), "%s/crimux.conf", dir);
+		r = crx_config_load(main_path, NULL, &cfg, &err);
+		ok(r == -EINVAL, "a NUL byte is refused, not a silent end of line");
+		has_str(err.msg, "crimux.conf:4: line contains a NUL byte", "and named");
+		if (r == 0)
+			crx_config_clear(&cfg);
+	}
+
 	char missing[600];
 	snprintf(missing, sizeof(missing), "%s/missing.conf", dir);
 	r = crx_config_load(missing, NULL, &cfg, &err);
