@@ -224,7 +224,8 @@ int main(void)
 	{
 		char text[600];
 		snprintf(text, sizeof(text),
-			 "[backend \"c\"]\nendpoint = /c.sock\n[crimux]\n# %0197dsocket_mode = 0600\n",
+			 "[backend \"c\"]\nendpoint = /c.sock\n[crimux]\n# %0197dsocket_mode = "
+			 "0600\n",
 			 0);
 		expect_error(text, "crimux.conf:4: line is longer than 199 bytes",
 			     "a line longer than inih's buffer is refused, not split");
