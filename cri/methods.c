@@ -72,6 +72,20 @@ const struct cri_method *cri_method_find(const char *path)
 	return bsearch(&key, table, table_len, sizeof(*table), by_path);
 }
 
+bool cri_method_in_v1(const char *path)
+{
+	static const char *const services[] = {
+		"/runtime.v1.RuntimeService/",
+		"/runtime.v1.ImageService/",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(services); i++) {
+		size_t n = strlen(services[i]);
+		if (strncmp(path, services[i], n) == 0)
+			return path[n] && !strchr(path + n, '/');
+	}
+	return false;
+}
+
 size_t cri_method_count(void)
 {
 	pthread_once(&table_once, build_table);

@@ -17,6 +17,9 @@ struct cri_method {
 
 /* NULL for a method the schema does not have. */
 const struct cri_method *cri_method_find(const char *path);
+/* Whether path is "/SERVICE/NAME" for one of the CRI v1 services, NAME
+ * known to the schema or not: a method newer than it is still CRI v1. */
+bool cri_method_in_v1(const char *path);
 size_t cri_method_count(void);
 /* The position of m in the table, for per-method arrays. */
 size_t cri_method_index(const struct cri_method *m);

@@ -758,7 +758,18 @@ static void image_status(struct router *r, struct rpc_call *call, const struct c
 void router_dispatch(struct rpc_call *call, void *userdata)
 {
 	struct router *r = userdata;
-	const struct cri_method *m = cri_method_find(rpc_call_method(call));
+	const char *path = rpc_call_method(call);
+	const struct cri_method *m = cri_method_find(path);
+	/* A backend's socket serves more than CRI v1: containerd's is its whole
+	 * API (and CRI v1alpha2, v1's messages under another name). Relaying
+	 * those would let a client past every rule a handler has. */
+	if (!m && !cri_method_in_v1(path)) {
+		rpc_call_fail(call, RPC_UNIMPLEMENTED,
+			      "%.200s is not a method of CRI v1 (runtime.v1.RuntimeService, "
+			      "runtime.v1.ImageService); crimux relays nothing else",
+			      path);
+		return;
+	}
 	enum route route = m ? r->routes[cri_method_index(m)] : ROUTE_DEFAULT;
 	bool merge = r->n_backends > 1;
 	void (*worker)(struct rpc_call *, void *) = NULL;

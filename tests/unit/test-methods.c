@@ -2,6 +2,7 @@
  * flags from the .proto, lookups by gRPC path. */
 #include "config.h"
 
+#include "common/util.h"
 #include "cri/api.pb-c.h"
 #include "cri/methods.h"
 #include "tap.h"
@@ -41,5 +42,21 @@ int main(void)
 	ok(cri_method_find("/runtime.v1alpha2.RuntimeService/Version") == NULL,
 	   "other API versions are not CRI v1");
 	ok(cri_method_at(cri_method_count()) == NULL, "index past the end");
+
+	ok(cri_method_in_v1("/runtime.v1.RuntimeService/Version"), "a known method is v1");
+	ok(cri_method_in_v1("/runtime.v1.ImageService/NoSuchMethod"),
+	   "a newer method of a v1 service is v1");
+	static const char *const not_v1[] = {
+		"/runtime.v1alpha2.RuntimeService/RunPodSandbox",
+		"/containerd.services.tasks.v1.Tasks/Create",
+		"/runtime.v1.RuntimeService/",
+		"/runtime.v1.RuntimeService",
+		"/runtime.v1.RuntimeService/a/b",
+		"runtime.v1.RuntimeService/Version",
+		"/runtime.v1.RuntimeServiceX/Version",
+		"",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(not_v1); i++)
+		ok(!cri_method_in_v1(not_v1[i]), "\"%s\" is not CRI v1", not_v1[i]);
 	return tap_done();
 }

@@ -142,7 +142,7 @@ struct pending_call {
 static void *slow_call(void *arg)
 {
 	struct pending_call *p = arg;
-	rpc_channel_call(p->ch, "/test.Echo/Slow", "x", 1, NULL, 5000, &p->res);
+	rpc_channel_call(p->ch, "/runtime.v1.RuntimeService/Slow", "x", 1, NULL, 5000, &p->res);
 	return NULL;
 }
 
@@ -191,19 +191,29 @@ int main(void)
 	   "a CRI call relays its bytes");
 	rpc_result_clear(&res);
 
-	/* A method crimux has never heard of still reaches the backend. */
-	r = rpc_channel_call(client, "/example.Future/Method", "hello", 5, NULL, 5000, &res);
+	/* A CRI v1 method crimux has never heard of still reaches the backend
+	 * (the fake backend's own methods below are such methods too). */
+	r = rpc_channel_call(client, "/runtime.v1.ImageService/FutureMethod", "hello", 5, NULL,
+			     5000, &res);
 	ok(r == 0 && res.code == RPC_OK && res.reply.len == 5 &&
 		   memcmp(res.reply.data, "hello", 5) == 0,
-	   "an unknown method is relayed");
+	   "an unknown CRI v1 method is relayed");
+	rpc_result_clear(&res);
+	/* Nothing else is: a backend's socket may serve its whole API. */
+	int before = atomic_load(&backend_calls);
+	r = rpc_channel_call(client, "/example.Future/Method", "hello", 5, NULL, 5000, &res);
+	ok(r == 0 && res.code == RPC_UNIMPLEMENTED, "a method outside CRI v1 is refused");
+	has_str(res.details, "crimux relays nothing else", "saying so");
+	is_int(atomic_load(&backend_calls), before, "and never reaches the backend");
 	rpc_result_clear(&res);
 
 	/* Replies from worker threads, and server streams, relay too. */
-	r = rpc_channel_call(client, "/test.Echo/Deferred", "later", 5, NULL, 5000, &res);
+	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Deferred", "later", 5, NULL, 5000,
+			     &res);
 	ok(r == 0 && res.code == RPC_OK && res.reply.len == 5, "a deferred reply is relayed");
 	rpc_result_clear(&res);
 	struct rpc_stream *st;
-	r = rpc_stream_open(client, "/test.Stream/Count", "3", 1, NULL, 5000, &st);
+	r = rpc_stream_open(client, "/runtime.v1.RuntimeService/Count", "3", 1, NULL, 5000, &st);
 	ok(r == 0, "a stream opens");
 	struct rpc_buf msg = {0};
 	char got[32] = "";
@@ -218,7 +228,7 @@ int main(void)
 		rpc_stream_free(st);
 
 	/* The backend's status code and message come back unchanged. */
-	r = rpc_channel_call(client, "/test.Echo/Fail", "abc", 3, NULL, 5000, &res);
+	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Fail", "abc", 3, NULL, 5000, &res);
 	is_int(res.code, RPC_NOT_FOUND, "the backend's NOT_FOUND is relayed");
 	is_str(res.details, "container \"abc\" not found", "with its message");
 	rpc_result_clear(&res);
@@ -227,10 +237,11 @@ int main(void)
 	size_t big = 15 * MIB;
 	uint8_t *buf = malloc(17 * MIB);
 	memset(buf, 'x', 17 * MIB);
-	r = rpc_channel_call(client, "/test.Echo/Big", buf, big, NULL, 20000, &res);
+	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Big", buf, big, NULL, 20000, &res);
 	ok(r == 0 && res.code == RPC_OK && res.reply.len == big, "15 MiB passes both ways");
 	rpc_result_clear(&res);
-	r = rpc_channel_call(client, "/test.Echo/Big", buf, 17 * MIB, NULL, 20000, &res);
+	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Big", buf, 17 * MIB, NULL, 20000,
+			     &res);
 	is_int(res.code, RPC_RESOURCE_EXHAUSTED, "17 MiB is RESOURCE_EXHAUSTED");
 	rpc_result_clear(&res);
 	free(buf);
@@ -250,7 +261,7 @@ int main(void)
 	is_int(failures, 0, "16 callers x 200 calls all relayed intact");
 
 	/* A short client deadline reaches the backend's leg too. */
-	r = rpc_channel_call(client, "/test.Echo/Slow", "x", 1, NULL, 100, &res);
+	r = rpc_channel_call(client, "/runtime.v1.RuntimeService/Slow", "x", 1, NULL, 100, &res);
 	is_int(res.code, RPC_DEADLINE_EXCEEDED, "a 100 ms deadline on a 300 ms call expires");
 	rpc_result_clear(&res);
 
