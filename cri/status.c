@@ -48,6 +48,7 @@ enum rpc_code rpc_code_from_errno(int err)
 	case EAGAIN:
 		return RPC_UNAVAILABLE;
 	case EBUSY:
+	case ELOOP:
 	case ENOTEMPTY:
 	case ENOTDIR:
 	case EISDIR:

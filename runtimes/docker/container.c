@@ -24,25 +24,17 @@
 int dk_follow_log(struct dk_ctx *c, json_object *inspect, struct crx_err *err)
 {
 	const char *id = dk_json_str(inspect, "Id");
-	const char *cri =
-		dk_json_str(dk_json_get(inspect, "Config", "Labels", NULL), DK_LABEL_LOG_PATH);
 	const char *docker = dk_json_str(inspect, "LogPath");
-	if (!id || !cri || !*cri)
+	if (!id)
+		return 0;
+	/* Where the CRI log goes is crimux's own record (dk_logs_register),
+	 * never a label: an image's labels show through Docker's. */
+	_cleanup_free_ char *cri = dk_logs_path(c->ds->logs, id);
+	if (!cri)
 		return 0; /* the kubelet asked for no log file */
 	if (!docker || !*docker)
 		return crx_err_set(err, -EIO, "Docker keeps no json-file log for container %s", id);
-	return dk_logs_track(c->ds->logs, id, docker, cri, err);
-}
-
-static char *join_log_path(const char *dir, const char *rel)
-{
-	if (!rel || !*rel)
-		return NULL;
-	char *p;
-	if (rel[0] == '/' || !dir || !*dir)
-		return strdup(rel);
-	size_t n = strlen(dir);
-	return asprintf(&p, "%s%s%s", dir, dir[n - 1] == '/' ? "" : "/", rel) < 0 ? NULL : p;
+	return dk_logs_track(c->ds->logs, id, docker, err);
 }
 
 int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
@@ -73,10 +65,19 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	if (r < 0)
 		return r;
 
+	/* The log file stays inside the pod's log directory. */
 	const char *log_dir = in->sandbox_config ? in->sandbox_config->log_directory : NULL;
-	_cleanup_free_ char *log_path = join_log_path(log_dir, cfg->log_path);
-	if (cfg->log_path && *cfg->log_path && !log_path)
-		return crx_err_set(err, -ENOMEM, "out of memory");
+	bool want_log = cfg->log_path && *cfg->log_path;
+	_cleanup_free_ char *log_path = NULL;
+	if (want_log) {
+		r = dk_log_path_check(log_dir, cfg->log_path, err);
+		if (r < 0)
+			return r;
+		size_t n = strlen(log_dir);
+		if (asprintf(&log_path, "%s%s%s", log_dir, log_dir[n - 1] == '/' ? "" : "/",
+			     cfg->log_path) < 0)
+			return crx_err_set(err, -ENOMEM, "out of memory");
+	}
 	struct dk_container_ctx ctx = {
 		.sandbox_id = sandbox_id,
 		.cgroup_parent =
@@ -113,6 +114,8 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		r = crx_err_set(err, -ENOENT, "image %s not found: pull it first",
 				cfg->image ? cfg->image->image : "");
 	}
+	if (r == 0 && want_log)
+		r = dk_logs_register(c->ds->logs, id, log_dir, cfg->log_path, err);
 	if (r < 0)
 		return r;
 	Runtime__V1__CreateContainerResponse *out =
@@ -315,7 +318,8 @@ Runtime__V1__ContainerStatus *dk_container_status_msg(struct dk_ctx *c, json_obj
 	st->image_id = st->image_ref;
 	st->reason = (char *)dk_exit_reason(state);
 	st->message = dk_arena_strdup(a, dk_json_str(state, "Error"));
-	st->log_path = dk_arena_strdup(a, dk_json_str(labels, DK_LABEL_LOG_PATH));
+	_cleanup_free_ char *log_path = st->id ? dk_logs_path(c->ds->logs, st->id) : NULL;
+	st->log_path = dk_arena_strdup(a, log_path ? log_path : "");
 	st->resources = resources_of(c, host);
 	const char *stop = dk_json_str(config, "StopSignal");
 	st->stop_signal = dk_signal_from_number(stop ? atoi(stop) : 0);
@@ -476,7 +480,8 @@ int dk_reopen_container_log(struct dk_ctx *c, const ProtobufCMessage *req, Proto
 	const char *id = dk_json_str(inspect, "Id");
 	if (!dk_json_bool(dk_json_get(inspect, "State", NULL), "Running"))
 		return crx_err_set(err, -EBUSY, "container %s is not running", id);
-	if (!dk_json_str(dk_json_get(inspect, "Config", "Labels", NULL), DK_LABEL_LOG_PATH))
+	_cleanup_free_ char *log_path = dk_logs_path(c->ds->logs, id);
+	if (!log_path)
 		return crx_err_set(err, -EBUSY, "container %s has no log path", id);
 	r = dk_follow_log(c, inspect, err);
 	if (r == 0)

@@ -354,8 +354,11 @@ static void recover(struct dk_ctx *c)
 		json_object *e = json_object_array_get_idx(list, i);
 		const char *id = dk_json_str(e, "Id");
 		const char *state = dk_json_str(e, "State");
-		if (!id || !dk_json_str(dk_json_get(e, "Labels", NULL), DK_LABEL_LOG_PATH) ||
-		    streq(state, "created"))
+		/* Which ones log is crimux's own record, read by dk_follow_log. */
+		if (!id || streq(state, "created"))
+			continue;
+		_cleanup_free_ char *logged = dk_logs_path(ds->logs, id);
+		if (!logged)
 			continue;
 		_cleanup_json_ json_object *inspect = NULL;
 		if (dk_container_inspect(ds->sock, id, &dl, &inspect, NULL) == 0)

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 #include "tap.h"
 
 static char dir[] = "/tmp/crimux-logs-test-XXXXXX";
-static char docker_log[600], cri_log[600], state[600];
+static char docker_log[600], cri_log[600], state[600], log_dir[600];
 
 static char *convert(const char *line)
 {
@@ -94,13 +95,84 @@ static char *expected(int from, int to)
 	return s;
 }
 
+static void confinement(void)
+{
+	struct crx_err err = {0};
+	static const char *const bad[] = {
+		"/etc/passwd", "../x.log", "a/../../x.log", "./x.log", "a//x.log",
+		"a/",          "",         "a/.."};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		is_int(dk_log_path_check("/var/log/pods/p", bad[i], &err), -EINVAL, bad[i]);
+	ok(strstr(err.msg, "log_path") != NULL, "the message names log_path: %s", err.msg);
+	is_int(dk_log_path_check("/var/log/pods/p", "c/0.log", &err), 0, "the kubelet's form");
+	is_int(dk_log_path_check("", "0.log", &err), -EINVAL, "no log directory");
+	is_int(dk_log_path_check("pods/p", "0.log", &err), -EINVAL, "a relative log directory");
+	is_int(dk_log_path_check("/var/log/../etc", "0.log", &err), -EINVAL, "a .. directory");
+
+	char top[700], victim[700], lnk[800];
+	snprintf(top, sizeof(top), "%s/confine", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	FILE *f = fopen(victim, "w");
+	fputs("precious\n", f);
+	fclose(f);
+	int fd = -1;
+	is_int(dk_log_open(top, "ok/0.log", &fd, &err), 0, "a fresh file, its directory made");
+	ok(fd >= 0 && write(fd, "x\n", 2) == 2, "writable");
+	close(fd);
+	mkdir(top, 0755);
+	snprintf(lnk, sizeof(lnk), "%s/l.log", top);
+	ok(symlink(victim, lnk) == 0, "a link in the log directory");
+	is_int(dk_log_open(top, "l.log", &fd, &err), -ELOOP, "the file a symbolic link");
+	ok(strstr(err.msg, "symbolic link") != NULL, "said so: %s", err.msg);
+	snprintf(lnk, sizeof(lnk), "%s/d", top);
+	ok(symlink(dir, lnk) == 0, "a directory link");
+	is_int(dk_log_open(top, "d/victim", &fd, &err), -ELOOP, "a directory on the way");
+	snprintf(lnk, sizeof(lnk), "%s/h.log", top);
+	ok(link(victim, lnk) == 0, "a hard link");
+	is_int(dk_log_open(top, "h.log", &fd, &err), -EBUSY, "another file's hard link");
+	snprintf(lnk, sizeof(lnk), "%s/fifo.log", top);
+	ok(mkfifo(lnk, 0600) == 0, "a FIFO");
+	is_int(dk_log_open(top, "fifo.log", &fd, &err), -EBUSY, "not a regular file, no hang");
+	f = fopen(victim, "r");
+	char buf[64] = {0};
+	fgets(buf, sizeof(buf), f);
+	fclose(f);
+	is_str(buf, "precious\n", "the file outside is untouched");
+
+	/* A state file that does not parse or names an escaping path is no
+	 * registration. */
+	struct dk_logs *l = NULL;
+	char sdir[700], sp[800];
+	snprintf(sdir, sizeof(sdir), "%s/cstate", dir);
+	is_int(dk_logs_new(sdir, 10000, &l, &err), 0, "a log thread");
+	snprintf(sp, sizeof(sp), "%s/c2.json", sdir);
+	f = fopen(sp, "w");
+	fputs("{\"log_directory\":\"/tmp\",\"log_path\":\"../etc/x\"}", f);
+	fclose(f);
+	char *p = dk_logs_path(l, "c2");
+	ok(p == NULL, "an escaping path in the state is refused");
+	free(p);
+	f = fopen(sp, "w");
+	fputs("{\"log_direc", f);
+	fclose(f);
+	is_int(dk_logs_track(l, "c2", victim, &err), 0, "a torn state file");
+	ok(!dk_logs_tracked(l, "c2"), "is not followed");
+	is_int(dk_logs_register(l, "c3", top, "../x", &err), -EINVAL, "registering checks too");
+	dk_logs_free(l);
+}
+
 static void pump(void)
 {
 	struct dk_logs *l = NULL;
 	struct crx_err err = {0};
 	is_int(dk_logs_new(state, 10000, &l, &err), 0, "log thread started");
-	is_int(dk_logs_track(l, "c1", docker_log, cri_log, &err), 0,
-	       "tracking before Docker wrote");
+	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "no registration: nothing to follow");
+	ok(!dk_logs_tracked(l, "c1"), "not tracked");
+	is_int(dk_logs_register(l, "c1", log_dir, "app/0.log", &err), 0, "registered");
+	char *p = dk_logs_path(l, "c1");
+	is_str(p, cri_log, "the registered path");
+	free(p);
+	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "tracking before Docker wrote");
 	ok(access(cri_log, F_OK) == 0, "the CRI file exists at once");
 	append(docker_log, 1, 10);
 	/* An incomplete last line is left for later. */
@@ -153,7 +225,7 @@ static void pump(void)
 	rename(docker_log, rotated);
 	append(docker_log, 41, 45);
 	is_int(dk_logs_new(state, 10000, &l, &err), 0, "restarted");
-	is_int(dk_logs_track(l, "c1", docker_log, cri_log, &err), 0, "tracking again");
+	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "tracking again");
 	got = numbers(cri_log);
 	want = expected(31, 45);
 	is_str(got, want, "resumed at the saved position, through the rotation");
@@ -182,9 +254,11 @@ int main(void)
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(docker_log, sizeof(docker_log), "%s/docker-json.log", dir);
+	snprintf(log_dir, sizeof(log_dir), "%s/pods", dir);
 	snprintf(cri_log, sizeof(cri_log), "%s/pods/app/0.log", dir);
 	snprintf(state, sizeof(state), "%s/state", dir);
 	conversion();
+	confinement();
 	pump();
 	char cmd[700];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/file.h"
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
@@ -174,37 +175,9 @@ int dk_mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-int dk_write_file_atomic(const char *path, const char *data, size_t len, bool sync,
-			 struct crx_err *err)
+int dk_write_file_atomic(const char *path, const char *data, size_t len, struct crx_err *err)
 {
-	_cleanup_free_ char *tmp = NULL;
-	if (asprintf(&tmp, "%s.tmp", path) < 0)
-		return crx_err_set(err, -ENOMEM, "out of memory");
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return crx_err_set(err, -errno, "cannot create %s: %s", tmp, strerror(errno));
-	for (size_t done = 0; done < len;) {
-		ssize_t n = write(fd, data + done, len - done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			unlink(tmp);
-			return crx_err_set(err, -e, "cannot write %s: %s", tmp, strerror(e));
-		}
-		done += (size_t)n;
-	}
-	if (sync && fsync(fd) < 0) {
-		int e = errno;
-		unlink(tmp);
-		return crx_err_set(err, -e, "cannot sync %s: %s", tmp, strerror(e));
-	}
-	if (rename(tmp, path) < 0) {
-		int e = errno;
-		unlink(tmp);
-		return crx_err_set(err, -e, "cannot rename %s: %s", tmp, strerror(e));
-	}
-	return 0;
+	return crx_write_file_atomic(path, data, len, 0600, err);
 }
 
 int dk_read_file(const char *path, size_t max, char **out, size_t *len, struct crx_err *err)
@@ -268,7 +241,7 @@ int dk_checkpoint_save(const char *dir, const struct dk_checkpoint *cp, struct c
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	const char *text = json_object_to_json_string_ext(
 		o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
-	r = dk_write_file_atomic(path, text, strlen(text), true, err);
+	r = dk_write_file_atomic(path, text, strlen(text), err);
 	return r < 0 ? crx_err_prefix(err, "checkpoint of sandbox %s", cp->sandbox_id) : 0;
 }
 
@@ -303,8 +276,14 @@ int dk_checkpoint_remove(const char *dir, const char *id, struct crx_err *err)
 	int r = checkpoint_path(dir, id, &path, err);
 	if (r < 0)
 		return r;
-	if (unlink(path) < 0 && errno != ENOENT)
+	if (unlink(path) < 0) {
+		if (errno == ENOENT)
+			return 0;
 		return crx_err_set(err, -errno, "cannot remove %s: %s", path, strerror(errno));
+	}
+	/* Gone for good: a power loss must not bring back a network to tear
+	 * down twice. */
+	crx_fsync_parent(path);
 	return 0;
 }
 

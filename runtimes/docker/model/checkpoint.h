@@ -52,9 +52,8 @@ int dk_checkpoint_remove(const char *dir, const char *id, struct crx_err *err);
 /* The sandbox IDs that have a checkpoint. */
 int dk_checkpoint_list(const char *dir, char ***ids, size_t *n, struct crx_err *err);
 
-/* Writes data to path through a temporary file and rename(2). */
-int dk_write_file_atomic(const char *path, const char *data, size_t len, bool sync,
-			 struct crx_err *err);
+/* Replaces path durably (common/file.h), mode 0600. */
+int dk_write_file_atomic(const char *path, const char *data, size_t len, struct crx_err *err);
 /* Reads a whole (small) file, NUL-terminated. */
 int dk_read_file(const char *path, size_t max, char **out, size_t *len, struct crx_err *err);
 /* mkdir -p. */

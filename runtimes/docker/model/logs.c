@@ -58,9 +58,114 @@ int dk_log_line_to_cri(const char *line, size_t len, char **out, size_t *out_len
 	return 0;
 }
 
+/* Whether one component of a path is "", "." or "..". */
+static bool bad_component(const char *p, size_t n)
+{
+	return n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.');
+}
+
+int dk_log_path_check(const char *log_dir, const char *rel, struct crx_err *err)
+{
+	if (!log_dir || !*log_dir)
+		return crx_err_set(err, -EINVAL,
+				   "log_path \"%s\" needs the sandbox's log_directory, which is "
+				   "empty",
+				   rel);
+	if (log_dir[0] != '/')
+		return crx_err_set(err, -EINVAL, "log_directory \"%s\" is not absolute", log_dir);
+	for (const char *p = log_dir + 1; *p;) {
+		size_t n = strcspn(p, "/");
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+			return crx_err_set(err, -EINVAL, "log_directory \"%s\" has a \"..\"",
+					   log_dir);
+		p += n;
+		p += *p == '/';
+	}
+	if (rel[0] == '/')
+		return crx_err_set(err, -EINVAL,
+				   "log_path \"%s\" is absolute: it must be relative to the "
+				   "sandbox's log_directory",
+				   rel);
+	for (const char *p = rel;;) {
+		size_t n = strcspn(p, "/");
+		if (bad_component(p, n))
+			return crx_err_set(err, -EINVAL,
+					   "log_path \"%s\" has an empty, \".\" or \"..\" "
+					   "component: it must name a file under the log_directory",
+					   rel);
+		if (!p[n])
+			break;
+		p += n + 1;
+	}
+	return 0;
+}
+
+int dk_log_open(const char *log_dir, const char *rel, int *out, struct crx_err *err)
+{
+	int r = dk_log_path_check(log_dir, rel, err);
+	if (r < 0)
+		return r;
+	/* The directory is the kubelet's: made if missing, as it asked. */
+	r = dk_mkdir_p(log_dir, 0755);
+	if (r < 0)
+		return crx_err_set(err, r, "cannot create %s: %s", log_dir, strerror(-r));
+	_cleanup_close_ int dfd = open(log_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return crx_err_set(err, -errno, "cannot open %s: %s", log_dir, strerror(errno));
+	/* Below it, one component at a time, none a symbolic link: whoever
+	 * can write in the directory must not point crimux elsewhere. */
+	_cleanup_free_ char *copy = strdup(rel);
+	if (!copy)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	char *name = copy;
+	for (char *slash; (slash = strchr(name, '/')); name = slash + 1) {
+		*slash = '\0';
+		if (mkdirat(dfd, name, 0755) < 0 && errno != EEXIST)
+			return crx_err_set(err, -errno, "cannot create %s in %s: %s", name, log_dir,
+					   strerror(errno));
+		int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0) {
+			int e = errno;
+			return crx_err_set(err, e == ELOOP || e == ENOTDIR ? -ELOOP : -e,
+					   "log path %s/%s: %s is %s", log_dir, rel, name,
+					   e == ELOOP || e == ENOTDIR
+						   ? "a symbolic link or not a directory"
+						   : strerror(e));
+		}
+		close(dfd);
+		dfd = sub;
+	}
+	/* O_NONBLOCK: a FIFO put in the file's place must not hang the open. */
+	int fd = openat(dfd, name,
+			O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+				O_CLOEXEC,
+			0640);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENXIO) /* a FIFO without a reader */
+			return crx_err_set(err, -EBUSY, "log %s/%s is not a regular file", log_dir,
+					   rel);
+		return crx_err_set(err, e == ELOOP ? -ELOOP : -e, "cannot open log %s/%s: %s",
+				   log_dir, rel,
+				   e == ELOOP ? "it is a symbolic link" : strerror(e));
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+	    fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) < 0) {
+		bool linked = S_ISREG(st.st_mode) && st.st_nlink != 1;
+		close(fd);
+		return crx_err_set(err, -EBUSY, "log %s/%s is %s", log_dir, rel,
+				   linked ? "a hard link to another file" : "not a regular file");
+	}
+	*out = fd;
+	return 0;
+}
+
 struct entry {
 	struct entry *next;
-	char *id, *docker_log, *cri_log;
+	char *id, *docker_log;
+	char *log_dir, *log_path; /* the pod's log directory; the file under it */
+	char *cri_log;            /* the two joined, for messages */
 	int src_fd, dst_fd;
 	ino_t src_ino; /* the Docker file being read; 0: not known yet */
 	off_t offset;
@@ -90,14 +195,15 @@ static void save_state(struct dk_logs *l, struct entry *e)
 	_cleanup_json_ json_object *o = json_object_new_object();
 	_cleanup_free_ char *path = state_path(l, e->id);
 	if (!o || !path || dk_json_add_str(o, "docker_log", e->docker_log) < 0 ||
-	    dk_json_add_str(o, "cri_log", e->cri_log) < 0 ||
+	    dk_json_add_str(o, "log_directory", e->log_dir) < 0 ||
+	    dk_json_add_str(o, "log_path", e->log_path) < 0 ||
 	    dk_json_add_int(o, "inode", (int64_t)e->src_ino) < 0 ||
 	    dk_json_add_int(o, "offset", (int64_t)e->offset) < 0)
 		return; /* tried again after the next batch */
 	const char *text = dk_json_text(o);
 	/* Written after the lines: a crash in between repeats lines, never
-	 * loses them. No fsync: this protects against a crimuxd crash. */
-	if (dk_write_file_atomic(path, text, strlen(text), false, NULL) == 0)
+	 * loses them. */
+	if (dk_write_file_atomic(path, text, strlen(text), NULL) == 0)
 		e->dirty = false;
 }
 
@@ -111,26 +217,18 @@ static void entry_free(struct entry *e)
 		close(e->dst_fd);
 	free(e->id);
 	free(e->docker_log);
+	free(e->log_dir);
+	free(e->log_path);
 	free(e->cri_log);
 	free(e);
 }
 
 static int open_dst(struct entry *e, struct crx_err *err)
 {
-	_cleanup_free_ char *dir = strdup(e->cri_log);
-	if (!dir)
-		return crx_err_set(err, -ENOMEM, "out of memory");
-	char *slash = strrchr(dir, '/');
-	if (slash && slash != dir) {
-		*slash = '\0';
-		int r = dk_mkdir_p(dir, 0755);
-		if (r < 0)
-			return crx_err_set(err, r, "cannot create %s: %s", dir, strerror(-r));
-	}
-	int fd = open(e->cri_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-	if (fd < 0)
-		return crx_err_set(err, -errno, "cannot open log %s: %s", e->cri_log,
-				   strerror(errno));
+	int fd;
+	int r = dk_log_open(e->log_dir, e->log_path, &fd, err);
+	if (r < 0)
+		return r;
 	if (e->dst_fd >= 0)
 		close(e->dst_fd);
 	e->dst_fd = fd;
@@ -355,23 +453,79 @@ void dk_logs_free(struct dk_logs *l)
 	free(l);
 }
 
-/* The saved position of id, if it is for the same files. */
-static void load_state(struct dk_logs *l, struct entry *e)
+/* Where id logs and how far it was copied, from its state file: crimux's
+ * own, never a label. A file that does not parse, or names a path that is
+ * not confined to its directory, is no registration. */
+static int load_state(struct dk_logs *l, const char *id, char **log_dir, char **log_path,
+		      char **docker_log, ino_t *ino, off_t *offset)
 {
-	_cleanup_free_ char *path = state_path(l, e->id), *text = NULL;
+	_cleanup_free_ char *path = state_path(l, id), *text = NULL;
 	size_t len;
-	if (!path || dk_read_file(path, STATE_MAX, &text, &len, NULL) < 0)
-		return;
+	if (!path)
+		return -ENOMEM;
+	int r = dk_read_file(path, STATE_MAX, &text, &len, NULL);
+	if (r < 0)
+		return r;
 	_cleanup_json_ json_object *o = NULL;
-	if (dk_json_parse(text, len, &o, NULL) < 0 ||
-	    !streq(dk_json_str(o, "docker_log"), e->docker_log))
-		return;
-	e->src_ino = (ino_t)dk_json_int(o, "inode", 0);
-	e->offset = (off_t)dk_json_int(o, "offset", 0);
+	if (dk_json_parse(text, len, &o, NULL) < 0)
+		return -EBADMSG;
+	const char *dir = dk_json_str(o, "log_directory"), *rel = dk_json_str(o, "log_path");
+	if (!dir || !rel || dk_log_path_check(dir, rel, NULL) < 0)
+		return -EBADMSG;
+	*log_dir = strdup(dir);
+	*log_path = strdup(rel);
+	*docker_log = strdup(dk_json_str(o, "docker_log") ? dk_json_str(o, "docker_log") : "");
+	if (!*log_dir || !*log_path || !*docker_log) {
+		free(*log_dir);
+		free(*log_path);
+		free(*docker_log);
+		return -ENOMEM;
+	}
+	int64_t i = dk_json_int(o, "inode", 0), off = dk_json_int(o, "offset", 0);
+	*ino = i > 0 ? (ino_t)i : 0;
+	*offset = off > 0 ? (off_t)off : 0;
+	return 0;
 }
 
-int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, const char *cri_log,
-		  struct crx_err *err)
+int dk_logs_register(struct dk_logs *l, const char *id, const char *log_dir, const char *log_path,
+		     struct crx_err *err)
+{
+	if (!dk_valid_id(id))
+		return crx_err_set(err, -EINVAL, "\"%s\" is not a container ID", id);
+	int r = dk_log_path_check(log_dir, log_path, err);
+	if (r < 0)
+		return r;
+	_cleanup_json_ json_object *o = json_object_new_object();
+	_cleanup_free_ char *path = state_path(l, id);
+	if (!o || !path || dk_json_add_str(o, "log_directory", log_dir) < 0 ||
+	    dk_json_add_str(o, "log_path", log_path) < 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	const char *text = dk_json_text(o);
+	pthread_mutex_lock(&l->lock);
+	r = find(l, id) ? 0 : dk_write_file_atomic(path, text, strlen(text), err);
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
+
+char *dk_logs_path(struct dk_logs *l, const char *id)
+{
+	if (!dk_valid_id(id))
+		return NULL;
+	char *dir = NULL, *rel = NULL, *docker = NULL, *p = NULL;
+	ino_t ino;
+	off_t off;
+	pthread_mutex_lock(&l->lock);
+	int r = load_state(l, id, &dir, &rel, &docker, &ino, &off);
+	pthread_mutex_unlock(&l->lock);
+	if (r == 0 && asprintf(&p, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", rel) < 0)
+		p = NULL;
+	free(dir);
+	free(rel);
+	free(docker);
+	return p;
+}
+
+int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, struct crx_err *err)
 {
 	if (!dk_valid_id(id))
 		return crx_err_set(err, -EINVAL, "\"%s\" is not a container ID", id);
@@ -380,17 +534,42 @@ int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, con
 	int r = 0;
 	if (e)
 		goto out;
+	char *dir = NULL, *rel = NULL, *docker = NULL;
+	ino_t ino = 0;
+	off_t off = 0;
+	r = load_state(l, id, &dir, &rel, &docker, &ino, &off);
+	if (r == -ENOENT || r == -EBADMSG) {
+		r = 0; /* no log file asked for (or none crimux can vouch for) */
+		goto out;
+	}
+	if (r < 0) {
+		r = crx_err_set(err, r, "cannot read the log state of %s: %s", id, strerror(-r));
+		goto out;
+	}
 	e = calloc(1, sizeof(*e));
+	if (e) {
+		e->src_fd = e->dst_fd = -1;
+		e->log_dir = dir;
+		e->log_path = rel;
+	} else {
+		free(dir);
+		free(rel);
+	}
 	if (!e || !(e->id = strdup(id)) || !(e->docker_log = strdup(docker_log)) ||
-	    !(e->cri_log = strdup(cri_log))) {
+	    asprintf(&e->cri_log, "%s/%s", e->log_dir, e->log_path) < 0) {
 		if (e)
-			e->src_fd = e->dst_fd = -1;
+			e->cri_log = NULL;
 		entry_free(e);
+		free(docker);
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
-	e->src_fd = e->dst_fd = -1;
-	load_state(l, e);
+	/* The position is for the same Docker file only. */
+	if (streq(docker, docker_log)) {
+		e->src_ino = ino;
+		e->offset = off;
+	}
+	free(docker);
 	r = open_dst(e, err);
 	if (r < 0) {
 		entry_free(e);
@@ -398,6 +577,7 @@ int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, con
 	}
 	e->next = l->entries;
 	l->entries = e;
+	e->dirty = true; /* the state names Docker's file from now on */
 	copy_entry(l, e);
 out:
 	pthread_mutex_unlock(&l->lock);

@@ -26,11 +26,25 @@ int dk_logs_new(const char *state_dir, unsigned interval_ms, struct dk_logs **ou
 /* Copies what is left, saves positions and stops the thread. */
 void dk_logs_free(struct dk_logs *l);
 
-/* Starts (or, after a restart, resumes) following a container. The CRI
- * file is created at once. Tracking an already tracked container is a
- * no-op. */
-int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, const char *cri_log,
-		  struct crx_err *err);
+/* Checks a CRI log location: log_dir absolute and without "..", rel
+ * relative, without "", "." or ".." components. -EINVAL naming the problem. */
+int dk_log_path_check(const char *log_dir, const char *rel, struct crx_err *err);
+/* Opens log_dir/rel for appending, confined to log_dir: no component
+ * below it may be a symbolic link (-ELOOP), and the file must be a regular
+ * file with no other hard link (-EBUSY). Missing directories are made. */
+int dk_log_open(const char *log_dir, const char *rel, int *fd, struct crx_err *err);
+
+/* Records, in crimux's own state, that container id logs to log_dir/rel;
+ * the only source of a log path from then on (labels are never read for
+ * one). Done at creation, before the container starts. */
+int dk_logs_register(struct dk_logs *l, const char *id, const char *log_dir, const char *rel,
+		     struct crx_err *err);
+/* The registered CRI log path of id (malloc'd), NULL when none. */
+char *dk_logs_path(struct dk_logs *l, const char *id);
+/* Starts (or, after a restart, resumes) following a registered container;
+ * 0 and nothing done when it has no registration. The CRI file is opened
+ * at once. Tracking an already tracked container is a no-op. */
+int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, struct crx_err *err);
 /* Copies everything Docker has written so far. */
 int dk_logs_drain(struct dk_logs *l, const char *id);
 /* Copies what is pending into the current file, then opens the CRI path

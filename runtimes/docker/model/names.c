@@ -128,6 +128,38 @@ bool dk_label_is_internal(const char *key)
 	return false;
 }
 
+static const char *const reserved_prefixes[] = {"io.crimux.", DK_ANNOTATION_PREFIX};
+
+int dk_labels_check_cri(const char *what, size_t n, void *const *entries, struct crx_err *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *key = ((const struct dk_pb_kv *)entries[i])->key;
+		bool reserved = !key || dk_label_is_internal(key);
+		for (size_t k = 0; key && k < ARRAY_SIZE(reserved_prefixes); k++)
+			if (strncmp(key, reserved_prefixes[k], strlen(reserved_prefixes[k])) == 0)
+				reserved = true;
+		if (reserved)
+			return crx_err_set(err, -EINVAL,
+					   "%s label \"%s\" is reserved for the runtime's own "
+					   "bookkeeping",
+					   what, key ? key : "");
+	}
+	return 0;
+}
+
+int dk_labels_reserve(json_object *labels)
+{
+	static const char *const internal[] = {
+		DK_LABEL_TYPE,    DK_LABEL_SANDBOX_ID, DK_LABEL_LOG_PATH, DK_LABEL_METADATA,
+		DK_LABEL_CREATED, DK_LABEL_USER_IMAGE, DK_LABEL_HANDLER,
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(internal); i++)
+		if (!json_object_object_get_ex(labels, internal[i], NULL) &&
+		    dk_json_add_str(labels, internal[i], "") < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 int dk_labels_to_cri(struct dk_arena *a, json_object *labels,
 		     const ProtobufCMessageDescriptor *label_desc, size_t *n_labels,
 		     void ***label_entries, const ProtobufCMessageDescriptor *ann_desc,

@@ -60,6 +60,13 @@ int dk_labels_to_cri(struct dk_arena *a, json_object *labels,
 		     void ***label_entries, const ProtobufCMessageDescriptor *ann_desc,
 		     size_t *n_ann, void ***ann_entries);
 bool dk_label_is_internal(const char *key);
+/* -EINVAL when a CRI label (what: "sandbox" or "container") uses a key
+ * crimux keeps for itself: an internal label, or one starting with
+ * "io.crimux." or "annotation." (how annotations are stored). */
+int dk_labels_check_cri(const char *what, size_t n, void *const *entries, struct crx_err *err);
+/* Sets every internal label not set yet to "": Docker adds the image's
+ * labels under the container's, and an image must not supply crimux's. */
+int dk_labels_reserve(json_object *labels);
 
 /* The metadata label: {"name":..,"uid":..,"namespace":..,"attempt":N}; a
  * container's holds only name and attempt. */

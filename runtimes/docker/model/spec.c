@@ -469,6 +469,9 @@ int dk_sandbox_spec(const Runtime__V1__PodSandboxConfig *cfg, const char *image,
 	const Runtime__V1__PodSandboxMetadata *md = cfg->metadata;
 	if (!md)
 		return crx_err_set(err, -EINVAL, "sandbox config has no metadata");
+	int lr = dk_labels_check_cri("sandbox", cfg->n_labels, (void *const *)cfg->labels, err);
+	if (lr < 0)
+		return lr;
 	const Runtime__V1__LinuxPodSandboxConfig *lc = cfg->linux;
 	const Runtime__V1__LinuxSandboxSecurityContext *sc = lc ? lc->security_context : NULL;
 	const Runtime__V1__NamespaceOption *ns = sc ? sc->namespace_options : NULL;
@@ -494,6 +497,7 @@ int dk_sandbox_spec(const Runtime__V1__PodSandboxConfig *cfg, const char *image,
 	if (o->runtime_handler && *o->runtime_handler)
 		r |= dk_json_add_str(labels, DK_LABEL_HANDLER, o->runtime_handler);
 	r |= add_created(labels, o->created_ns);
+	r |= dk_labels_reserve(labels);
 
 	/* CNI provides the network; the IPC namespace is shared with the pod. */
 	r |= dk_json_add_str(host, "NetworkMode", host_net ? "host" : "none");
@@ -764,6 +768,9 @@ int dk_container_spec(const Runtime__V1__ContainerConfig *cfg, const struct dk_c
 		return crx_err_set(err, -EINVAL, "container config has no metadata.name");
 	if (!cfg->image || !cfg->image->image || !*cfg->image->image)
 		return crx_err_set(err, -EINVAL, "container config has no image");
+	int lr = dk_labels_check_cri("container", cfg->n_labels, (void *const *)cfg->labels, err);
+	if (lr < 0)
+		return lr;
 
 	_cleanup_json_ json_object *c = json_object_new_object();
 	json_object *host = json_object_new_object(), *labels = NULL;
@@ -812,6 +819,7 @@ int dk_container_spec(const Runtime__V1__ContainerConfig *cfg, const struct dk_c
 		r |= dk_json_add_str(labels, DK_LABEL_LOG_PATH, ctx->log_path);
 	if (cfg->image->user_specified_image && *cfg->image->user_specified_image)
 		r |= dk_json_add_str(labels, DK_LABEL_USER_IMAGE, cfg->image->user_specified_image);
+	r |= dk_labels_reserve(labels);
 
 	/* Docker keeps a json-file log that crimux turns into the CRI log
 	 * file; bounded so Docker's copy does not grow without end. */

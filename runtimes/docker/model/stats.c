@@ -3,7 +3,6 @@
 #include "runtimes/docker/model/stats.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +13,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/http.h"
 #include "runtimes/docker/model/convert.h"
+#include "runtimes/docker/model/du.h"
 
 int dk_cgroup_stat_value(const char *text, const char *key, uint64_t *out)
 {
@@ -314,17 +314,10 @@ bool dk_stats_cpu_rate(struct dk_stats_cache *c, const char *id, int64_t now_ns,
 	return have;
 }
 
-static _Thread_local uint64_t walk_bytes, walk_inodes;
-
-static int walk_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)path;
-	(void)flag;
-	(void)ftw;
-	walk_bytes += (uint64_t)st->st_blocks * 512;
-	walk_inodes++;
-	return 0;
-}
+/* A layer is the pod's to shape: the walk is budgeted (model/du.h). A
+ * second is well under the kubelet's stats period; a million entries take
+ * about that long on a warm cache. */
+static const struct dk_du_budget layer_budget = {.max_entries = 1000000, .max_ms = 1000};
 
 int dk_stats_layer(struct dk_stats_cache *c, const char *id, const char *upperdir, int64_t ttl_ms,
 		   uint64_t *bytes, uint64_t *inodes, int64_t *at_ns, struct crx_err *err)
@@ -342,9 +335,13 @@ int dk_stats_layer(struct dk_stats_cache *c, const char *id, const char *upperdi
 	pthread_mutex_unlock(&c->lock);
 
 	/* Measured without the lock: a large layer takes a while. */
-	walk_bytes = walk_inodes = 0;
-	if (nftw(upperdir, walk_one, 16, FTW_PHYS | FTW_MOUNT) < 0)
-		return crx_err_set(err, -errno, "cannot measure %s: %s", upperdir, strerror(errno));
+	struct dk_du du;
+	int r = dk_disk_usage(upperdir, &layer_budget, &du);
+	if (r < 0)
+		return crx_err_set(err, r, "cannot measure %s: %s", upperdir, strerror(-r));
+	/* An incomplete walk is a lower bound, cached like a complete one:
+	 * walking again at every call is what the budget prevents. */
+	uint64_t walk_bytes = du.bytes, walk_inodes = du.inodes;
 	int64_t at = dk_realtime_ns();
 	pthread_mutex_lock(&c->lock);
 	e = get_entry(c, id);

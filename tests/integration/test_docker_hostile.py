@@ -1,0 +1,220 @@
+"""Hostile pods and clients against the dockershim, with real dockerd:
+what a pod's owner controls (its writable layer, its log path, its labels,
+its image's labels, its sysctls) must not crash crimuxd, write outside the
+pod's log directory, or change what crimux believes after a restart."""
+
+import os
+import uuid
+
+import grpc
+import pytest
+
+from lab.cri import CRI, container_config, pb, sandbox_config
+from lab.env import wait_for
+
+
+def rpc_error(fn, *args, **kwargs):
+    with pytest.raises(grpc.RpcError) as err:
+        fn(*args, **kwargs)
+    return err.value
+
+
+def alive(daemon):
+    return daemon.daemon.running()
+
+
+def run_pod(cri, lab, log_dir=None, name=None, **kw):
+    cri.pull(lab.busybox_ref)
+    sb = sandbox_config(name or "hostile-" + uuid.uuid4().hex[:6], log_directory=log_dir, **kw)
+    return cri.run_pod(sb), sb
+
+
+# --- item 4: a deep writable layer ------------------------------------------
+
+DEPTH = 60000  # levels; glibc's nftw needs ~0.4 KiB of stack per level: 8 MiB is ~20000
+
+
+def test_deep_layer_does_not_crash_stats(docker_crimuxd_factory, lab, log_dir):
+    daemon = docker_crimuxd_factory(stats_layer_ttl="0s")
+    with CRI(daemon.endpoint) as cri:
+        pod, sb = run_pod(cri, lab, log_dir)
+        # A chain of 200 directories (a path well under PATH_MAX), moved
+        # under a new chain again and again: a tree DEPTH deep, made without
+        # ever naming or entering the deep end.
+        script = ("p=$(printf 'd/%.0s' $(seq 200)); mkdir -p /top/$p && cd / || exit 1; "
+                  f"for i in $(seq {DEPTH // 201}); do "
+                  "mkdir -p n/$p && mv top n/$p/top && mv n top || exit 1; done; "
+                  "touch /deep-done; exec sleep 1000")
+        cid = cri.start_container(pod, sb, container_config(
+            "deep", lab.busybox_ref, ["sh", "-c", script]))
+        try:
+            wait_for(lambda: cri.ExecSync(container_id=cid, cmd=["test", "-e", "/deep-done"],
+                                          timeout=10).exit_code == 0, 300, "the deep tree")
+            listed = cri.ListContainerStats(
+                filter=pb().ContainerStatsFilter(pod_sandbox_id=pod)).stats
+            assert alive(daemon), daemon.log()[-3000:]
+            assert [s.attributes.id for s in listed] == [cid]
+            # Every level is a directory: the budgeted walk counted those
+            # it reached, it did not give up at the first.
+            assert listed[0].writable_layer.inodes_used.value > 1000
+            one = cri.ContainerStats(container_id=cid).stats
+            assert one.writable_layer.inodes_used.value > 1000
+            assert alive(daemon)
+        finally:
+            # Docker's own removal runs out of descriptors on such a tree:
+            # take it apart 200 levels at a time first.
+            undo = ("p=$(printf 'd/%.0s' $(seq 200)); cd /; "
+                    "while [ -d top/$p/top ]; do mv top/$p/top t2 && rm -rf top && mv t2 top "
+                    "|| exit 1; done; rm -rf top")
+            if alive(daemon):
+                cri.ExecSync(container_id=cid, cmd=["sh", "-c", undo], timeout=600)
+        cri.remove_pod(pod)
+
+
+# --- item 5: log paths, reserved labels, symbolic links ----------------------
+
+def wait_exited(cri, cid):
+    cri.wait_container_state(cid, pb().CONTAINER_EXITED, timeout=30)
+
+
+def chatty(name, image, **kw):
+    return container_config(name, image, ["sh", "-c", "echo written-by-the-pod; sleep 0.3"],
+                            **kw)
+
+
+def test_log_path_must_stay_in_log_directory(dcri, lab, log_dir, tmp_path):
+    pod, sb = run_pod(dcri, lab, log_dir)
+    outside = tmp_path / "escape.log"
+    for log_path, what in [(str(outside), "absolute"),
+                           ("../escape.log", ".."),
+                           ("sub/../../escape.log", ".."),
+                           ("./../escape.log", "..")]:
+        err = rpc_error(dcri.CreateContainer, pod_sandbox_id=pod, sandbox_config=sb,
+                        config=chatty("esc", lab.busybox_ref, log_path=log_path))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (log_path, err.details())
+        assert what in err.details() and "log_path" in err.details(), err.details()
+    assert not outside.exists()
+    # A log path without a log directory has nowhere to be confined to.
+    bare = sandbox_config("bare-" + uuid.uuid4().hex[:6])
+    bare_pod = dcri.run_pod(bare)
+    err = rpc_error(dcri.CreateContainer, pod_sandbox_id=bare_pod, sandbox_config=bare,
+                    config=chatty("esc", lab.busybox_ref, log_path="main.log"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "log_directory" in err.details()
+    # A relative path with a subdirectory is what the kubelet sends.
+    cid = dcri.start_container(pod, sb, chatty("fine", lab.busybox_ref, log_path="fine/0.log"))
+    wait_exited(dcri, cid)
+    path = os.path.join(log_dir, "fine", "0.log")
+    wait_for(lambda: os.path.exists(path) and b"written-by-the-pod" in open(path, "rb").read(),
+             10, "the log line")
+    assert dcri.ContainerStatus(container_id=cid).status.log_path == path
+
+
+def test_reserved_labels_refused(dcri, lab, log_dir, tmp_path):
+    pod, sb = run_pod(dcri, lab, log_dir)
+    outside = tmp_path / "label.log"
+    for key, value in [("io.kubernetes.container.logpath", str(outside)),
+                       ("io.kubernetes.sandbox.id", pod),
+                       ("io.kubernetes.docker.type", "podsandbox"),
+                       ("io.crimux.docker.metadata", '{"name":"x"}'),
+                       ("annotation.smuggled", "1")]:
+        err = rpc_error(dcri.CreateContainer, pod_sandbox_id=pod, sandbox_config=sb,
+                        config=chatty("lbl", lab.busybox_ref, labels={key: value}))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, key
+        assert key in err.details() and "reserved" in err.details()
+        bad = sandbox_config("lbl-" + uuid.uuid4().hex[:6], labels={key: value})
+        err = rpc_error(dcri.RunPodSandbox, config=bad)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, key
+    assert not outside.exists()
+
+
+def labelled_image(dockerd, base, labels):
+    """A local image: base with LABELs (docker commit)."""
+    c = dockerd.request("POST", "/containers/create", {"Image": base, "Cmd": ["true"]})
+    tag = "t" + uuid.uuid4().hex[:8]
+    changes = "\n".join(f"LABEL {k}={v}" for k, v in labels.items())
+    import urllib.parse
+    q = urllib.parse.urlencode({"container": c["Id"], "repo": "crimux-hostile", "tag": tag,
+                                "changes": changes})
+    dockerd.request("POST", "/commit?" + q)
+    dockerd.remove_container(c["Id"])
+    return f"crimux-hostile:{tag}"
+
+
+def test_image_labels_cannot_choose_log_path(docker_crimuxd_factory, dockerd, lab, log_dir,
+                                             tmp_path):
+    outside = tmp_path / "from-image.log"
+    state = str(tmp_path / "state")
+    first = docker_crimuxd_factory(state_dir=state)
+    with CRI(first.endpoint) as cri:
+        pod, sb = run_pod(cri, lab, log_dir)
+        image = labelled_image(dockerd, lab.busybox_ref,
+                               {"io.kubernetes.container.logpath": str(outside),
+                                "io.kubernetes.sandbox.id": "f" * 64})
+        # No log path asked for: the image's label must not provide one.
+        script = "for i in $(seq 50); do echo n-$i; usleep 50000; done; sleep 1000"
+        cid = cri.start_container(pod, sb, container_config("img", image, ["sh", "-c", script]))
+        st = cri.ContainerStatus(container_id=cid).status
+        assert st.log_path == ""
+        listed = cri.ListContainers(filter=pb().ContainerFilter(pod_sandbox_id=pod)).containers
+        assert [c.id for c in listed] == [cid]  # still in its own sandbox
+        # With a log path: the CRI one, not the image's.
+        cid2 = cri.start_container(pod, sb, container_config("img2", image, ["sh", "-c", script],
+                                                             log_path="img2.log"))
+        assert cri.ContainerStatus(container_id=cid2).status.log_path == \
+            os.path.join(log_dir, "img2.log")
+    first.kill()
+    # Recovery reads crimux's own state, not the labels.
+    second = docker_crimuxd_factory(state_dir=state)
+    with CRI(second.endpoint) as cri:
+        cri.wait_ready()
+        wait_for(lambda: b"n-50" in open(os.path.join(log_dir, "img2.log"), "rb").read(), 20,
+                 "the log followed again after the restart")
+        assert not outside.exists()
+        cri.remove_pod(pod)
+
+
+def test_symlinks_in_log_directory(dcri, lab, log_dir, tmp_path):
+    pod, sb = run_pod(dcri, lab, log_dir)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    # The file itself a link out of the log directory.
+    os.symlink(str(victim), os.path.join(log_dir, "link.log"))
+    cid = dcri.CreateContainer(pod_sandbox_id=pod, sandbox_config=sb,
+                               config=chatty("lnk", lab.busybox_ref,
+                                             log_path="link.log")).container_id
+    err = rpc_error(dcri.StartContainer, container_id=cid)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "symbolic link" in err.details()
+    # A directory on the way a link out of it.
+    os.symlink(str(victim_dir), os.path.join(log_dir, "sub"))
+    cid = dcri.CreateContainer(pod_sandbox_id=pod, sandbox_config=sb,
+                               config=chatty("dir", lab.busybox_ref,
+                                             log_path="sub/0.log")).container_id
+    err = rpc_error(dcri.StartContainer, container_id=cid)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    # A hard link to a file elsewhere, and a FIFO (an open that would hang).
+    os.link(str(victim), os.path.join(log_dir, "hard.log"))
+    os.mkfifo(os.path.join(log_dir, "fifo.log"))
+    for name in ("hard", "fifo"):
+        cid = dcri.CreateContainer(pod_sandbox_id=pod, sandbox_config=sb,
+                                   config=chatty(name, lab.busybox_ref,
+                                                 log_path=name + ".log")).container_id
+        err = rpc_error(dcri.StartContainer, container_id=cid)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, (name, err.details())
+    assert victim.read_text() == "precious\n"
+    assert os.listdir(victim_dir) == []
+    # The link swapped in after the start: ReopenContainerLog refuses it too.
+    cid = dcri.start_container(pod, sb, container_config(
+        "swap", lab.busybox_ref, ["sh", "-c", "while true; do echo tick; usleep 50000; done"],
+        log_path="swap.log"))
+    swap = os.path.join(log_dir, "swap.log")
+    os.rename(swap, swap + ".1")
+    os.symlink(str(victim), swap)
+    err = rpc_error(dcri.ReopenContainerLog, container_id=cid)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    import time
+    time.sleep(0.5)
+    assert victim.read_text() == "precious\n"
