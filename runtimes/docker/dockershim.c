@@ -519,7 +519,13 @@ static void run_method(struct dk_shim *ds, const struct handler *h, const struct
 		if (!err.code)
 			crx_err_set(&err, r, "%s failed: %s", m->name, strerror(-r));
 		res->code = rpc_code_from_errno(err.code);
-		res->details = strdup(err.msg);
+		/* dockerd out of reach: say which backend, as for a relayed one */
+		if (res->code == RPC_UNAVAILABLE || res->code == RPC_DEADLINE_EXCEEDED) {
+			if (asprintf(&res->details, "backend %s: %s", ds->name, err.msg) < 0)
+				res->details = NULL;
+		} else {
+			res->details = strdup(err.msg);
+		}
 	}
 	protobuf_c_message_free_unpacked(req, NULL);
 	dk_arena_clear(&c.arena);

@@ -163,8 +163,8 @@ int dk_events_next(struct dk_events *e, struct rpc_buf *msg, struct rpc_result *
 				end->details = NULL;
 			return 0;
 		}
-		if (r < 0) {
-			end->code = rpc_code_from_errno(r);
+		if (r < 0) { /* a stream cut short: dockerd went away */
+			end->code = r == -ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_UNAVAILABLE;
 			end->details = strdup(err.msg);
 			return 0;
 		}
