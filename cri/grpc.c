@@ -40,6 +40,11 @@
 #define RECONNECT_BACKOFF_MS     100
 #define MAX_RECONNECT_BACKOFF_MS 1000
 
+struct posted {
+	struct posted *next;
+	grpc_byte_buffer *bb;
+};
+
 /* A completion: what to run, and on which object. */
 struct tag {
 	void (*fn)(void *obj, bool ok);
@@ -97,6 +102,18 @@ struct rpc_call {
 	pthread_mutex_t send_lock;
 	pthread_cond_t send_done;
 	bool send_pending, send_ok;
+	/* rpc_call_post(): messages waiting their turn behind the one in
+	 * flight; on_send starts the next, and a final status asked for
+	 * meanwhile goes out once they are sent. Under send_lock. */
+	struct posted *post_head, *post_tail;
+	grpc_byte_buffer *post_inflight;
+	bool headers_inflight;
+	size_t posted;
+	bool post_failed, final_pending;
+	int final_code;
+	char *final_details;
+	void (*on_close)(void *arg);
+	void *on_close_arg;
 	grpc_byte_buffer *reply_bb;
 	grpc_slice status_details;
 	int code;
@@ -237,6 +254,14 @@ static void call_free(struct rpc_call *c)
 	free(c->tag_handler);
 	free(c->tag_sandbox);
 	free(c->tag_container);
+	for (struct posted *p = c->post_head, *next; p; p = next) {
+		next = p->next;
+		grpc_byte_buffer_destroy(p->bb);
+		free(p);
+	}
+	if (c->post_inflight)
+		grpc_byte_buffer_destroy(c->post_inflight);
+	free(c->final_details);
 	pthread_mutex_destroy(&c->send_serial);
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_cond_destroy(&c->send_done);
@@ -348,6 +373,8 @@ static void on_close(void *obj, bool ok)
 {
 	struct rpc_call *c = obj;
 	atomic_store(&c->closed, true);
+	if (c->on_close)
+		c->on_close(c->on_close_arg);
 	call_unref(c);
 }
 
@@ -397,6 +424,27 @@ void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg)
 {
 	call->on_free = fn;
 	call->on_free_arg = arg;
+}
+
+void rpc_call_hold(struct rpc_call *call)
+{
+	atomic_fetch_add(&call->refs, 1);
+}
+
+void rpc_call_release(struct rpc_call *call)
+{
+	call_unref(call);
+}
+
+void rpc_call_on_close(struct rpc_call *call, void (*fn)(void *arg), void *arg)
+{
+	/* dispatch() and on_close() both run on the event thread */
+	if (atomic_load(&call->closed)) {
+		fn(arg);
+		return;
+	}
+	call->on_close = fn;
+	call->on_close_arg = arg;
 }
 
 int64_t rpc_call_time_left_ms(const struct rpc_call *call)
@@ -509,12 +557,122 @@ int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void
 static void on_send(void *obj, bool ok)
 {
 	struct rpc_call *c = obj;
+	bool final = false;
 	pthread_mutex_lock(&c->send_lock);
 	c->send_ok = ok;
 	c->send_pending = false;
+	if (c->post_inflight || c->headers_inflight) { /* posted, went out or failed */
+		if (c->post_inflight)
+			grpc_byte_buffer_destroy(c->post_inflight);
+		c->post_inflight = NULL;
+		c->headers_inflight = false;
+		if (!ok)
+			c->post_failed = true;
+		struct posted *p = c->post_head;
+		if (p && !c->post_failed) {
+			c->post_head = p->next;
+			if (!c->post_head)
+				c->post_tail = NULL;
+			c->posted--;
+			grpc_op op = {.op = GRPC_OP_SEND_MESSAGE};
+			op.data.send_message.send_message = p->bb;
+			c->post_inflight = p->bb;
+			c->send_pending = start_batch(c, c->call, &op, 1, &c->t_send);
+			if (!c->send_pending) {
+				c->post_inflight = NULL;
+				grpc_byte_buffer_destroy(p->bb);
+				c->post_failed = true;
+			}
+			free(p);
+		}
+		if (c->post_failed) /* the client is gone: nobody reads the rest */
+			while ((p = c->post_head)) {
+				c->post_head = p->next;
+				grpc_byte_buffer_destroy(p->bb);
+				free(p);
+			}
+		if (c->post_failed) {
+			c->post_tail = NULL;
+			c->posted = 0;
+		}
+		final = c->final_pending && !c->send_pending;
+		if (final)
+			c->final_pending = false;
+	}
 	pthread_cond_broadcast(&c->send_done);
 	pthread_mutex_unlock(&c->send_lock);
+	if (final) {
+		char *details = TAKE_PTR(c->final_details);
+		send_final(c, NULL, NULL, c->final_code,
+			   details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(),
+			   NULL);
+		free(details);
+	}
 	call_unref(c);
+}
+
+int rpc_call_post_headers(struct rpc_call *c)
+{
+	pthread_mutex_lock(&c->send_lock);
+	int r = 0;
+	if (c->post_failed || c->final_pending || rpc_call_cancelled(c)) {
+		r = -ECANCELED;
+	} else if (!c->initial_md_sent && !c->send_pending) {
+		grpc_op op = {.op = GRPC_OP_SEND_INITIAL_METADATA};
+		c->initial_md_sent = true;
+		c->headers_inflight = c->send_pending = start_batch(c, c->call, &op, 1, &c->t_send);
+		if (!c->send_pending) {
+			c->post_failed = true;
+			r = -ECANCELED;
+		}
+	}
+	pthread_mutex_unlock(&c->send_lock);
+	return r;
+}
+
+int rpc_call_post(struct rpc_call *c, const void *msg, size_t len, size_t max_queued)
+{
+	pthread_mutex_lock(&c->send_lock);
+	int r = 0;
+	if (c->post_failed || c->final_pending || rpc_call_cancelled(c)) {
+		r = -ECANCELED;
+	} else if (c->posted >= max_queued) {
+		r = -ENOBUFS;
+	} else if (!c->send_pending) {
+		grpc_op ops[2];
+		size_t n = 0;
+		if (!c->initial_md_sent) {
+			ops[n++] = (grpc_op){.op = GRPC_OP_SEND_INITIAL_METADATA};
+			c->initial_md_sent = true;
+		}
+		ops[n] = (grpc_op){.op = GRPC_OP_SEND_MESSAGE};
+		c->post_inflight = byte_buffer_from(msg, len);
+		ops[n++].data.send_message.send_message = c->post_inflight;
+		c->send_pending = start_batch(c, c->call, ops, n, &c->t_send);
+		if (!c->send_pending) {
+			grpc_byte_buffer_destroy(c->post_inflight);
+			c->post_inflight = NULL;
+			c->post_failed = true;
+			r = -ECANCELED;
+		}
+	} else {
+		struct posted *p = malloc(sizeof(*p));
+		if (!p) {
+			r = -ENOMEM;
+		} else {
+			*p = (struct posted){.bb = byte_buffer_from(msg, len)};
+			if (c->post_tail)
+				c->post_tail->next = p;
+			else
+				c->post_head = p;
+			c->post_tail = p;
+			c->posted++;
+		}
+	}
+	if (r == 0)
+		c->response_bytes += len;
+	pthread_mutex_unlock(&c->send_lock);
+	return r;
 }
 
 int rpc_call_send(struct rpc_call *c, const void *msg, size_t len)
@@ -548,6 +706,16 @@ void rpc_call_finish(struct rpc_call *call, int code, const char *details)
 {
 	pthread_mutex_lock(&call->send_serial); /* after any send still in flight */
 	pthread_mutex_unlock(&call->send_serial);
+	pthread_mutex_lock(&call->send_lock);
+	if (call->post_inflight || call->headers_inflight) { /* after them, from on_send */
+		call->final_pending = true;
+		call->final_code = code;
+		free(call->final_details);
+		call->final_details = details ? strdup(details) : NULL;
+		pthread_mutex_unlock(&call->send_lock);
+		return;
+	}
+	pthread_mutex_unlock(&call->send_lock);
 	send_final(call, NULL, NULL, code,
 		   details ? grpc_slice_from_copied_string(details) : grpc_empty_slice(), NULL);
 }
@@ -1213,7 +1381,7 @@ struct rpc_stream {
 	grpc_metadata_array md, trailers;
 	grpc_status_code status;
 	grpc_slice details;
-	bool status_started, ended;
+	bool status_started, start_started, start_done, ended;
 	int tag_start, tag_msg, tag_status; /* addresses used as tags */
 };
 
@@ -1266,7 +1434,9 @@ int rpc_stream_open(struct rpc_channel *ch, const char *method, const void *req,
 		rpc_stream_free(st);
 		return -EIO;
 	}
-	stream_pluck(st, &st->tag_start); /* a failure shows in the status */
+	/* The headers are awaited by the first rpc_stream_next(), which can be
+	 * cancelled: a backend that never answers must not hold the opener. */
+	st->start_started = true;
 	*out = st;
 	return 0;
 }
@@ -1286,6 +1456,10 @@ int rpc_stream_next(struct rpc_stream *st, struct rpc_buf *msg, struct rpc_resul
 	if (st->ended) {
 		stream_end(st, res);
 		return 0;
+	}
+	if (st->start_started && !st->start_done) {
+		st->start_done = true;
+		stream_pluck(st, &st->tag_start); /* a failure shows in the status */
 	}
 	grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
 	recv.data.recv_message.recv_message = &st->msg;
@@ -1315,6 +1489,8 @@ void rpc_stream_free(struct rpc_stream *st)
 			grpc_call_cancel(st->call, NULL);
 			stream_pluck(st, &st->tag_status);
 		}
+		if (st->start_started && !st->start_done)
+			stream_pluck(st, &st->tag_start);
 		grpc_call_unref(st->call);
 	}
 	grpc_completion_queue_shutdown(st->cq);

@@ -88,6 +88,10 @@ void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbo
 		  const char *container_id);
 /* Runs fn(arg) once the call is freed (after the request log). */
 void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg);
+/* Keeps the call's memory (not the call: it is still completed once) until
+ * the matching release, for work that may outlive its completion. */
+void rpc_call_hold(struct rpc_call *call);
+void rpc_call_release(struct rpc_call *call);
 /* Milliseconds left before the client's deadline; -1 if there is none. */
 int64_t rpc_call_time_left_ms(const struct rpc_call *call);
 
@@ -134,6 +138,19 @@ int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void
  * returns -ECANCELED once the client has gone; rpc_call_finish() ends it. */
 int rpc_call_send(struct rpc_call *call, const void *msg, size_t len);
 void rpc_call_finish(struct rpc_call *call, int code, const char *details);
+/* Queues a message of such a stream without waiting (the event-driven path
+ * for long streams: no thread waits on a slow client): 0, -ENOBUFS when
+ * max_queued messages wait already, -ECANCELED once the client has gone.
+ * Not to be mixed with rpc_call_send() on one call; rpc_call_finish() sends
+ * the status after what was posted. */
+int rpc_call_post(struct rpc_call *call, const void *msg, size_t len, size_t max_queued);
+/* Sends the response headers now, without waiting: the client learns that
+ * the stream is established before its first message. */
+int rpc_call_post_headers(struct rpc_call *call);
+/* Runs fn(arg) on the event thread when the call ends for the client:
+ * cancelled, past its deadline, or complete (then after its status is
+ * out). Call from dispatch(); runs at once if that has happened already. */
+void rpc_call_on_close(struct rpc_call *call, void (*fn)(void *arg), void *arg);
 
 /* --- channels to backends --- */
 struct rpc_channel_options {
@@ -154,7 +171,9 @@ const char *rpc_channel_target(const struct rpc_channel *channel);
 int rpc_channel_call(struct rpc_channel *channel, const char *method, const void *req, size_t len,
 		     struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *res);
 
-/* A server stream read by crimux from a backend (blocking, for workers). */
+/* A server stream read by crimux from a backend (blocking, for workers).
+ * Opening does not wait for the backend: the first rpc_stream_next() does,
+ * and rpc_stream_cancel() ends that wait. */
 struct rpc_stream;
 int rpc_stream_open(struct rpc_channel *channel, const char *method, const void *req, size_t len,
 		    struct rpc_call *parent, unsigned timeout_ms, struct rpc_stream **out);

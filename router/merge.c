@@ -2,10 +2,12 @@
  * Status, image rules. All of it runs on worker threads. */
 #include "config.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
@@ -13,16 +15,25 @@
 
 /* ---------------------------------------------------------------- fan-out */
 
+/* Grace after the deadline for a leg to report its own end (its backend's
+ * DEADLINE_EXCEEDED, or crimux's own bound on the leg). */
+#define FANOUT_GRACE_MS 250
+
+/* One fan-out, shared by the caller and the legs on workers: the caller may
+ * stop waiting at the deadline, and a leg still running or queued then
+ * finishes into this, which the last one out frees. */
 struct fanout {
 	struct router *r;
 	const char *method;
-	const struct rpc_buf *req;
-	struct rpc_call *parent;
+	struct rpc_buf req;      /* a copy: the caller's may be gone */
+	struct rpc_call *parent; /* held while a leg may use it */
 	unsigned timeout_ms;
-	struct rpc_result *results;
 	pthread_mutex_t lock;
 	pthread_cond_t done;
-	size_t pending;
+	size_t pending, refs;
+	bool abandoned;
+	bool *finished;
+	struct rpc_result results[];
 };
 
 struct fanout_job {
@@ -30,17 +41,41 @@ struct fanout_job {
 	size_t backend;
 };
 
+static void fanout_unref(struct fanout *f)
+{
+	pthread_mutex_lock(&f->lock);
+	bool last = --f->refs == 0;
+	pthread_mutex_unlock(&f->lock);
+	if (!last)
+		return;
+	for (size_t i = 0; i < f->r->n_backends; i++)
+		rpc_result_clear(&f->results[i]);
+	if (f->parent)
+		rpc_call_release(f->parent);
+	rpc_buf_clear(&f->req);
+	free(f->finished);
+	pthread_cond_destroy(&f->done);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
 static void fanout_one(struct fanout *f, size_t i)
 {
 	struct backend *b = f->r->backends[i];
-	struct rpc_result *res = &f->results[i];
-	int ret = b->ops->call(b, f->method, f->req, f->parent, f->timeout_ms, res);
+	struct rpc_result res = {0};
+	pthread_mutex_lock(&f->lock);
+	bool skip = f->abandoned; /* queued past the deadline: nobody waits */
+	pthread_mutex_unlock(&f->lock);
+	int ret = skip ? -ETIMEDOUT
+		       : b->ops->call(b, f->method, &f->req, f->parent, f->timeout_ms, &res);
 	if (ret < 0) { /* no call was made: say why, as its status */
-		res->code = rpc_code_from_errno(ret);
-		if (asprintf(&res->details, "backend %s: %s", b->name, strerror(-ret)) < 0)
-			res->details = NULL;
+		res.code = rpc_code_from_errno(ret);
+		if (asprintf(&res.details, "backend %s: %s", b->name, strerror(-ret)) < 0)
+			res.details = NULL;
 	}
 	pthread_mutex_lock(&f->lock);
+	f->results[i] = res;
+	f->finished[i] = true;
 	if (--f->pending == 0)
 		pthread_cond_signal(&f->done);
 	pthread_mutex_unlock(&f->lock);
@@ -50,41 +85,100 @@ static void fanout_run(void *arg)
 {
 	struct fanout_job *job = arg;
 	fanout_one(job->f, job->backend);
+	fanout_unref(job->f);
 	free(job);
+}
+
+/* How long the caller waits: the client's deadline or the call's own bound,
+ * whichever comes first; -1 for neither. */
+static int64_t fanout_wait_ms(struct rpc_call *parent, unsigned timeout_ms)
+{
+	int64_t left = parent ? rpc_call_time_left_ms(parent) : -1;
+	if (timeout_ms && (left < 0 || timeout_ms < left))
+		left = timeout_ms;
+	return left < 0 ? -1 : left + FANOUT_GRACE_MS;
 }
 
 void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
 		 struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *results)
 {
-	struct fanout f = {
-		.r = r,
-		.method = method,
-		.req = req,
-		.parent = parent,
-		.timeout_ms = timeout_ms,
-		.results = results,
-		.pending = r->n_backends,
-	};
-	memset(results, 0, r->n_backends * sizeof(*results));
-	pthread_mutex_init(&f.lock, NULL);
-	pthread_cond_init(&f.done, NULL);
-	/* Others take the rest; this thread takes the first. */
-	for (size_t i = 1; i < r->n_backends; i++) {
-		struct fanout_job *job = malloc(sizeof(*job));
-		if (job)
-			*job = (struct fanout_job){&f, i};
-		if (!job || workers_submit(r->fanout, fanout_run, job) < 0) {
-			free(job);
-			fanout_one(&f, i);
+	size_t n = r->n_backends;
+	memset(results, 0, n * sizeof(*results));
+	struct fanout *f = calloc(1, sizeof(*f) + n * sizeof(struct rpc_result));
+	if (f && (!(f->finished = calloc(n, sizeof(bool))) ||
+		  !(f->req.data = malloc(req->len ? req->len : 1)))) {
+		free(f->finished);
+		free(f);
+		f = NULL;
+	}
+	if (!f) {
+		for (size_t i = 0; i < n; i++) {
+			results[i].code = RPC_RESOURCE_EXHAUSTED;
+			results[i].details = strdup("out of memory");
+		}
+		return;
+	}
+	memcpy(f->req.data, req->data, req->len);
+	f->req.len = req->len;
+	f->r = r;
+	f->method = method;
+	f->parent = parent;
+	f->timeout_ms = timeout_ms;
+	f->pending = n;
+	f->refs = 1;
+	if (parent)
+		rpc_call_hold(parent);
+	pthread_mutex_init(&f->lock, NULL);
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&f->done, &attr);
+	pthread_condattr_destroy(&attr);
+	struct timespec until;
+	int64_t wait_ms = fanout_wait_ms(parent, timeout_ms);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	if (wait_ms >= 0) {
+		until.tv_sec += wait_ms / 1000;
+		until.tv_nsec += (wait_ms % 1000) * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
 		}
 	}
-	fanout_one(&f, 0);
-	pthread_mutex_lock(&f.lock);
-	while (f.pending > 0)
-		pthread_cond_wait(&f.done, &f.lock);
-	pthread_mutex_unlock(&f.lock);
-	pthread_cond_destroy(&f.done);
-	pthread_mutex_destroy(&f.lock);
+	/* Every leg on a worker: a backend that hangs holds its leg, not the
+	 * caller, who stops waiting at the deadline. */
+	for (size_t i = 0; i < n; i++) {
+		struct fanout_job *job = malloc(sizeof(*job));
+		if (job)
+			*job = (struct fanout_job){f, i};
+		pthread_mutex_lock(&f->lock);
+		f->refs++;
+		pthread_mutex_unlock(&f->lock);
+		if (!job || workers_submit(r->fanout, fanout_run, job) < 0) {
+			free(job);
+			fanout_one(f, i);
+			fanout_unref(f);
+		}
+	}
+	pthread_mutex_lock(&f->lock);
+	int waited = 0;
+	while (f->pending > 0 && waited != ETIMEDOUT)
+		waited = wait_ms >= 0 ? pthread_cond_timedwait(&f->done, &f->lock, &until)
+				      : pthread_cond_wait(&f->done, &f->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (f->finished[i]) {
+			results[i] = f->results[i];
+			f->results[i] = (struct rpc_result){0};
+			continue;
+		}
+		results[i].code = RPC_DEADLINE_EXCEEDED;
+		if (asprintf(&results[i].details, "backend %s did not answer within %lld ms",
+			     r->backends[i]->name, (long long)wait_ms) < 0)
+			results[i].details = NULL;
+	}
+	f->abandoned = true;
+	pthread_mutex_unlock(&f->lock);
+	fanout_unref(f);
 }
 
 void results_clear(struct router *r, struct rpc_result *results)
@@ -422,118 +516,6 @@ void serve_stream_list(struct rpc_call *call, void *arg)
 			return;
 	}
 	rpc_call_finish(call, RPC_OK, NULL);
-}
-
-/* ---------------------------------------------------------------- events */
-
-struct subscriber {
-	struct router *r;
-	struct rpc_call *call;
-	pthread_mutex_t lock;
-	pthread_cond_t done;
-	size_t running;
-	struct backend_stream **streams;
-	int code; /* the first non-OK end, reported to the client */
-	char *details;
-};
-
-struct forwarder {
-	struct subscriber *sub;
-	size_t backend;
-};
-
-/* Copies one backend's events to the subscriber until either side ends; the
- * first to end stops the others, since a merged stream missing one backend's
- * events would leave the kubelet blind to its pods. */
-static void forward_events(void *arg)
-{
-	struct forwarder *fw = arg;
-	struct subscriber *sub = fw->sub;
-	struct router *r = sub->r;
-	struct backend *b = r->backends[fw->backend];
-	struct backend_stream *s = sub->streams[fw->backend];
-	const struct cri_method *m = method_of(sub->call);
-	struct rpc_buf msg = {0};
-	struct rpc_result end = {0};
-	int ret;
-	while ((ret = b->ops->stream_next(s, &msg, &end)) > 0) {
-		if (r->renames)
-			rename_reply(r, m, fw->backend, &msg);
-		ret = rpc_call_send(sub->call, msg.data, msg.len);
-		rpc_buf_clear(&msg);
-		if (ret < 0)
-			break;
-	}
-	pthread_mutex_lock(&sub->lock);
-	if (sub->code == RPC_OK && ret == 0 && end.code != RPC_OK) {
-		sub->code = end.code;
-		if (asprintf(&sub->details, "backend %s: %s", b->name,
-			     end.details ? end.details : rpc_code_name(end.code)) < 0)
-			sub->details = NULL;
-	} else if (sub->code == RPC_OK && ret < 0) {
-		sub->code = ret == -ECANCELED ? RPC_CANCELLED : rpc_code_from_errno(ret);
-	}
-	for (size_t i = 0; i < r->n_backends; i++)
-		if (i != fw->backend && sub->streams[i])
-			r->backends[i]->ops->stream_cancel(sub->streams[i]);
-	if (--sub->running == 0)
-		pthread_cond_signal(&sub->done);
-	pthread_mutex_unlock(&sub->lock);
-	rpc_result_clear(&end);
-	free(fw);
-}
-
-void serve_events(struct rpc_call *call, void *arg)
-{
-	struct router *r = arg;
-	const struct cri_method *m = method_of(call);
-	struct rpc_buf req = request_of(call);
-	struct subscriber sub = {.r = r, .call = call};
-	sub.streams = calloc(r->n_backends, sizeof(*sub.streams));
-	if (!sub.streams) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		return;
-	}
-	pthread_mutex_init(&sub.lock, NULL);
-	pthread_cond_init(&sub.done, NULL);
-	int ret = 0;
-	size_t i;
-	for (i = 0; i < r->n_backends && ret == 0; i++)
-		ret = r->backends[i]->ops->stream_open(r->backends[i], m->path, &req, call,
-						       &sub.streams[i]);
-	if (ret < 0) {
-		rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s",
-			      r->backends[i - 1]->name, strerror(-ret));
-	} else {
-		sub.running = r->n_backends;
-		for (i = 0; i < r->n_backends; i++) {
-			struct forwarder *fw = malloc(sizeof(*fw));
-			if (fw)
-				*fw = (struct forwarder){&sub, i};
-			/* One thread per backend: each waits on its own stream. */
-			if (!fw || workers_submit(r->fanout, forward_events, fw) < 0) {
-				pthread_mutex_lock(&sub.lock);
-				sub.code = RPC_RESOURCE_EXHAUSTED;
-				for (size_t j = 0; j < r->n_backends; j++)
-					r->backends[j]->ops->stream_cancel(sub.streams[j]);
-				sub.running--;
-				pthread_mutex_unlock(&sub.lock);
-				free(fw);
-			}
-		}
-		pthread_mutex_lock(&sub.lock);
-		while (sub.running > 0)
-			pthread_cond_wait(&sub.done, &sub.lock);
-		pthread_mutex_unlock(&sub.lock);
-		rpc_call_finish(call, sub.code, sub.details);
-	}
-	for (i = 0; i < r->n_backends; i++)
-		if (sub.streams[i])
-			r->backends[i]->ops->stream_free(sub.streams[i]);
-	free(sub.streams);
-	free(sub.details);
-	pthread_cond_destroy(&sub.done);
-	pthread_mutex_destroy(&sub.lock);
 }
 
 /* ---------------------------------------------------------------- status */

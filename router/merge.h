@@ -53,7 +53,8 @@ struct router {
 	bool tracks_owners; /* several backends, or a policy that needs the pod's handler */
 	struct rpc_channel **channels; /* every backend's, when all relay over gRPC */
 	struct owners *owners;
-	struct workers *fanout;
+	struct workers *fanout; /* fanout_call()'s legs; never a long stream */
+	struct event_hub *events;
 	enum route *routes;  /* per method, by cri_method_index() */
 	uint32_t *id_fields; /* field number of the ID a method names, or 0 */
 };
@@ -64,8 +65,11 @@ struct backend_job {
 	size_t backend;
 };
 
-/* Calls method on every backend at once and waits for all (worker threads
- * only); results[i] is backend i's answer, a local failure included. */
+/* Calls method on every backend at once, each on a fan-out worker, and waits
+ * for all (worker threads only), but not past the client's deadline or
+ * timeout_ms: a backend that has not answered by then shows as
+ * DEADLINE_EXCEEDED naming it. results[i] is backend i's answer, a local
+ * failure included. */
 void fanout_call(struct router *r, const char *method, const struct rpc_buf *req,
 		 struct rpc_call *parent, unsigned timeout_ms, struct rpc_result *results);
 void results_clear(struct router *r, struct rpc_result *results);
@@ -73,6 +77,16 @@ void results_clear(struct router *r, struct rpc_result *results);
 /* Sends the call to every backend and completes it with combine(): on the
  * event thread when every backend relays over gRPC, else on a worker. */
 void fan_out(struct router *r, struct rpc_call *call, rpc_combine_fn combine, unsigned timeout_ms);
+
+/* GetContainerEvents (events.c): one stream per backend, opened while
+ * anyone subscribes and read by a thread of its own, copied to every
+ * subscriber without waiting on any (no thread per subscriber). */
+struct event_hub;
+int event_hub_new(struct router *r, struct event_hub **out);
+/* Stops the backends' streams; no subscriber may be left. */
+void event_hub_free(struct event_hub *hub);
+/* From dispatch(), on the event thread: completes the call eventually. */
+void event_hub_subscribe(struct event_hub *hub, struct rpc_call *call);
 
 /* The crimux handler a backend's handler name belongs to, or NULL. */
 const char *router_handler_name(struct router *r, size_t backend, const char *backend_handler);
@@ -100,5 +114,4 @@ void combine_metric_descriptors(struct rpc_call *call, const struct rpc_result *
 /* Worker bodies for what streams, or needs one backend's reply renamed. */
 void serve_stream_list(struct rpc_call *call, void *arg);
 void serve_image_stream(struct rpc_call *call, void *arg);
-void serve_events(struct rpc_call *call, void *arg);
 void serve_renamed(struct rpc_call *call, void *arg);

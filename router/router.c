@@ -112,6 +112,10 @@ int router_new(const struct crx_config *cfg, struct router **out, struct crx_err
 		r->n_handlers++;
 	}
 	r->tracks_owners |= r->n_backends > 1;
+	if (event_hub_new(r, &r->events) < 0) {
+		router_free(r);
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	}
 	/* When every backend relays over gRPC, fan-outs run on the event thread. */
 	r->channels = calloc(r->n_backends, sizeof(*r->channels));
 	for (size_t i = 0; r->channels && i < r->n_backends; i++) {
@@ -129,6 +133,7 @@ void router_free(struct router *r)
 {
 	if (!r)
 		return;
+	event_hub_free(r->events); /* its streams before their backends */
 	workers_free(r->fanout);
 	for (size_t i = 0; i < r->n_backends; i++)
 		backend_free(r->backends[i]);
@@ -802,8 +807,11 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 	case ROUTE_STREAM_LIST:
 		worker = merge || r->renames ? serve_stream_list : NULL;
 		break;
-	case ROUTE_EVENTS:
-		worker = merge || r->renames ? serve_events : NULL;
+	case ROUTE_EVENTS: /* a long stream: never on a worker */
+		if (merge || r->renames || !r->channels) {
+			event_hub_subscribe(r->events, call);
+			return;
+		}
 		break;
 	case ROUTE_STATUS: /* lists crimux's handlers once there are any */
 		combine = merge || r->n_handlers ? combine_status : NULL;

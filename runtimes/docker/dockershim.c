@@ -522,7 +522,13 @@ static void run_method(struct dk_shim *ds, const struct handler *h, const struct
 		if (!err.code)
 			crx_err_set(&err, r, "%s failed: %s", m->name, strerror(-r));
 		res->code = rpc_code_from_errno(err.code);
-		res->details = strdup(err.msg);
+		/* dockerd out of reach: say which backend, as for a relayed one */
+		if (res->code == RPC_UNAVAILABLE || res->code == RPC_DEADLINE_EXCEEDED) {
+			if (asprintf(&res->details, "backend %s: %s", ds->name, err.msg) < 0)
+				res->details = NULL;
+		} else {
+			res->details = strdup(err.msg);
+		}
 	}
 	protobuf_c_message_free_unpacked(req, NULL);
 	dk_arena_clear(&c.arena);
@@ -571,45 +577,12 @@ static void run_job(struct rpc_call *call, void *arg)
 	free(j);
 }
 
-/* GetContainerEvents answered by this backend alone. */
-static void run_events(struct rpc_call *call, void *arg)
-{
-	struct dk_shim *ds = arg;
-	struct dk_events *e = NULL;
-	struct crx_err err = {0};
-	if (dk_events_open(ds, call, &e, &err) < 0) {
-		rpc_call_fail_err(call, &err);
-		return;
-	}
-	struct rpc_buf msg = {0};
-	struct rpc_result end = {0};
-	int r;
-	while ((r = dk_events_next(e, &msg, &end)) > 0) {
-		r = rpc_call_send(call, msg.data, msg.len);
-		rpc_buf_clear(&msg);
-		if (r < 0)
-			break;
-	}
-	dk_events_free(e);
-	if (r == -ECANCELED || end.code == RPC_CANCELLED)
-		rpc_call_finish(call, RPC_CANCELLED, NULL);
-	else if (r < 0)
-		rpc_call_finish(call, rpc_code_from_errno(r), strerror(-r));
-	else
-		rpc_call_finish(call, end.code, end.details);
-	rpc_result_clear(&end);
-}
-
 static void shim_serve(struct backend *b, struct rpc_call *call, const struct cri_method *m,
 		       const struct backend_serve *how)
 {
 	struct dk_shim *ds = b->priv;
-	if (m && streq(m->name, "GetContainerEvents")) {
-		if (how && how->observe)
-			how->observe(RPC_OK, NULL, 0, how->observe_arg);
-		rpc_call_defer(call, run_events, ds);
-		return;
-	}
+	/* GetContainerEvents never comes here: the router's event hub reads
+	 * this backend's stream (stream_open), one for every subscriber. */
 	const struct handler *h = find_handler(m);
 	if (!h) {
 		struct rpc_result res = {0};

@@ -22,7 +22,8 @@
 struct dk_events {
 	struct dk_shim *ds;
 	struct rpc_call *parent;
-	struct dk_http_conn *conn;
+	char *target;
+	struct dk_http_conn *conn; /* NULL until the first read */
 	atomic_bool cancelled;
 };
 
@@ -52,26 +53,31 @@ int dk_events_open(struct dk_shim *ds, struct rpc_call *parent, struct dk_events
 	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
 		r |= dk_json_append_str(ev, actions[i]);
 	_cleanup_free_ char *esc = r ? NULL : dk_http_escape(dk_json_text(f), false);
-	_cleanup_free_ char *target = NULL;
-	if (!esc || asprintf(&target, DK_API_PREFIX "/events?filters=%s", esc) < 0) {
+	if (!esc || asprintf(&e->target, DK_API_PREFIX "/events?filters=%s", esc) < 0) {
 		free(e);
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
-	struct dk_http_request req = {.method = "GET", .target = target};
+	*out = e;
+	return 0;
+}
+
+/* Connects on the first read, which dk_events_cancel() can end: a dockerd
+ * that accepts and never answers must not hold whoever opened the stream. */
+static int events_connect(struct dk_events *e, struct crx_err *err)
+{
+	struct dk_http_request req = {.method = "GET", .target = e->target};
 	/* No deadline: the stream lasts until the subscriber leaves. */
 	struct dk_deadline dl = {.cancelled = events_cancelled, .arg = e};
-	r = dk_http_open(ds->sock, &req, &dl, &e->conn, err);
+	int r = dk_http_open(e->ds->sock, &req, &dl, &e->conn, err);
 	if (r == 0 && dk_http_status(e->conn) >= 400)
 		r = crx_err_set(err, dk_status_errno(dk_http_status(e->conn)),
 				"docker refused the event stream (HTTP %d)",
 				dk_http_status(e->conn));
 	if (r < 0) {
 		dk_http_close(e->conn);
-		free(e);
-		return r;
+		e->conn = NULL;
 	}
-	*out = e;
-	return 0;
+	return r;
 }
 
 static Runtime__V1__ContainerEventType event_type(const char *action)
@@ -137,6 +143,15 @@ static int make_event(struct dk_events *e, json_object *ev, struct rpc_buf *msg)
 
 int dk_events_next(struct dk_events *e, struct rpc_buf *msg, struct rpc_result *end)
 {
+	if (!e->conn) {
+		struct crx_err err = {0};
+		int r = events_connect(e, &err);
+		if (r < 0) {
+			end->code = rpc_code_from_errno(r);
+			end->details = strdup(err.msg);
+			return 0;
+		}
+	}
 	for (;;) {
 		char *line;
 		size_t len;
@@ -148,8 +163,8 @@ int dk_events_next(struct dk_events *e, struct rpc_buf *msg, struct rpc_result *
 				end->details = NULL;
 			return 0;
 		}
-		if (r < 0) {
-			end->code = rpc_code_from_errno(r);
+		if (r < 0) { /* a stream cut short: dockerd went away */
+			end->code = r == -ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_UNAVAILABLE;
 			end->details = strdup(err.msg);
 			return 0;
 		}
@@ -174,5 +189,6 @@ void dk_events_free(struct dk_events *e)
 	if (!e)
 		return;
 	dk_http_close(e->conn);
+	free(e->target);
 	free(e);
 }

@@ -10,6 +10,7 @@ CRI messages.
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 
@@ -18,7 +19,7 @@ import pytest
 
 from lab import env
 from lab.cri import CRI, pb
-from lab.fake_backend import FakeBackend, abort, reply, sleep, stream
+from lab.fake_backend import Behaviour, FakeBackend, abort, reply, sleep, stream
 from conftest import stop_checked
 
 RUNTIME = "/runtime.v1.RuntimeService/"
@@ -101,6 +102,22 @@ def then_wait():
     return sleep(60)
 
 
+class _Gated(Behaviour):
+    streaming = True
+
+    def __init__(self, gate, then):
+        self.gate, self.then = gate, then
+
+    def run(self, request, context, call):
+        self.gate.wait(20)
+        yield from self.then.run(request, context, call)
+
+
+def gated(gate, then):
+    """A stream that starts once `gate` (a threading.Event) is set."""
+    return _Gated(gate, then)
+
+
 def warm_worker_pools(client, fakes, calls=12):
     """Leave crimuxd's worker pools with plenty of idle threads, by running
     `calls` slow merged calls at once.  Works around the crimux bug that
@@ -119,15 +136,19 @@ def warm_worker_pools(client, fakes, calls=12):
 def test_events_of_both_backends_reach_every_subscriber(mux, fakes):
     per_backend = 6
     sent = {name: [event(name, i) for i in range(per_backend)] for name in fakes}
+    gate = threading.Event()
     for name, fake in fakes.items():
-        fake.on(EVENTS, stream(wire(*sent[name]), interval=0.02, then_abort=then_wait()))
+        fake.on(EVENTS, gated(gate, stream(wire(*sent[name]), interval=0.02,
+                                           then_abort=then_wait())))
 
-    warm_worker_pools(mux, fakes)
     subscribers = [mux.GetContainerEvents(timeout=30) for _ in range(3)]
-    # Each subscriber has a stream of its own on each backend, all open at once.
+    for sub in subscribers:
+        sub.initial_metadata()  # crimuxd sends it once subscribed
+    # One stream on each backend serves every subscriber (issue 10: no
+    # thread or stream per subscriber).
     for fake in fakes.values():
-        calls = [fake.wait_call(EVENTS, count=i + 1) for i in range(3)]
-        assert not any(c.ended.is_set() for c in calls)
+        fake.wait_call(EVENTS)
+    gate.set()
 
     received = []
     for sub in subscribers:
@@ -143,7 +164,9 @@ def test_events_of_both_backends_reach_every_subscriber(mux, fakes):
             assert {e.pod_sandbox_status.runtime_handler for e in mine} == \
                 {"a": {"runc"}, "b": {"blue"}}[name]
             assert [e.created_at for e in mine] == [e.created_at for e in sent[name]]
-    # Cancelling a subscriber ends its streams on both backends.
+    for fake in fakes.values():
+        assert len(fake.calls(EVENTS)) == 1
+    # Once the last subscriber leaves, the backends' streams end.
     for fake in fakes.values():
         assert all(c.wait_cancelled(5) for c in fake.calls(EVENTS))
 
