@@ -16,6 +16,7 @@
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/state.h"
 #include "runtimes/docker/model/stats.h"
 
 /* ExecSync keeps this much of each stream (CVE-2022-1708). */
@@ -118,6 +119,10 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		r = dk_logs_register(c->ds->logs, id, log_dir, cfg->log_path, err);
 	if (r < 0)
 		return r;
+	/* Into the cache now, so a list right after this call has it. */
+	_cleanup_json_ json_object *made = NULL;
+	if (dk_container_inspect(c->ds->sock, id, &c->dl, &made, NULL) == 0)
+		dk_state_put(c->ds->state, made);
 	Runtime__V1__CreateContainerResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__create_container_response__descriptor);
 	if (!out || !(out->container_id = dk_arena_strdup(&c->arena, id)))
@@ -141,8 +146,12 @@ int dk_start_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 	/* Docker created its json-file log with the start. */
 	_cleanup_json_ json_object *now = NULL;
 	r = dk_container_inspect(c->ds->sock, id, &c->dl, &now, err);
-	if (r == 0)
+	if (r == 0) {
+		dk_state_put(c->ds->state, now);
 		r = dk_follow_log(c, now, err);
+	} else {
+		dk_state_changed(c->ds->state, id);
+	}
 	if (r < 0)
 		return r;
 	ProtobufCMessage *out =
@@ -173,6 +182,7 @@ int dk_stop_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMe
 	r = dk_container_stop(c->ds->sock, id, (long)in->timeout, &c->dl, err);
 	if (r < 0)
 		return crx_err_prefix(err, "stopping container %s", id);
+	dk_state_stopped(c->ds->state, id);
 	dk_logs_drain(c->ds->logs, id);
 	*resp = out;
 	return 0;
@@ -185,9 +195,13 @@ int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err
 	int r = dk_container_stop(c->ds->sock, id, 0, &c->dl, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
+	dk_state_stopped(c->ds->state, id);
 	dk_logs_forget(c->ds->logs, id);
 	dk_stats_forget(c->ds->stats, id);
-	return dk_container_remove(c->ds->sock, id, &c->dl, err);
+	r = dk_container_remove(c->ds->sock, id, &c->dl, err);
+	if (r == 0)
+		dk_state_removed(c->ds->state, id);
+	return r;
 }
 
 int dk_remove_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
@@ -388,14 +402,8 @@ int dk_list_containers(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 	const Runtime__V1__ListContainersRequest *in = (const void *)req;
 	const Runtime__V1__ContainerFilter *f = in->filter;
 	struct dk_arena *a = &c->arena;
-	bool by_sandbox = f && f->pod_sandbox_id && *f->pod_sandbox_id;
-	_cleanup_json_ json_object *filters =
-		by_sandbox ? dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID,
-					f->pod_sandbox_id)
-			   : dk_filters(DK_TYPE_CONTAINER, NULL, NULL, NULL);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_CONTAINER, f ? f->pod_sandbox_id : NULL, &list, err);
 	if (r < 0)
 		return r;
 	Runtime__V1__ListContainersResponse *out =
@@ -459,6 +467,7 @@ int dk_update_container_resources(struct dk_ctx *c, const ProtobufCMessage *req,
 	json_object_object_del(body, "OomScoreAdj"); /* fixed once the container runs */
 	r = dk_callf(c->ds->sock, "POST", body, &c->dl, NULL, NULL, err, "/containers/%s/update",
 		     dk_json_str(inspect, "Id"));
+	dk_state_changed(c->ds->state, dk_json_str(inspect, "Id"));
 	if (r < 0)
 		return r;
 	ProtobufCMessage *out = dk_msg_new(

@@ -68,15 +68,61 @@ static Runtime__V1__MemoryUsage *memory_usage(struct dk_ctx *c, int64_t ts,
 	return m;
 }
 
-/* Stats of one inspected container; *sample gets its cgroup reading for
- * pod totals. */
-static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, json_object *inspect,
+/* What stats need of a container, from an inspect or from the state
+ * cache's list (which carries Pid and UpperDir too): no Docker call per
+ * container when the cache is live. */
+struct cinfo {
+	const char *id, *name, *upper, *netmode;
+	json_object *labels;
+	int pid;
+};
+
+static struct cinfo from_inspect(json_object *inspect)
+{
+	return (struct cinfo){
+		.id = dk_json_str(inspect, "Id"),
+		.name = dk_json_str(inspect, "Name"),
+		.upper = dk_json_str(dk_json_get(inspect, "GraphDriver", "Data", NULL), "UpperDir"),
+		.netmode = dk_json_str(dk_json_get(inspect, "HostConfig", NULL), "NetworkMode"),
+		.labels = dk_json_get(inspect, "Config", "Labels", NULL),
+		.pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0),
+	};
+}
+
+/* An entry of dk_list(); *inspect holds a Docker inspect when the list
+ * came from Docker (no Pid in it). -ENOENT: gone meanwhile. */
+static int info_of(struct dk_ctx *c, json_object *e, json_object **inspect, struct cinfo *out)
+{
+	if (json_object_object_get_ex(e, "Pid", NULL)) {
+		json_object *names = dk_json_get(e, "Names", NULL);
+		*out = (struct cinfo){
+			.id = dk_json_str(e, "Id"),
+			.name = names && json_object_array_length(names)
+					? json_object_get_string(
+						  json_object_array_get_idx(names, 0))
+					: NULL,
+			.upper = dk_json_str(e, "UpperDir"),
+			.netmode = dk_json_str(e, "NetworkMode"),
+			.labels = dk_json_get(e, "Labels", NULL),
+			.pid = (int)dk_json_int(e, "Pid", 0),
+		};
+		return out->id ? 0 : -ENOENT;
+	}
+	const char *id = dk_json_str(e, "Id");
+	if (!id || dk_container_inspect(c->ds->sock, id, &c->dl, inspect, NULL) < 0)
+		return -ENOENT;
+	*out = from_inspect(*inspect);
+	return 0;
+}
+
+/* Stats of one container; *sample gets its cgroup reading for pod totals. */
+static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, const struct cinfo *ci,
 						    struct dk_cgroup_sample *sample)
 {
 	struct dk_arena *a = &c->arena;
 	int64_t ts = dk_realtime_ns();
-	const char *id = dk_json_str(inspect, "Id");
-	json_object *labels = dk_json_get(inspect, "Config", "Labels", NULL);
+	const char *id = ci->id;
+	json_object *labels = ci->labels;
 	Runtime__V1__ContainerStats *st = dk_msg_new(a, &runtime__v1__container_stats__descriptor);
 	Runtime__V1__ContainerAttributes *at =
 		dk_msg_new(a, &runtime__v1__container_attributes__descriptor);
@@ -85,8 +131,7 @@ static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, json_objec
 	if (!st || !at || !md || !id)
 		return NULL;
 	at->id = dk_arena_strdup(a, id);
-	if (dk_meta_parse(a, labels, dk_json_str(inspect, "Name"), &md->name, NULL, NULL,
-			  &md->attempt) < 0)
+	if (dk_meta_parse(a, labels, ci->name, &md->name, NULL, NULL, &md->attempt) < 0)
 		return NULL;
 	at->metadata = md;
 	if (dk_labels_to_cri(a, labels,
@@ -98,9 +143,8 @@ static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, json_objec
 	st->attributes = at;
 
 	struct dk_cgroup_sample s = {0};
-	int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
-	if (pid > 0)
-		dk_cgroup_read(pid, &s, NULL);
+	if (ci->pid > 0)
+		dk_cgroup_read(ci->pid, &s, NULL);
 	if (sample)
 		*sample = s;
 	st->cpu = cpu_usage(c, id, ts, &s);
@@ -108,8 +152,7 @@ static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, json_objec
 	if (!st->cpu || !st->memory)
 		return NULL;
 
-	const char *upper =
-		dk_json_str(dk_json_get(inspect, "GraphDriver", "Data", NULL), "UpperDir");
+	const char *upper = ci->upper && *ci->upper ? ci->upper : NULL;
 	uint64_t bytes, inodes;
 	int64_t at_ns;
 	if (upper && dk_stats_layer(c->ds->stats, id, upper, c->ds->layer_ttl_ms, &bytes, &inodes,
@@ -140,7 +183,8 @@ int dk_container_stats(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 		return r;
 	Runtime__V1__ContainerStatsResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__container_stats_response__descriptor);
-	if (!out || !(out->stats = container_stats(c, inspect, NULL)))
+	struct cinfo ci = from_inspect(inspect);
+	if (!out || !(out->stats = container_stats(c, &ci, NULL)))
 		return -ENOMEM;
 	*resp = &out->base;
 	return 0;
@@ -156,13 +200,8 @@ static int running_containers(struct dk_ctx *c, const char *sandbox_id, const ch
 			      size_t n_sel, void *const *sel, json_object **out,
 			      struct crx_err *err)
 {
-	_cleanup_json_ json_object *filters =
-		sandbox_id && *sandbox_id
-			? dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, sandbox_id)
-			: dk_filters(DK_TYPE_CONTAINER, NULL, NULL, NULL);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_CONTAINER, sandbox_id, &list, err);
 	if (r < 0)
 		return r;
 	json_object *keep = json_object_new_array();
@@ -196,10 +235,10 @@ int dk_list_container_stats(struct dk_ctx *c, const ProtobufCMessage *req, Proto
 		return -ENOMEM;
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		_cleanup_json_ json_object *inspect = NULL;
-		const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
-		if (!id || dk_container_inspect(c->ds->sock, id, &c->dl, &inspect, NULL) < 0)
+		struct cinfo ci;
+		if (info_of(c, json_object_array_get_idx(list, i), &inspect, &ci) < 0)
 			continue; /* gone meanwhile */
-		Runtime__V1__ContainerStats *st = container_stats(c, inspect, NULL);
+		Runtime__V1__ContainerStats *st = container_stats(c, &ci, NULL);
 		if (!st || DK_PUSH(&c->arena, &out->n_stats, &out->stats, st) < 0)
 			return -ENOMEM;
 	}
@@ -221,11 +260,11 @@ static Runtime__V1__NetworkInterfaceUsage *if_usage(struct dk_arena *a, const st
 	return u;
 }
 
-static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, json_object *sandbox)
+static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct cinfo *si)
 {
 	struct dk_arena *a = &c->arena;
-	const char *id = dk_json_str(sandbox, "Id");
-	json_object *labels = dk_json_get(sandbox, "Config", "Labels", NULL);
+	const char *id = si->id;
+	json_object *labels = si->labels;
 	Runtime__V1__PodSandboxStats *st =
 		dk_msg_new(a, &runtime__v1__pod_sandbox_stats__descriptor);
 	Runtime__V1__PodSandboxAttributes *at =
@@ -237,8 +276,8 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, json_object *sa
 	if (!st || !at || !md || !ls || !id)
 		return NULL;
 	at->id = dk_arena_strdup(a, id);
-	if (dk_meta_parse(a, labels, dk_json_str(sandbox, "Name"), &md->name, &md->uid,
-			  &md->namespace_, &md->attempt) < 0 ||
+	if (dk_meta_parse(a, labels, si->name, &md->name, &md->uid, &md->namespace_, &md->attempt) <
+		    0 ||
 	    dk_labels_to_cri(a, labels,
 			     &runtime__v1__pod_sandbox_attributes__labels_entry__descriptor,
 			     &at->n_labels, (void ***)&at->labels,
@@ -252,18 +291,17 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, json_object *sa
 	/* The pod's usage: the pause container's plus its containers'. */
 	int64_t ts = dk_realtime_ns();
 	struct dk_cgroup_sample total = {0}, s = {0};
-	int pid = (int)dk_json_int(dk_json_get(sandbox, "State", NULL), "Pid", 0);
+	int pid = si->pid;
 	if (pid > 0 && dk_cgroup_read(pid, &total, NULL) < 0)
 		total = (struct dk_cgroup_sample){0};
 	_cleanup_json_ json_object *list = NULL;
 	if (running_containers(c, id, NULL, 0, NULL, &list, NULL) == 0) {
 		for (size_t i = 0; i < json_object_array_length(list); i++) {
 			_cleanup_json_ json_object *inspect = NULL;
-			const char *cid = dk_json_str(json_object_array_get_idx(list, i), "Id");
-			if (!cid ||
-			    dk_container_inspect(c->ds->sock, cid, &c->dl, &inspect, NULL) < 0)
+			struct cinfo ci;
+			if (info_of(c, json_object_array_get_idx(list, i), &inspect, &ci) < 0)
 				continue;
-			Runtime__V1__ContainerStats *cs = container_stats(c, inspect, &s);
+			Runtime__V1__ContainerStats *cs = container_stats(c, &ci, &s);
 			if (!cs || DK_PUSH(a, &ls->n_containers, &ls->containers, cs) < 0)
 				return NULL;
 			total.has_cpu |= s.has_cpu;
@@ -291,8 +329,7 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, json_object *sa
 		pu->process_count = u64(a, total.pids);
 	ls->process = pu;
 
-	if (pid > 0 &&
-	    !streq(dk_json_str(dk_json_get(sandbox, "HostConfig", NULL), "NetworkMode"), "host")) {
+	if (pid > 0 && !streq(si->netmode, "host")) {
 		char netns[64];
 		snprintf(netns, sizeof(netns), "/proc/%d/ns/net", pid);
 		struct dk_if_stats *ifs = NULL;
@@ -331,7 +368,8 @@ int dk_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req, Protobuf
 		return r;
 	Runtime__V1__PodSandboxStatsResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__pod_sandbox_stats_response__descriptor);
-	if (!out || !(out->stats = pod_stats(c, inspect)))
+	struct cinfo si = from_inspect(inspect);
+	if (!out || !(out->stats = pod_stats(c, &si)))
 		return -ENOMEM;
 	*resp = &out->base;
 	return 0;
@@ -342,10 +380,8 @@ int dk_list_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req,
 {
 	const Runtime__V1__ListPodSandboxStatsRequest *in = (const void *)req;
 	const Runtime__V1__PodSandboxStatsFilter *f = in->filter;
-	_cleanup_json_ json_object *filters = dk_filters(DK_TYPE_SANDBOX, NULL, NULL, NULL);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
 	if (r < 0)
 		return r;
 	Runtime__V1__ListPodSandboxStatsResponse *out =
@@ -361,9 +397,10 @@ int dk_list_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req,
 					   (void *const *)f->label_selector)))
 			continue;
 		_cleanup_json_ json_object *inspect = NULL;
-		if (dk_container_inspect(c->ds->sock, id, &c->dl, &inspect, NULL) < 0)
+		struct cinfo si;
+		if (info_of(c, e, &inspect, &si) < 0)
 			continue;
-		Runtime__V1__PodSandboxStats *st = pod_stats(c, inspect);
+		Runtime__V1__PodSandboxStats *st = pod_stats(c, &si);
 		if (!st || DK_PUSH(&c->arena, &out->n_stats, &out->stats, st) < 0)
 			return -ENOMEM;
 	}

@@ -23,6 +23,7 @@
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/state.h"
 #include "runtimes/docker/model/stats.h"
 #include "runtimes/docker/shim.h"
 #include "runtimes/docker/container.h"
@@ -75,10 +76,19 @@ static bool valid_size(const char *v)
 }
 
 static const char *const keys[] = {
-	"state_dir",       "cni_conf_dir",           "cni_bin_dir",
-	"pause_image",     "pause_binary",           "runtime_handler",
-	"log_max_size",    "log_max_files",          "log_poll_interval",
-	"stats_layer_ttl", "restrict_oom_score_adj", "stream_address",
+	"state_dir",
+	"cni_conf_dir",
+	"cni_bin_dir",
+	"pause_image",
+	"pause_binary",
+	"runtime_handler",
+	"log_max_size",
+	"log_max_files",
+	"log_poll_interval",
+	"stats_layer_ttl",
+	"restrict_oom_score_adj",
+	"stream_address",
+	"state_reconcile_interval",
 };
 
 static int check_option(const char *key, const char *value, struct crx_err *err)
@@ -117,9 +127,11 @@ static int check_option(const char *key, const char *value, struct crx_err *err)
 					   value);
 		return 0;
 	}
-	if (streq(key, "log_poll_interval") || streq(key, "stats_layer_ttl")) {
+	if (streq(key, "log_poll_interval") || streq(key, "stats_layer_ttl") ||
+	    streq(key, "state_reconcile_interval")) {
 		if (parse_ms(value, &ms) < 0 ||
-		    (streq(key, "log_poll_interval") && (ms < 10 || ms > 10000)))
+		    (streq(key, "log_poll_interval") && (ms < 10 || ms > 10000)) ||
+		    (streq(key, "state_reconcile_interval") && (ms < 100 || ms > 86400000)))
 			return crx_err_set(err, -EINVAL,
 					   "\"%s\" is not a duration like 100ms or 60s", value);
 		return 0;
@@ -209,6 +221,7 @@ static void shim_free(struct dk_shim *ds)
 		pthread_mutex_unlock(&ds->lock);
 		pthread_join(ds->recovery, NULL);
 	}
+	dk_state_free(ds->state);
 	stream_server_free(ds->stream);
 	dk_logs_free(ds->logs);
 	dk_stats_cache_free(ds->stats);
@@ -255,6 +268,7 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 	}
 
 	const char *opt_ttl = crx_backend_option(cfg, "stats_layer_ttl");
+	const char *opt_reconcile = crx_backend_option(cfg, "state_reconcile_interval");
 	const char *opt_poll = crx_backend_option(cfg, "log_poll_interval");
 	const char *opt_files = crx_backend_option(cfg, "log_max_files");
 	const char *opt_oom = crx_backend_option(cfg, "restrict_oom_score_adj");
@@ -284,6 +298,9 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 	ds->layer_ttl_ms = 60000;
 	if (opt_ttl)
 		parse_ms(opt_ttl, &ds->layer_ttl_ms);
+	int64_t reconcile_ms = 0; /* the cache's default */
+	if (opt_reconcile)
+		parse_ms(opt_reconcile, &reconcile_ms);
 	if (!opt_oom || streq(opt_oom, "auto"))
 		ds->oom_score_adj_min = probe_oom_min();
 	else if (streq(opt_oom, "true"))
@@ -312,6 +329,11 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 	}
 	if (r == 0 && dk_stats_cache_new(&ds->stats) < 0)
 		r = crx_err_set(err, -ENOMEM, "out of memory");
+	if (r == 0)
+		r = dk_state_new(ds->sock, ds->checkpoint_dir, (unsigned)reconcile_ms, &ds->state,
+				 err);
+	if (r == 0)
+		r = dk_state_start(ds->state, err);
 	if (r < 0) {
 		shim_free(ds);
 		return crx_err_prefix(err, "backend %s", cfg->name);

@@ -117,6 +117,8 @@ static int make_event(struct dk_events *e, json_object *ev, struct rpc_buf *msg)
 		if (dk_pod_sandbox_status(&c, &sreq.base, &sresp, NULL) == 0)
 			out->pod_sandbox_status =
 				((Runtime__V1__PodSandboxStatusResponse *)sresp)->status;
+		/* Asked of Docker, not the state cache: the event stream is
+		 * its own, and each status must be as of this event. */
 		_cleanup_json_ json_object *filters =
 			dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, sandbox);
 		_cleanup_json_ json_object *list = NULL;

@@ -21,6 +21,7 @@
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
+#include "runtimes/docker/model/state.h"
 #include "runtimes/docker/container.h"
 #include "runtimes/docker/image.h"
 
@@ -177,11 +178,8 @@ int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_check
 static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect,
 			  struct crx_err *err)
 {
-	_cleanup_json_ json_object *filters =
-		dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, id);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_CONTAINER, id, &list, err);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
@@ -200,6 +198,7 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 	}
 	if (inspect && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
 		return r;
+	dk_state_removed(c->ds->state, id);
 	return dk_checkpoint_remove(c->ds->checkpoint_dir, id, err);
 }
 
@@ -350,6 +349,8 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 	if (r == 0)
 		r = dk_container_inspect(ds->sock, id, &c->dl, &inspect, err);
 	if (r == 0)
+		dk_state_put(ds->state, inspect);
+	if (r == 0)
 		r = write_resolv_conf(dk_json_str(inspect, "ResolvConfPath"), cfg->dns_config, err);
 	if (r == 0 && !host_net) {
 		int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
@@ -413,17 +414,16 @@ int dk_run_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 /* Stops every container of the sandbox (the CRI wants them terminated). */
 static int stop_containers(struct dk_ctx *c, const char *id, struct crx_err *err)
 {
-	_cleanup_json_ json_object *filters =
-		dk_filters(DK_TYPE_CONTAINER, NULL, DK_LABEL_SANDBOX_ID, id);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_CONTAINER, id, &list, err);
 	for (size_t i = 0; r == 0 && i < json_object_array_length(list); i++) {
 		json_object *e = json_object_array_get_idx(list, i);
 		const char *cid = dk_json_str(e, "Id");
 		if (!cid || !streq(dk_json_str(e, "State"), "running"))
 			continue;
 		r = dk_container_stop(c->ds->sock, cid, 0, &c->dl, err);
+		if (r == 0)
+			dk_state_stopped(c->ds->state, cid);
 		dk_logs_drain(c->ds->logs, cid);
 	}
 	return r;
@@ -472,6 +472,8 @@ int dk_stop_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	}
 	if (r == 0 && inspect)
 		r = dk_container_stop(c->ds->sock, full, SANDBOX_STOP_TIMEOUT, &c->dl, err);
+	if (r == 0 && inspect)
+		dk_state_stopped(c->ds->state, full);
 	dk_sandbox_unlock(c->ds, full);
 	if (r < 0)
 		return r;
@@ -643,16 +645,19 @@ static bool id_matches(const char *id, const char *filter)
 	return !filter || !*filter || (id && strncmp(id, filter, strlen(filter)) == 0);
 }
 
+static int by_string(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 			struct crx_err *err)
 {
 	const Runtime__V1__ListPodSandboxRequest *in = (const void *)req;
 	const Runtime__V1__PodSandboxFilter *f = in->filter;
 	struct dk_arena *a = &c->arena;
-	_cleanup_json_ json_object *filters = dk_filters(DK_TYPE_SANDBOX, NULL, NULL, NULL);
 	_cleanup_json_ json_object *list = NULL;
-	int r = filters ? dk_container_list(c->ds->sock, filters, &c->dl, &list, err)
-			: crx_err_set(err, -ENOMEM, "out of memory");
+	int r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
 	if (r < 0)
 		return r;
 	Runtime__V1__ListPodSandboxResponse *out =
@@ -664,22 +669,36 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	dk_checkpoint_list(c->ds->checkpoint_dir, &cp_ids, &n_cp, NULL);
 
 	size_t n = json_object_array_length(list);
+	/* Listed IDs, sorted: a checkpoint whose container Docker still has is
+	 * listed once, and finding that out stays cheap at many pods. */
+	const char **listed = calloc(n ? n : 1, sizeof(*listed));
+	if (!listed) {
+		dk_strv_free(cp_ids, n_cp);
+		return -ENOMEM;
+	}
+	size_t n_listed = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
+		if (id)
+			listed[n_listed++] = id;
+	}
+	qsort(listed, n_listed, sizeof(*listed), by_string);
 	for (size_t i = 0; i < n + n_cp; i++) {
 		json_object *e = i < n ? json_object_array_get_idx(list, i) : NULL;
 		const char *id = e ? dk_json_str(e, "Id") : cp_ids[i - n];
 		if (!id || !dk_valid_id(id) || !id_matches(id, f ? f->id : NULL))
 			continue;
-		if (!e) {
-			/* A checkpoint whose container Docker still has was listed above. */
-			bool seen = false;
-			for (size_t k = 0; k < n && !seen; k++)
-				seen = streq(dk_json_str(json_object_array_get_idx(list, k), "Id"),
-					     id);
-			if (seen)
-				continue;
-		}
+		if (!e && bsearch(&id, listed, n_listed, sizeof(*listed), by_string))
+			continue;
+		/* A listed container needs only the checkpoint's flags (cached by
+		 * file); one Docker lost needs the whole checkpoint. */
 		struct dk_checkpoint cp = {0};
-		bool have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+		bool have_cp;
+		if (e)
+			have_cp = dk_state_checkpoint(c->ds->state, id, &cp.host_network,
+						      &cp.network_ready) == 1;
+		else
+			have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
 		if (!e && !have_cp)
 			continue;
 		json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp.labels;
@@ -719,6 +738,7 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 			break;
 	}
 	dk_strv_free(cp_ids, n_cp);
+	free(listed);
 	if (r < 0)
 		return -ENOMEM;
 	*resp = &out->base;

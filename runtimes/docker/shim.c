@@ -13,6 +13,7 @@
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/names.h"
+#include "runtimes/docker/model/state.h"
 
 struct dk_spec_opts dk_spec_opts(struct dk_shim *ds, int64_t created_ns)
 {
@@ -83,6 +84,10 @@ int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_ob
 	if (!dk_valid_id(id))
 		return crx_err_set(err, -ENOENT, "%s %s not found", what, id);
 	json_object *o = NULL;
+	if (c->ds->state && dk_state_inspect(c->ds->state, id, type, &o) == 0) {
+		*out = o;
+		return 0;
+	}
 	int r = dk_container_inspect(c->ds->sock, id, &c->dl, &o, err);
 	if (r == -ENOENT)
 		return crx_err_set(err, -ENOENT, "%s %s not found", what, id);
@@ -94,6 +99,19 @@ int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_ob
 	}
 	*out = o;
 	return 0;
+}
+
+int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,
+	    struct crx_err *err)
+{
+	if (c->ds->state && dk_state_list(c->ds->state, type, sandbox_id, out) == 0)
+		return 0;
+	_cleanup_json_ json_object *filters =
+		sandbox_id && *sandbox_id ? dk_filters(type, NULL, DK_LABEL_SANDBOX_ID, sandbox_id)
+					  : dk_filters(type, NULL, NULL, NULL);
+	if (!filters)
+		return crx_err_set(err, -ENOMEM, "out of memory");
+	return dk_container_list(c->ds->sock, filters, &c->dl, out, err);
 }
 
 json_object *dk_filters(const char *type, const char *id, const char *label, const char *value)

@@ -37,6 +37,7 @@ struct dk_shim {
 
 	struct dk_logs *logs;
 	struct dk_stats_cache *stats;
+	struct dk_state *state;       /* what Docker holds of our containers */
 	struct stream_server *stream; /* exec, attach and port-forward URLs */
 
 	pthread_mutex_t lock; /* the fields below */
@@ -77,9 +78,15 @@ void dk_sandbox_unlock(struct dk_shim *ds, const char *id);
 void dk_name_lock(struct dk_shim *ds, const char *name);
 void dk_name_unlock(struct dk_shim *ds, const char *name);
 /* Inspects id and checks it is one of ours of the given type
- * (DK_TYPE_SANDBOX or DK_TYPE_CONTAINER): -ENOENT otherwise. */
+ * (DK_TYPE_SANDBOX or DK_TYPE_CONTAINER): -ENOENT otherwise. Answered
+ * from the state cache when it can. */
 int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_object **out,
 		     struct crx_err *err);
+/* Our containers of one type (of one sandbox if sandbox_id), shaped as
+ * Docker lists them: from the state cache when it is live (with Pid,
+ * UpperDir, NetworkMode, CgroupParent too), else from Docker. */
+int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,
+	    struct crx_err *err);
 /* Docker filters for our containers of one type, plus extra label=value
  * pairs and an ID. */
 json_object *dk_filters(const char *type, const char *id, const char *label, const char *value);

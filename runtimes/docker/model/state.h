@@ -1,0 +1,56 @@
+/* What Docker holds of crimux's containers (sandboxes and containers), kept
+ * in memory so that lists, stats and lookups need no Docker call per
+ * container. Fed by Docker's event stream (each event re-inspects the one
+ * container), written through by crimux's own changes, and reconciled
+ * with one list call periodically. It answers only while it is "live":
+ * synced once after the event stream was opened, and the stream still
+ * open since; otherwise every caller asks Docker as before. Why it cannot
+ * go stale: docs/docker.md. */
+#pragma once
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+struct dk_state;
+
+/* checkpoint_dir: where sandbox checkpoints live (their network flags are
+ * cached too, by file identity). reconcile_ms: 0 for the default. */
+int dk_state_new(const char *sock, const char *checkpoint_dir, unsigned reconcile_ms,
+		 struct dk_state **out, struct crx_err *err);
+/* Starts the event and reconcile threads. */
+int dk_state_start(struct dk_state *s, struct crx_err *err);
+void dk_state_free(struct dk_state *s);
+bool dk_state_live(struct dk_state *s);
+
+/* Containers of one type (DK_TYPE_*), optionally of one sandbox, shaped as
+ * Docker's list answers them (Id, Names, Image, ImageID, State, Labels,
+ * Created), plus what lists of Docker lack: Pid, UpperDir, NetworkMode,
+ * CgroupParent. -EAGAIN when not live (ask Docker). */
+int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, json_object **out);
+/* A copy of the last inspect of id (full ID, unique prefix or name) if it
+ * is of that type and still current; -EAGAIN when the cache cannot say
+ * (not live, unknown, or changed by crimux since): ask Docker. */
+int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out);
+
+/* Written through by the handlers, so the cache never lags crimux's own
+ * changes: a fresh inspect (copied); a container crimux stopped (state
+ * "exited" until its die event is inspected); one it removed. */
+void dk_state_put(struct dk_state *s, json_object *inspect);
+void dk_state_stopped(struct dk_state *s, const char *id);
+/* Changed otherwise (resources): lookups ask Docker until its event is in. */
+void dk_state_changed(struct dk_state *s, const char *id);
+void dk_state_removed(struct dk_state *s, const char *id);
+
+/* A sandbox's checkpoint flags, read again only when its file changed:
+ * 1 found, 0 no checkpoint. */
+int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network,
+			bool *network_ready);
+
+/* Counters for tests and the benchmark: Docker calls the cache made. */
+struct dk_state_counts {
+	uint64_t events, inspects, lists, syncs;
+};
+void dk_state_counts(struct dk_state *s, struct dk_state_counts *out);

@@ -1,0 +1,337 @@
+"""The docker backend's state cache and stats (issue 12): lists and stats
+make no Docker call per container, StopContainer makes one Docker call,
+the cache follows changes made behind crimux's back (docker stop, start,
+kill, rm), and stats are what the container's cgroup files say.
+
+A counting proxy sits between crimuxd and dockerd and records the request
+line of every Engine API call crimuxd makes (crimux opens one connection
+per call). The cache's own calls are told apart from the handlers' by
+`?size=0` on its inspects, its label-only list filter, and /events."""
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+
+import pytest
+
+from lab.cri import CRI, container_config, pb, sandbox_config
+from lab.env import wait_for
+
+
+class CountingProxy:
+    """A unix-socket relay in front of dockerd that notes each request line."""
+
+    def __init__(self, path, target):
+        self.path, self.target = path, target
+        self.lines = []
+        self.lock = threading.Lock()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(64)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.connect(self.target)
+        except OSError:
+            client.close()
+            return
+        first = [True]
+
+        def pump(src, dst, note):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    if note and first[0]:
+                        first[0] = False
+                        line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+                        with self.lock:
+                            self.lines.append(line)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=pump, args=(upstream, client, False), daemon=True)
+        t.start()
+        pump(client, upstream, True)
+        t.join(5)
+        client.close()
+        upstream.close()
+
+    def take(self):
+        """The calls since the last take, without the cache's own."""
+        with self.lock:
+            lines, self.lines = self.lines, []
+        return [line for line in lines if not self.is_cache(line)]
+
+    @staticmethod
+    def is_cache(line):
+        method, target = line.split(" ")[:2]
+        path, _, query = target.partition("?")
+        if path.endswith("/events") or "size=0" in query.split("&"):
+            return True
+        if path.endswith("/containers/json"):
+            filters = json.loads(urllib.parse.parse_qs(query).get("filters", ["{}"])[0])
+            return filters.get("label") == ["io.kubernetes.docker.type"]
+        return False
+
+    def close(self):
+        self.closed = True
+        self.server.close()
+
+
+@pytest.fixture
+def proxied(lab, dockerd, crimuxd_binary, tmp_path):
+    """(crimuxd, proxy, CRI client): a crimuxd whose dockerd is behind the
+    counting proxy; reconciling rarely, so what a test sees is events."""
+    from conftest import docker_backend_config, stop_checked
+    proxy = CountingProxy(str(tmp_path / "docker.sock"), dockerd.socket)
+    state = tmp_path / "state"
+    state.mkdir()
+    daemon = lab.crimuxd(crimuxd_binary, {"docker": "unix://" + proxy.path},
+                         docker_backend_config(lab, str(state),
+                                               state_reconcile_interval="3600s"))
+    try:
+        with CRI(daemon.endpoint) as cri:
+            cri.pull(lab.busybox_ref)
+            yield daemon, proxy, cri
+            cri.remove_all_pods()
+    finally:
+        stop_checked([daemon])
+        proxy.close()
+
+
+def pod_with_container(cri, lab, name, command=("sleep", "1000")):
+    sb = sandbox_config(name + "-" + uuid.uuid4().hex[:6])
+    pod = cri.run_pod(sb)
+    cid = cri.start_container(pod, sb, container_config("main", lab.busybox_ref,
+                                                        list(command)))
+    return pod, cid
+
+
+def cached(proxy, cri):
+    """True once ListContainers is answered without asking Docker."""
+    proxy.take()
+    cri.ListContainers()
+    return not proxy.take()
+
+
+def test_lists_and_stats_make_no_docker_call_per_container(proxied, lab):
+    _, proxy, cri = proxied
+    pods = [pod_with_container(cri, lab, f"quiet{i}") for i in range(3)]
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    proxy.take()
+    containers = cri.ListContainers().containers
+    sandboxes = cri.ListPodSandbox().items
+    cstats = cri.ListContainerStats().stats
+    pstats = cri.ListPodSandboxStats().stats
+    assert proxy.take() == []
+    mine = {cid for _, cid in pods}
+    assert mine <= {c.id for c in containers}
+    assert {p for p, _ in pods} <= {s.id for s in sandboxes if s.state == pb().SANDBOX_READY}
+    assert mine <= {s.attributes.id for s in cstats}
+    assert {p for p, _ in pods} <= {s.attributes.id for s in pstats}
+    # Lookups by ID too: status, stats of one.
+    cri.ContainerStatus(container_id=pods[0][1])
+    cri.PodSandboxStatus(pod_sandbox_id=pods[0][0])
+    cri.ContainerStats(container_id=pods[0][1])
+    assert proxy.take() == []
+
+
+def test_stop_container_is_one_docker_call(proxied, lab):
+    _, proxy, cri = proxied
+    pod, cid = pod_with_container(cri, lab, "stop1")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    proxy.take()
+    cri.StopContainer(container_id=cid, timeout=0)
+    assert proxy.take() == [f"POST /v1.41/containers/{cid}/stop?t=0 HTTP/1.1"]
+    # And what crimux changed shows at once, before Docker's event is in.
+    [c] = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
+    assert c.state == pb().CONTAINER_EXITED
+    assert cri.ContainerStatus(container_id=cid).status.state == pb().CONTAINER_EXITED
+
+
+def state_of(cri, cid):
+    found = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
+    return found[0].state if found else None
+
+
+def sandbox_state(cri, pod):
+    found = cri.ListPodSandbox(filter=pb().PodSandboxFilter(id=pod)).items
+    return found[0].state if found else None
+
+
+def test_cache_follows_changes_behind_crimux(proxied, lab, dockerd):
+    _, proxy, cri = proxied
+    api = pb()
+    pod, cid = pod_with_container(cri, lab, "oob")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    assert state_of(cri, cid) == api.CONTAINER_RUNNING
+
+    dockerd.request("POST", f"/containers/{cid}/stop?t=0")
+    wait_for(lambda: state_of(cri, cid) == api.CONTAINER_EXITED, 10, "exited after docker stop")
+    status = cri.ContainerStatus(container_id=cid).status
+    assert status.state == api.CONTAINER_EXITED and status.finished_at > 0
+
+    dockerd.request("POST", f"/containers/{cid}/start")
+    wait_for(lambda: state_of(cri, cid) == api.CONTAINER_RUNNING, 10, "running after docker start")
+    pid = dockerd.inspect(cid)["State"]["Pid"]
+    stats = cri.ContainerStats(container_id=cid).stats
+    assert stats.cpu.usage_core_nano_seconds.value > 0  # the new process's cgroup
+    assert cgroup_file(pid, "memory", "memory.usage_in_bytes") is not None
+
+    dockerd.request("DELETE", f"/containers/{cid}?force=1")
+    wait_for(lambda: state_of(cri, cid) is None, 10, "gone after docker rm")
+
+    pause = pod
+    dockerd.request("POST", f"/containers/{pause}/kill")
+    wait_for(lambda: sandbox_state(cri, pod) == api.SANDBOX_NOTREADY, 10,
+             "not ready after the pause container was killed")
+    # None of that needed a Docker call per list.
+    proxy.take()
+    cri.ListContainers()
+    cri.ListPodSandbox()
+    assert proxy.take() == []
+
+
+def test_first_sync_finds_pods_and_only_crimux_containers(proxied, lab, dockerd,
+                                                          docker_crimuxd_factory):
+    """A container made with Docker's own API (no CRI labels) never shows;
+    pods made before a crimuxd started are found by its first sync."""
+    _, proxy, cri = proxied
+    stranger = dockerd.request("POST", "/containers/create?name=stranger-" + uuid.uuid4().hex[:6],
+                               {"Image": lab.busybox_ref, "Cmd": ["sleep", "100"],
+                                "HostConfig": {"NetworkMode": "none"}})["Id"]
+    try:
+        pod, cid = pod_with_container(cri, lab, "seen")
+        wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+        ids = {c.id for c in cri.ListContainers().containers}
+        assert cid in ids and stranger not in ids
+        later = docker_crimuxd_factory()
+        with CRI(later.endpoint) as other:
+            wait_for(lambda: cid in {c.id for c in other.ListContainers().containers}, 20,
+                     "the pod in a second crimuxd")
+            [c] = other.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
+            assert c.state == pb().CONTAINER_RUNNING and c.pod_sandbox_id == pod
+    finally:
+        dockerd.request("DELETE", f"/containers/{stranger}?force=1")
+
+
+# --- stats against the cgroup files -------------------------------------------
+
+def _mounts():
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            root, point, fstype, opts = fields[3], fields[4], rfields[0], rfields[2]
+            if fstype == "cgroup2":
+                out.setdefault("", (root, point))
+            elif fstype == "cgroup":
+                for o in opts.split(","):
+                    out.setdefault(o, (root, point))
+    return out
+
+
+def cgroup_file(pid, controller, name):
+    """The text of a cgroup file of pid's (v1 controller, else v2)."""
+    mounts = _mounts()
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for _, ctrls, path in lines:
+        names = ctrls.split(",") if ctrls else [""]
+        for key in ([controller] if controller in mounts else [""]):
+            if key in names and key in mounts:
+                root, point = mounts[key]
+                rel = path[len(root):] if root != "/" and path.startswith(root) else path
+                try:
+                    with open(os.path.join(point + rel, name)) as g:
+                        return g.read()
+                except FileNotFoundError:
+                    return None
+    return None
+
+
+def stat_value(text, key):
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    raise KeyError(key)
+
+
+def host_sample(pid):
+    """(cpu ns, working set, rss) as the cgroup files say, v1 or v2."""
+    usage = cgroup_file(pid, "cpuacct", "cpuacct.usage")
+    if usage is not None:
+        cpu = int(usage)
+        mem = int(cgroup_file(pid, "memory", "memory.usage_in_bytes"))
+        st = cgroup_file(pid, "memory", "memory.stat")
+        inactive, rss = stat_value(st, "total_inactive_file"), stat_value(st, "total_rss")
+    else:
+        cpu = stat_value(cgroup_file(pid, "", "cpu.stat"), "usage_usec") * 1000
+        mem = int(cgroup_file(pid, "", "memory.current"))
+        st = cgroup_file(pid, "", "memory.stat")
+        inactive, rss = stat_value(st, "inactive_file"), stat_value(st, "anon")
+    return cpu, max(mem - inactive, 0), rss
+
+
+def test_stats_are_the_cgroup_values(proxied, lab, dockerd):
+    _, proxy, cri = proxied
+    burner = "while true; do :; done & sleep 1000"
+    pod, cid = pod_with_container(cri, lab, "burn", ("sh", "-c", burner))
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    pid = dockerd.inspect(cid)["State"]["Pid"]
+
+    def mine(stats):
+        return [s for s in stats if s.attributes.id == cid]
+
+    before = host_sample(pid)
+    [one] = mine(cri.ListContainerStats().stats)
+    after = host_sample(pid)
+    # CPU only grows: crimux's reading lies between two of ours.
+    assert before[0] <= one.cpu.usage_core_nano_seconds.value <= after[0]
+    # Memory of a container that only spins barely moves: within the two.
+    lo, hi = min(before[1], after[1]), max(before[1], after[1])
+    assert lo - 65536 <= one.memory.working_set_bytes.value <= hi + 65536
+    lo, hi = min(before[2], after[2]), max(before[2], after[2])
+    assert lo - 65536 <= one.memory.rss_bytes.value <= hi + 65536
+
+    time.sleep(0.5)
+    [two] = mine(cri.ListContainerStats().stats)
+    # usage_nano_cores: the rate between crimux's two samples, exactly.
+    dt = two.cpu.timestamp - one.cpu.timestamp
+    dcpu = two.cpu.usage_core_nano_seconds.value - one.cpu.usage_core_nano_seconds.value
+    assert dt > 0 and dcpu > 0
+    assert two.cpu.usage_nano_cores.value == pytest.approx(dcpu * 1e9 / dt, rel=1e-6, abs=2)
+    # A spinning shell uses a good part of a core.
+    assert two.cpu.usage_nano_cores.value > 50_000_000
+
+    # The pod's figure is its containers' plus the pause container's.
+    [p] = [s for s in cri.ListPodSandboxStats().stats if s.attributes.id == pod]
+    [c] = [c for c in p.linux.containers if c.attributes.id == cid]
+    assert p.linux.cpu.usage_core_nano_seconds.value >= c.cpu.usage_core_nano_seconds.value
+    assert p.linux.process.process_count.value >= 3  # pause, sh, the loop (and sleep)
