@@ -44,7 +44,9 @@ struct stream_winsize {
 
 /* The descriptors of one exec or attach. They belong to the server: the
  * runtime reads and writes them (and may shutdown() them), never closes them.
- * Every one is blocking and close-on-exec. */
+ * Every one is blocking and close-on-exec. The three data descriptors are
+ * AF_UNIX stream sockets whose peer goes away with the client: write them
+ * with send(MSG_NOSIGNAL) (sock_write_all) and take EPIPE as "the client left". */
 struct stream_io {
 	int stdin_fd;  /* client input; EOF when the client closed stdin; -1 if not requested */
 	int stdout_fd; /* output to the client; -1 if not requested */

@@ -108,7 +108,7 @@ static int run_tty(const char *const *argv, const struct stream_io *io, struct c
 			if (n <= 0)
 				out_open = false; /* EIO: every slave descriptor is closed */
 			else if (io->stdout_fd >= 0)
-				(void)!write(io->stdout_fd, buf, n);
+				(void)!send(io->stdout_fd, buf, n, MSG_NOSIGNAL);
 		}
 		if (p[1].revents) {
 			ssize_t n = read(io->stdin_fd, buf, sizeof(buf));
