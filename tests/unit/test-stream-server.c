@@ -204,7 +204,7 @@ static void test_server(void)
 	close(fd);
 
 	unsigned tokens, sessions;
-	stream_server_stats(s, &tokens, &sessions);
+	stream_server_stats(s, &tokens, &sessions, NULL);
 	is_int(tokens, 2, "two tokens still outstanding");
 	sbuf_free(&out);
 	spdy_zlib_free(&z);
