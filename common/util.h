@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +60,24 @@ static inline int write_all(int fd, const void *buf, size_t n)
 	const char *p = buf;
 	while (n) {
 		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* write_all for a blocking socket: a peer that is gone costs -EPIPE, never
+ * a SIGPIPE (MSG_NOSIGNAL), whatever the process does with the signal. */
+static inline int sock_write_all(int fd, const void *buf, size_t n)
+{
+	const char *p = buf;
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;

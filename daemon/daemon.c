@@ -56,6 +56,13 @@ void crx_daemon_block_signals(void)
 {
 	sigset_t set = signal_set();
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	/* A peer that goes away mid-write (a streaming client, a CNI plugin,
+	 * dockerd) costs that write an EPIPE, never the node's CRI. Sockets
+	 * are written with MSG_NOSIGNAL anyway; this covers every other
+	 * descriptor. Children get the default back (cni.c resets them all). */
+	struct sigaction ign = {.sa_handler = SIG_IGN};
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGPIPE, &ign, NULL);
 }
 
 static void generation_unref(void *arg)

@@ -4,8 +4,9 @@
 #include "common/err.h"
 #include "daemon/conf.h"
 
-/* Blocks the signals the daemon waits for. Call before any thread exists,
- * so that gRPC's threads inherit the mask and only sigwait() sees them. */
+/* Blocks the signals the daemon waits for and ignores SIGPIPE. Call before
+ * any thread exists, so that gRPC's threads inherit the mask and only
+ * sigwait() sees them. */
 void crx_daemon_block_signals(void);
 
 /* Serves until SIGTERM or SIGINT; 0 on a clean stop. cfg, read from

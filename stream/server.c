@@ -1,6 +1,13 @@
 /* The listener: accepts connections, reads one HTTP request each (with a
  * size and time limit), trades its token for the registered request and
- * hands the connection to a session thread. */
+ * hands the connection to a session thread.
+ *
+ * Anyone who can reach the port can connect, so a connection counts as a
+ * session only once its token was valid. Until then it waits in a small
+ * room of its own (max_pending, header_timeout_ms): when the room is full
+ * the connection that has waited longest is dropped, so idle or slow
+ * connections can neither take the sessions' slots nor keep a real client
+ * out for long. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -33,20 +40,73 @@ struct stream_server {
 	char base_url[96];
 	pthread_mutex_t lock;
 	pthread_cond_t idle;
-	unsigned sessions;
+	unsigned conns;    /* connection threads (what stream_server_free waits for) */
+	unsigned sessions; /* ... whose token was valid */
+	unsigned pending;  /* ... not (yet): still reading, refused or dropped */
+	/* The waiting room: connections still reading their request, oldest
+	 * first; `waiting` of them, not counting those dropped already. */
+	struct conn *wait_head, *wait_tail;
+	unsigned waiting;
 };
 
-struct conn_arg {
+struct conn {
 	struct stream_server *s;
 	int fd;
+	bool in_room, dropped, session;
+	struct conn *prev, *next;
 };
+
+/* Under s->lock. */
+static void room_unlink(struct stream_server *s, struct conn *c)
+{
+	if (!c->in_room)
+		return;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->wait_head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		s->wait_tail = c->prev;
+	c->prev = c->next = NULL;
+	c->in_room = false;
+	s->waiting--;
+}
+
+/* Under s->lock: makes room for one more by dropping the connection that
+ * waited longest. Its thread sees EOF and ends; the shutdown also tells the
+ * client, which had its chance to send a request. */
+static void room_evict_oldest(struct stream_server *s)
+{
+	struct conn *old = s->wait_head;
+	if (!old)
+		return;
+	room_unlink(s, old);
+	old->dropped = true;
+	shutdown(old->fd, SHUT_RDWR);
+}
+
+/* The request was read (or not): leave the waiting room. false if the
+ * connection was dropped meanwhile. */
+static bool room_leave(struct stream_server *s, struct conn *c)
+{
+	pthread_mutex_lock(&s->lock);
+	room_unlink(s, c);
+	bool dropped = c->dropped;
+	pthread_mutex_unlock(&s->lock);
+	return !dropped;
+}
 
 /* Reads the request; leftover bytes (the client may start talking at once)
  * stay in buf after *used. 1 on success, or an HTTP status already sent. */
 static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
 			struct http_request *req, size_t *used)
 {
-	uint64_t deadline = monotonic_ms() + s->opts.request_timeout_ms;
+	unsigned timeout = s->opts.header_timeout_ms < s->opts.request_timeout_ms
+				   ? s->opts.header_timeout_ms
+				   : s->opts.request_timeout_ms;
+	uint64_t deadline = monotonic_ms() + timeout;
 	*len = 0;
 	for (;;) {
 		int r = http_request_parse(buf, *len, req, used);
@@ -86,12 +146,14 @@ static int read_request(struct stream_server *s, int fd, char *buf, size_t *len,
 	}
 }
 
-static void serve(struct stream_server *s, int fd)
+static void serve(struct stream_server *s, struct conn *conn)
 {
+	int fd = conn->fd;
 	char buf[HTTP_MAX];
 	size_t len, used;
 	struct http_request h;
-	if (read_request(s, fd, buf, &len, &h, &used) != 1)
+	int got = read_request(s, fd, buf, &len, &h, &used);
+	if (!room_leave(s, conn) || got != 1)
 		return;
 
 	static const struct {
@@ -128,9 +190,28 @@ static void serve(struct stream_server *s, int fd)
 				 "(Connection: Upgrade with Upgrade: SPDY/3.1 or websocket)");
 		return;
 	}
+	/* A slot first, so that a full server leaves the token for a retry. */
+	pthread_mutex_lock(&s->lock);
+	bool full = s->sessions >= s->opts.max_sessions;
+	if (!full)
+		s->sessions++;
+	pthread_mutex_unlock(&s->lock);
+	if (full) {
+		http_reply_error(fd, 503, "Service Unavailable", NULL,
+				 "too many streaming sessions");
+		return;
+	}
 	/* Used once, even when it turns out to be the wrong kind. */
 	struct stream_request *req = token_cache_consume(s->tokens, token, monotonic_ms());
-	if (!req || req->kind != kind) {
+	pthread_mutex_lock(&s->lock);
+	if (req && req->kind == kind) {
+		conn->session = true;
+		s->pending--;
+	} else {
+		s->sessions--;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!conn->session) {
 		stream_request_free(req);
 		http_reply_error(fd, 404, "Not Found", NULL,
 				 "streaming token not found: unknown, already used or expired");
@@ -164,15 +245,23 @@ static void lingering_close(int fd)
 
 static void *conn_main(void *arg)
 {
-	struct conn_arg *a = arg;
-	struct stream_server *s = a->s;
-	serve(s, a->fd);
-	lingering_close(a->fd);
-	free(a);
+	struct conn *c = arg;
+	struct stream_server *s = c->s;
+	serve(s, c);
+	if (c->dropped)
+		close(c->fd); /* nothing to say to it */
+	else
+		lingering_close(c->fd);
 	pthread_mutex_lock(&s->lock);
-	if (--s->sessions == 0)
+	room_unlink(s, c);
+	if (c->session)
+		s->sessions--;
+	else
+		s->pending--;
+	if (--s->conns == 0)
 		pthread_cond_broadcast(&s->idle);
 	pthread_mutex_unlock(&s->lock);
+	free(c);
 	return NULL;
 }
 
@@ -191,31 +280,54 @@ static void *acceptor_main(void *arg)
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			continue; /* EMFILE and friends: the client retries */
-		pthread_mutex_lock(&s->lock);
-		bool full = s->sessions >= s->opts.max_sessions;
-		if (!full)
-			s->sessions++;
-		pthread_mutex_unlock(&s->lock);
-		if (full) {
-			http_reply_error(fd, 503, "Service Unavailable", NULL,
-					 "too many streaming sessions");
+		struct conn *c = calloc(1, sizeof(*c));
+		if (!c) {
 			close(fd);
 			continue;
 		}
-		struct conn_arg *a = malloc(sizeof(*a));
+		*c = (struct conn){.s = s, .fd = fd};
+		pthread_mutex_lock(&s->lock);
+		/* Dropped connections still count until their thread ends: past
+		 * twice the room's size, refuse rather than drop more. */
+		bool full = s->pending >= 2 * s->opts.max_pending;
+		if (!full) {
+			if (s->waiting >= s->opts.max_pending)
+				room_evict_oldest(s);
+			s->pending++;
+			s->conns++;
+			c->in_room = true;
+			c->prev = s->wait_tail;
+			if (s->wait_tail)
+				s->wait_tail->next = c;
+			else
+				s->wait_head = c;
+			s->wait_tail = c;
+			s->waiting++;
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (full) {
+			free(c);
+			http_reply_error(fd, 503, "Service Unavailable", NULL,
+					 "too many connections waiting to send a request");
+			close(fd);
+			continue;
+		}
 		pthread_t t;
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		if (!a || (a->s = s, a->fd = fd, pthread_create(&t, &attr, conn_main, a) != 0)) {
-			free(a);
-			http_reply_error(fd, 503, "Service Unavailable", NULL,
-					 "no thread for the session");
-			close(fd);
+		if (pthread_create(&t, &attr, conn_main, c) != 0) {
 			pthread_mutex_lock(&s->lock);
-			if (--s->sessions == 0)
+			room_unlink(s, c);
+			s->pending--;
+			if (--s->conns == 0)
 				pthread_cond_broadcast(&s->idle);
 			pthread_mutex_unlock(&s->lock);
+			/* A dropped connection's fd was only shut down: ours to close. */
+			http_reply_error(fd, 503, "Service Unavailable", NULL,
+					 "no thread for the connection");
+			close(fd);
+			free(c);
 		}
 		pthread_attr_destroy(&attr);
 	}
@@ -262,6 +374,10 @@ int stream_server_new(const struct stream_server_options *opts, struct stream_se
 		s->opts.token_ttl_ms = 60000;
 	if (!s->opts.max_sessions)
 		s->opts.max_sessions = 256;
+	if (!s->opts.max_pending)
+		s->opts.max_pending = 64;
+	if (!s->opts.header_timeout_ms)
+		s->opts.header_timeout_ms = 5000;
 	if (!s->opts.request_timeout_ms)
 		s->opts.request_timeout_ms = 30000;
 	if (!s->opts.idle_timeout_ms)
@@ -343,7 +459,7 @@ void stream_server_free(struct stream_server *s)
 	if (s->acceptor_started)
 		pthread_join(s->acceptor, NULL);
 	pthread_mutex_lock(&s->lock);
-	while (s->sessions)
+	while (s->conns)
 		pthread_cond_wait(&s->idle, &s->lock);
 	pthread_mutex_unlock(&s->lock);
 	if (s->listen_fd >= 0)
@@ -382,13 +498,15 @@ int stream_server_register(struct stream_server *s, const struct stream_request 
 	return 0;
 }
 
-void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions)
+void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions,
+			 unsigned *pending)
 {
 	if (tokens)
 		*tokens = token_cache_count(s->tokens, monotonic_ms());
-	if (sessions) {
-		pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->lock);
+	if (sessions)
 		*sessions = s->sessions;
-		pthread_mutex_unlock(&s->lock);
-	}
+	if (pending)
+		*pending = s->pending;
+	pthread_mutex_unlock(&s->lock);
 }

@@ -44,7 +44,9 @@ struct stream_winsize {
 
 /* The descriptors of one exec or attach. They belong to the server: the
  * runtime reads and writes them (and may shutdown() them), never closes them.
- * Every one is blocking and close-on-exec. */
+ * Every one is blocking and close-on-exec. The three data descriptors are
+ * AF_UNIX stream sockets whose peer goes away with the client: write them
+ * with send(MSG_NOSIGNAL) (sock_write_all) and take EPIPE as "the client left". */
 struct stream_io {
 	int stdin_fd;  /* client input; EOF when the client closed stdin; -1 if not requested */
 	int stdout_fd; /* output to the client; -1 if not requested */
@@ -81,8 +83,13 @@ struct stream_server_options {
 	const char *address;   /* "127.0.0.1:0" (default): loopback, the kernel picks the port */
 	unsigned max_tokens;   /* outstanding URLs, default 1000; beyond: -ENOSPC */
 	unsigned token_ttl_ms; /* default 60000 */
-	unsigned max_sessions; /* concurrent client connections, default 256 */
-	unsigned request_timeout_ms; /* HTTP request and stream creation, default 30000 */
+	unsigned max_sessions; /* concurrent sessions (token accepted), default 256 */
+	/* Connections still sending their request (no valid token yet) have a
+	 * budget of their own: past max_pending (default 64) the one that has
+	 * waited longest is dropped; past twice that, new ones get 503. */
+	unsigned max_pending;
+	unsigned header_timeout_ms;  /* the whole request, default 5000 */
+	unsigned request_timeout_ms; /* stream creation (and a cap on the request), default 30000 */
 	unsigned idle_timeout_ms;    /* no traffic on an open session, default 4 h */
 	const struct stream_runtime_ops *ops;
 	void *userdata;
@@ -103,5 +110,7 @@ const char *stream_server_base_url(const struct stream_server *s);
 int stream_server_register(struct stream_server *s, const struct stream_request *req, char **url,
 			   struct crx_err *err);
 
-/* Counters for tests and Status: tokens outstanding, sessions open. */
-void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions);
+/* Counters for tests and Status: tokens outstanding, sessions open,
+ * connections without a session yet (each may be NULL). */
+void stream_server_stats(struct stream_server *s, unsigned *tokens, unsigned *sessions,
+			 unsigned *pending);

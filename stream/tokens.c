@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "common/util.h"
@@ -102,10 +103,15 @@ struct stream_request *token_cache_consume(struct token_cache *c, const char *to
 					   uint64_t now_ms)
 {
 	struct stream_request *req = NULL;
+	/* Every token has the same length, so the length tells nothing; the
+	 * bytes are compared in constant time, so how long a comparison takes
+	 * does not tell how much of a guess was right. */
+	if (strnlen(token, TOKEN_CHARS + 1) != TOKEN_CHARS)
+		return NULL;
 	pthread_mutex_lock(&c->lock);
 	expire(c, now_ms);
 	for (unsigned i = 0; i < c->n; i++) {
-		if (strcmp(c->e[i].token, token) == 0) {
+		if (CRYPTO_memcmp(c->e[i].token, token, TOKEN_CHARS) == 0) {
 			req = c->e[i].req;
 			drop(c, i);
 			break;

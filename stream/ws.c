@@ -52,10 +52,14 @@ static struct chan *ws_chan_for(struct session *s, uint8_t channel)
 	return NULL;
 }
 
-/* Where a message starting with byte `first` goes and whether it fits:
- * 1 yes (*c may be NULL: dropped), 0 not yet. */
+/* Where an n-byte message starting with byte `first` goes and whether it
+ * fits: 1 yes (*c may be NULL: dropped), 0 not yet. An empty message has
+ * no channel byte and goes nowhere. */
 static int ws_target(struct session *s, uint8_t first, size_t n, struct chan **c)
 {
+	*c = NULL;
+	if (n == 0)
+		return 1;
 	uint8_t channel = s->b64 ? (uint8_t)(first - '0') : first;
 	*c = ws_chan_for(s, channel);
 	return sess_chan_room(*c) >= n;
@@ -130,7 +134,7 @@ static void ws_input(struct session *s)
 			}
 			if (f.fin) {
 				uint8_t first = f.length ? f.payload[0] ^ f.mask[0] : 0;
-				if (f.length && !ws_target(s, first, f.length, &c))
+				if (!ws_target(s, first, f.length, &c))
 					return; /* no room yet: the frame stays, still masked */
 				ws_unmask(&f, payload);
 				ws_message(s, c, payload, f.length);
@@ -143,18 +147,23 @@ static void ws_input(struct session *s)
 				sess_begin_close(s, 0, 1002, "continuation without a message");
 				return;
 			}
+			/* Any fragment may be empty, the first and the last too: the
+			 * buffer may still have no memory, and an empty message has
+			 * no channel byte. */
 			size_t at = s->wsmsg.len;
 			if (sbuf_append(&s->wsmsg, f.payload, f.length) < 0) {
 				sess_begin_close(s, 0, 1009, "message too large");
 				return;
 			}
-			ws_unmask(&f, s->wsmsg.data + at);
+			if (f.length)
+				ws_unmask(&f, s->wsmsg.data + at);
 			if (!f.fin)
 				break;
-			if (!ws_target(s, s->wsmsg.data[0], s->wsmsg.len, &c)) {
-				s->wsmsg.len = at; /* again when there is room */
-				if (f.opcode != WS_CONT)
-					s->wsop = 0;
+			uint8_t first = s->wsmsg.len ? s->wsmsg.data[0] : 0;
+			if (!ws_target(s, first, s->wsmsg.len, &c)) {
+				/* Again when there is room: only a final continuation
+				 * gets here, so the message stays open. */
+				s->wsmsg.len = at;
 				return;
 			}
 			ws_message(s, c, s->wsmsg.data, s->wsmsg.len);

@@ -10,7 +10,7 @@
  *   {"op":"attach",...}  {"op":"portforward","id":"sb","ports":[8080]}
  *   {"op":"stats"}
  * and answers each with one line: {"url":...}, {"error":...,"code":-errno}
- * or {"tokens":N,"sessions":N}. Stops the server on EOF and exits. */
+ * or {"tokens":N,"sessions":N,"pending":N}. Stops the server on EOF and exits. */
 #include "config.h"
 
 #include <errno.h>
@@ -108,7 +108,7 @@ static int run_tty(const char *const *argv, const struct stream_io *io, struct c
 			if (n <= 0)
 				out_open = false; /* EIO: every slave descriptor is closed */
 			else if (io->stdout_fd >= 0)
-				(void)!write(io->stdout_fd, buf, n);
+				(void)!send(io->stdout_fd, buf, n, MSG_NOSIGNAL);
 		}
 		if (p[1].revents) {
 			ssize_t n = read(io->stdin_fd, buf, sizeof(buf));
@@ -216,10 +216,11 @@ static void answer(struct stream_server *s, const char *line)
 	const char *op =
 		o && json_object_object_get_ex(o, "op", &v) ? json_object_get_string(v) : "";
 	if (streq(op, "stats")) {
-		unsigned tokens, sessions;
-		stream_server_stats(s, &tokens, &sessions);
+		unsigned tokens, sessions, pending;
+		stream_server_stats(s, &tokens, &sessions, &pending);
 		json_object_object_add(reply, "tokens", json_object_new_int(tokens));
 		json_object_object_add(reply, "sessions", json_object_new_int(sessions));
+		json_object_object_add(reply, "pending", json_object_new_int(pending));
 	} else {
 		struct stream_request req = {
 			.kind = streq(op, "attach")        ? STREAM_ATTACH
@@ -268,6 +269,8 @@ int main(int argc, char **argv)
 		{"token-ttl-ms", required_argument, NULL, 'l'},
 		{"max-sessions", required_argument, NULL, 's'},
 		{"request-timeout-ms", required_argument, NULL, 'r'},
+		{"max-pending", required_argument, NULL, 'p'},
+		{"header-timeout-ms", required_argument, NULL, 'h'},
 		{"idle-timeout-ms", required_argument, NULL, 'i'},
 		{0},
 	};
@@ -291,6 +294,12 @@ int main(int argc, char **argv)
 			break;
 		case 'i':
 			opts.idle_timeout_ms = (unsigned)atoi(optarg);
+			break;
+		case 'p':
+			opts.max_pending = (unsigned)atoi(optarg);
+			break;
+		case 'h':
+			opts.header_timeout_ms = (unsigned)atoi(optarg);
 			break;
 		default:
 			return 2;

@@ -102,7 +102,7 @@ static int output(struct session *s, bool tty, struct crx_err *err)
 			ssize_t n = dk_http_read(s->conn, buf, sizeof(buf), err);
 			if (n <= 0)
 				return (int)n;
-			if (io->stdout_fd >= 0 && write_all(io->stdout_fd, buf, (size_t)n) < 0)
+			if (io->stdout_fd >= 0 && sock_write_all(io->stdout_fd, buf, (size_t)n) < 0)
 				return crx_err_set(err, -ECANCELED, "the client went away");
 		}
 	}
@@ -118,7 +118,7 @@ static int output(struct session *s, bool tty, struct crx_err *err)
 			r = dk_http_read_full(s->conn, buf, want, err);
 			if (r < 0)
 				return r;
-			if (fd >= 0 && write_all(fd, buf, want) < 0)
+			if (fd >= 0 && sock_write_all(fd, buf, want) < 0)
 				return crx_err_set(err, -ECANCELED, "the client went away");
 			left -= want;
 		}
@@ -283,7 +283,7 @@ static int stream_port_forward(void *userdata, const char *sandbox_id, uint16_t 
 			ssize_t n = read(src, buf, sizeof(buf));
 			if (n < 0 && errno == EINTR)
 				continue;
-			if (n <= 0 || write_all(dst, buf, (size_t)n) < 0) {
+			if (n <= 0 || sock_write_all(dst, buf, (size_t)n) < 0) {
 				shutdown(dst, SHUT_WR);
 				if (k)
 					from_pod = false;

@@ -20,7 +20,8 @@ def start(*args):
 def wait_idle(d, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if d.request(op="stats")["sessions"] == 0:
+        stats = d.request(op="stats")
+        if stats["sessions"] == 0 and stats.get("pending", 0) == 0:
             return
         time.sleep(0.02)
     raise AssertionError(f"sessions still open: {d.request(op='stats')}")
@@ -308,7 +309,90 @@ def test_thousand_short_sessions_leak_nothing(testd):
         elapsed = time.monotonic() - t0
         wait_idle(testd)
         assert settled_counts(testd) == before, "fds and threads (before: %s)" % (before,)
-        assert testd.request(op="stats") == {"tokens": 0, "sessions": 0}
+        assert testd.request(op="stats") == {"tokens": 0, "sessions": 0, "pending": 0}
         print(f"1000 sessions in {elapsed:.1f}s")
     finally:
         echo.stop()
+
+
+# --- connections without a token (issue 9, item 7) ---
+
+def _flood(url, n, first_bytes=b""):
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        if first_bytes:
+            s.sendall(first_bytes)
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize("first_bytes", [b"", b"GET /exec/", b"GET /exec/nonsense HTTP/1.1\r\n"])
+def test_connections_without_a_token_do_not_take_session_slots(first_bytes):
+    """More idle or half-sent requests than there are session slots: a
+    client with a valid token still gets its session at once."""
+    d = start("--max-sessions", "8")
+    socks = []
+    try:
+        url = d.exec_url(["echo", "real"])
+        socks = _flood(url, 100, first_bytes)
+        r = st.spdy_exec(url)
+        assert r.stdout == b"real\n" and r.exit_code == 0
+        ws = st.ws_exec(d.exec_url(["echo", "real"]))
+        assert ws.stdout == b"real\n"
+        stats = d.request(op="stats")
+        assert stats["pending"] >= 32, "the flood waits, without a session slot"
+        assert stats["sessions"] <= 1  # the last exec may still be closing
+    finally:
+        for s in socks:
+            s.close()
+        assert d.stop() == 0
+
+
+def test_connections_without_a_token_are_bounded_and_evicted_oldest_first():
+    """The waiting room for requests is small: past it, the connection that
+    waited longest is closed, so a flood costs bounded threads and fds."""
+    d = start("--max-sessions", "8", "--max-pending", "16")
+    try:
+        url = d.exec_url(["echo", "real"])
+        base_fds, base_threads = settled_counts(d)
+        old = _flood(url, 16)
+        new = _flood(url, 100)
+        # The oldest were closed to make room (EOF or a reset).
+        closed = 0
+        for s in old:
+            s.settimeout(5)
+            try:
+                data = s.recv(4096)
+            except (ConnectionResetError, socket.timeout):
+                data = b"reset"
+            closed += data in (b"", b"reset") or data.startswith(b"HTTP/1.1 503")
+        assert closed == len(old)
+        fds, threads = d.fd_count(), d.thread_count()
+        assert fds - base_fds <= 2 * 16 + 4, fds
+        assert threads - base_threads <= 2 * 16 + 4, threads
+        assert d.request(op="stats")["pending"] <= 2 * 16
+        r = st.spdy_exec(url)
+        assert r.stdout == b"real\n"
+        for s in old + new:
+            s.close()
+        assert settled_counts(d)[0] == base_fds
+    finally:
+        assert d.stop() == 0
+
+
+def test_request_header_timeout_is_short():
+    """A connection that never finishes its request is dropped within the
+    header timeout (5 s), not the 30 s the streams get."""
+    d = start("--header-timeout-ms", "300")
+    try:
+        url = d.exec_url(["true"])
+        socks = _flood(url, 5, b"GET /exec/")
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+            s.close()
+        st.spdy_exec(url)
+    finally:
+        assert d.stop() == 0

@@ -217,5 +217,5 @@ def test_stats_return_to_zero(testd):
     deadline = time.monotonic() + 5
     while testd.request(op="stats")["sessions"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert testd.request(op="stats") == {"tokens": 0, "sessions": 0}
+    assert testd.request(op="stats") == {"tokens": 0, "sessions": 0, "pending": 0}
     json.dumps(testd.request(op="stats"))

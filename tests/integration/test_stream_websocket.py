@@ -193,3 +193,100 @@ def test_port_forward_base64(testd, echo):
     assert ch.recv() == (0, b"B64 DATA")
     ws.close()
     json.dumps({})
+
+
+# --- message reassembly under hostile framing (issue 9, item 3) ---
+
+def _wc_session(testd):
+    """An exec of `wc -c` with stdin: what reaches it is counted."""
+    ws = st.WsConnection(testd.exec_url(["sh", "-c", "wc -c"], stdin=True, stderr=False))
+    assert ws.recv_message() == (st.WS_BINARY, b"\x01")  # the announcement
+    return ws
+
+
+def _finish_wc(ws):
+    """Closes stdin (v5 close signal); the count wc printed, as an int."""
+    ws.send_frame(st.WS_BINARY, bytes([255, 0]))
+    out = b""
+    while True:
+        op, payload = ws.recv_message()
+        if op == st.WS_CLOSE:
+            break
+        if payload[:1] == b"\x01":
+            out += payload[1:]
+    ws.sock.close()
+    return int(out.strip())
+
+
+def _close_code(ws):
+    while ws.recv_message()[0] != st.WS_CLOSE:
+        pass
+    ws.sock.close()
+    return ws.close_code
+
+
+@pytest.mark.parametrize("opcode", [st.WS_TEXT, st.WS_BINARY])
+def test_empty_fragmented_message_is_dropped(testd, opcode):
+    """An empty non-final frame, then an empty final continuation: an empty
+    message, dropped like an unfragmented empty one (crashed the server)."""
+    ws = _wc_session(testd)
+    ws.send_frame(opcode, b"", fin=False)
+    ws.send_frame(st.WS_CONT, b"", fin=True)
+    ws.send_frame(st.WS_BINARY, b"")
+    ws.send_frame(st.WS_BINARY, b"\x00abc")
+    assert _finish_wc(ws) == 3
+    assert testd.alive()
+
+
+def test_fragments_of_every_size_with_control_frames_between(testd):
+    """Empty first fragment, empty middles, the channel byte alone, pings
+    inside the message: one message, in order."""
+    ws = _wc_session(testd)
+    ws.send_frame(st.WS_BINARY, b"", fin=False)
+    ws.send_frame(st.WS_CONT, b"", fin=False)
+    ws.send_frame(st.WS_PING, b"mid")
+    ws.send_frame(st.WS_CONT, b"\x00", fin=False)
+    ws.send_frame(st.WS_CONT, b"", fin=False)
+    ws.send_frame(st.WS_PONG, b"unsolicited")
+    ws.send_frame(st.WS_CONT, b"hello", fin=False)
+    ws.send_frame(st.WS_CONT, b"", fin=True)
+    assert ws.recv_message() == (st.WS_PONG, b"mid")
+    assert _finish_wc(ws) == 5
+
+
+def test_many_empty_continuations_cost_nothing(testd):
+    ws = _wc_session(testd)
+    ws.send_frame(st.WS_BINARY, b"\x00x", fin=False)
+    empty = bytes([0x00, 0x80, 1, 2, 3, 4])  # masked, empty, not final
+    ws.sock.sendall(empty * 20000)
+    ws.send_frame(st.WS_CONT, b"y", fin=True)
+    assert _finish_wc(ws) == 2
+
+
+@pytest.mark.parametrize("frames,code", [
+    ([(st.WS_CONT, b"\x00abc", True)], 1002),                        # no message to continue
+    ([(st.WS_CONT, b"", True)], 1002),
+    ([(st.WS_BINARY, b"", False), (st.WS_TEXT, b"", True)], 1002),   # new message inside one
+    ([(st.WS_BINARY, b"\x00", False), (st.WS_BINARY, b"\x00", False)], 1002),
+    ([(st.WS_PING, b"", False)], 1002),                              # fragmented control frame
+    ([(st.WS_CLOSE, b"x" * 126, True)], 1002),                       # control frame too long
+])
+def test_broken_fragmentation_is_a_protocol_error(testd, frames, code):
+    ws = _wc_session(testd)
+    for op, payload, fin in frames:
+        ws.send_frame(op, payload, fin=fin)
+    assert _close_code(ws) == code
+    st_wait_idle(testd)
+
+
+def test_reassembled_message_over_the_limit_is_refused(testd):
+    """Each fragment is small; the message they make is not (128 KiB max)."""
+    ws = _wc_session(testd)
+    ws.send_frame(st.WS_BINARY, b"\x00", fin=False)
+    try:
+        for _ in range(40):
+            ws.send_frame(st.WS_CONT, b"z" * 4096, fin=False)
+    except OSError:
+        pass  # the server may close while we still send
+    assert _close_code(ws) == 1009
+    st_wait_idle(testd)

@@ -239,6 +239,28 @@ static void add_del(void)
 	free(errout);
 }
 
+/* A plugin that never reads its stdin and is gone before crimux has written
+ * it all: the write fails (EPIPE), and nothing kills the caller. The test
+ * process keeps SIGPIPE's default action, as a library caller may. */
+static void plugin_ignores_stdin(void)
+{
+	extern char **environ;
+	struct crx_err err = {0};
+	size_t n = 1 << 20; /* beyond any pipe or socket buffer */
+	char *big = malloc(n);
+	memset(big, ' ', n);
+	for (int i = 0; i < 3; i++) {
+		char *out = NULL, *errout = NULL;
+		char *argv[] = {"/bin/sh", "-c", "exec 0<&-; echo gone", NULL};
+		is_int(dk_run("/bin/sh", argv, environ, big, n, 1000, 5000, &out, &errout, &err), 0,
+		       "a plugin that closes its stdin at once");
+		is_str(out, "gone\n", "its output still arrives");
+		free(out);
+		free(errout);
+	}
+	free(big);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
@@ -246,6 +268,7 @@ int main(void)
 	loading();
 	plugin_conf();
 	add_del();
+	plugin_ignores_stdin();
 	char cmd[600];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	if (system(cmd) != 0)

@@ -42,6 +42,20 @@ static void test_tokens(void)
 	stream_request_free(r);
 	ok(!token_cache_consume(c, t1, 2000), "token is single-use");
 	ok(!token_cache_consume(c, "nonsense", 2000), "unknown token");
+	/* Near misses of a live token: all refused, and none uses it up. */
+	char near[TOKEN_CHARS + 2];
+	memcpy(near, t2, TOKEN_CHARS + 1);
+	near[TOKEN_CHARS - 1] = near[TOKEN_CHARS - 1] == 'A' ? 'B' : 'A';
+	ok(!token_cache_consume(c, near, 2000), "last character differs");
+	memcpy(near, t2, TOKEN_CHARS + 1);
+	near[TOKEN_CHARS - 1] = '\0';
+	ok(!token_cache_consume(c, near, 2000), "a prefix");
+	memcpy(near, t2, TOKEN_CHARS);
+	near[TOKEN_CHARS] = 'x';
+	near[TOKEN_CHARS + 1] = '\0';
+	ok(!token_cache_consume(c, near, 2000), "the token and one more character");
+	ok(!token_cache_consume(c, "", 2000), "empty");
+	is_int(token_cache_count(c, 2000), 1, "the live token is still there");
 	ok(token_cache_insert(c, exec_req(), 2000, t3, &err) == 0, "a consumed token frees room");
 
 	ok(!token_cache_consume(c, t2, 1000 + 60000), "token expires after the TTL");
@@ -204,7 +218,7 @@ static void test_server(void)
 	close(fd);
 
 	unsigned tokens, sessions;
-	stream_server_stats(s, &tokens, &sessions);
+	stream_server_stats(s, &tokens, &sessions, NULL);
 	is_int(tokens, 2, "two tokens still outstanding");
 	sbuf_free(&out);
 	spdy_zlib_free(&z);

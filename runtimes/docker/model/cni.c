@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -203,7 +204,11 @@ int dk_run(const char *path, char *const argv[], char *const envp[], const char 
 {
 	int in[2] = {-1, -1}, so[2] = {-1, -1}, se[2] = {-1, -1};
 	int r = 0;
-	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(so, O_CLOEXEC) < 0 || pipe2(se, O_CLOEXEC) < 0) {
+	/* stdin is a socket, not a pipe: a plugin that exits without reading it
+	 * costs an EPIPE (MSG_NOSIGNAL), never a SIGPIPE, whatever the caller's
+	 * signal disposition. */
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in) < 0 ||
+	    pipe2(so, O_CLOEXEC) < 0 || pipe2(se, O_CLOEXEC) < 0) {
 		r = crx_err_set(err, -errno, "pipe: %s", strerror(errno));
 		goto close_pipes;
 	}
@@ -258,7 +263,8 @@ int dk_run(const char *path, char *const argv[], char *const envp[], const char 
 			break;
 		}
 		if (in[1] >= 0 && p[2].revents) {
-			ssize_t n = write(in[1], stdin_data + written, stdin_len - written);
+			ssize_t n = send(in[1], stdin_data + written, stdin_len - written,
+					 MSG_NOSIGNAL);
 			if (n > 0)
 				written += (size_t)n;
 			if ((n < 0 && errno != EAGAIN && errno != EINTR) || written == stdin_len) {
