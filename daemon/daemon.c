@@ -68,8 +68,10 @@ static void generation_unref(void *arg)
 	free(g);
 }
 
-/* Opens the backends of cfg (taken over) and learns what they hold. */
-static int generation_new(struct crx_config *cfg, struct generation **out, struct crx_err *err)
+/* Opens the backends of cfg (taken over), sharing those of prev (may be
+ * NULL) whose configuration is unchanged, and learns what they hold. */
+static int generation_new(struct crx_config *cfg, struct generation *prev, struct generation **out,
+			  struct crx_err *err)
 {
 	struct generation *g = calloc(1, sizeof(*g));
 	if (!g) {
@@ -79,7 +81,7 @@ static int generation_new(struct crx_config *cfg, struct generation **out, struc
 	atomic_init(&g->refs, 1);
 	g->cfg = *cfg;
 	*cfg = (struct crx_config){0};
-	int r = router_new(&g->cfg, &g->router, err);
+	int r = router_renew(&g->cfg, prev ? prev->router : NULL, &g->router, err);
 	struct router_census census = {0};
 	if (r == 0)
 		r = router_rebuild(g->router, &census, err);
@@ -279,8 +281,10 @@ static void reload(struct daemon *d)
 	struct generation *g = NULL;
 	struct crx_err err = {0};
 	int r = crx_config_load(d->config_path, NULL, &cfg, &err);
+	struct generation *prev = generation_get(d);
 	if (r == 0)
-		r = generation_new(&cfg, &g, &err);
+		r = generation_new(&cfg, prev, &g, &err);
+	generation_unref(prev);
 	if (r < 0) {
 		log_error("reload failed, still serving the previous configuration: %s", err.msg);
 	} else {
@@ -372,7 +376,7 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	if (r < 0)
 		goto out;
 	notify_status(&d, "Finding the pods on the backends");
-	r = generation_new(cfg, &d.current, err);
+	r = generation_new(cfg, NULL, &d.current, err);
 	if (r < 0)
 		goto out;
 

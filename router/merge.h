@@ -43,6 +43,7 @@ struct route_handler {
 };
 
 struct router {
+	const struct crx_config *cfg;
 	struct backend **backends;
 	size_t n_backends;
 	struct route_handler *handlers;

@@ -68,7 +68,22 @@ static enum route route_of(const struct cri_method *m, uint32_t *id_field)
 	return streq(f->name, "container_id") ? ROUTE_CONTAINER : ROUTE_SANDBOX;
 }
 
+/* prev's backend configured as cfg, or NULL. */
+static struct backend *carried(struct router *prev, const struct crx_backend_config *cfg)
+{
+	for (size_t i = 0; prev && i < prev->n_backends; i++)
+		if (backend_config_same(&prev->cfg->backends[i], cfg))
+			return prev->backends[i];
+	return NULL;
+}
+
 int router_new(const struct crx_config *cfg, struct router **out, struct crx_err *err)
+{
+	return router_renew(cfg, NULL, out, err);
+}
+
+int router_renew(const struct crx_config *cfg, struct router *prev, struct router **out,
+		 struct crx_err *err)
 {
 	struct router *r = calloc(1, sizeof(*r));
 	size_t n_methods = cri_method_count();
@@ -80,9 +95,16 @@ int router_new(const struct crx_config *cfg, struct router **out, struct crx_err
 		router_free(r);
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
+	r->cfg = cfg;
 	for (size_t i = 0; i < n_methods; i++)
 		r->routes[i] = route_of(cri_method_at(i), &r->id_fields[i]);
 	for (size_t i = 0; i < cfg->n_backends; i++) {
+		struct backend *same = carried(prev, &cfg->backends[i]);
+		if (same) {
+			r->backends[i] = backend_ref(same);
+			r->n_backends++;
+			continue;
+		}
 		int ret = backend_open(&cfg->backends[i], &r->backends[i], err);
 		if (ret < 0) {
 			router_free(r);
