@@ -83,8 +83,11 @@ static int generation_new(struct crx_config *cfg, struct generation *prev, struc
 	*cfg = (struct crx_config){0};
 	int r = router_renew(&g->cfg, prev ? prev->router : NULL, &g->router, err);
 	struct router_census census = {0};
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (r == 0)
 		r = router_rebuild(g->router, &census, err);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (census.unreachable)
 		log_warning("backends not answering: %s; their pods are found once they answer",
 			    census.unreachable);
@@ -93,8 +96,10 @@ static int generation_new(struct crx_config *cfg, struct generation *prev, struc
 		generation_unref(g);
 		return r;
 	}
-	log_info("found %u pod sandboxes and %u containers on the backends", census.sandboxes,
-		 census.containers);
+	/* How long a restarted crimuxd takes to know who owns what. */
+	log_info("found %u pod sandboxes and %u containers on the backends in %.3f s",
+		 census.sandboxes, census.containers,
+		 (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
 	for (size_t i = 0; i < g->cfg.n_backends; i++)
 		log_info("backend %s (%s) at %s", g->cfg.backends[i].name, g->cfg.backends[i].type,
 			 g->cfg.backends[i].endpoint);
