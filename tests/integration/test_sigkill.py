@@ -9,14 +9,14 @@ addresses, network namespaces). The ownership rebuild time is printed; the
 from conftest import stop_checked
 from lab import mixed
 
-PER_HANDLER = 3
+PODS = 9  # three per handler
 
 
 def test_sigkill_with_every_handler(lab, dockerd, crimuxd_binary, tmp_path, capsys):
     started = []
     try:
         figures = mixed.sigkill_scenario(lab, dockerd, crimuxd_binary, str(tmp_path),
-                                         PER_HANDLER, started)
+                                         PODS, started)
     finally:
         stop_checked(started)
     with capsys.disabled():

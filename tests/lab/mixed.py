@@ -168,9 +168,9 @@ def _rebuild_figures(log):
     return int(pods), int(ctrs), float(secs)
 
 
-def sigkill_scenario(lab, dockerd, binary, workdir, per_handler, started, report=print,
+def sigkill_scenario(lab, dockerd, binary, workdir, n_pods, started, report=print,
                      parallel=1):
-    """Pods on every handler (per_handler each, one container each; the first
+    """n_pods pods spread over the handlers (one container each; the first
     pod of each handler logs a numbered line every 10 ms), exec sessions and
     a GetContainerEvents stream open; crimuxd is SIGKILLed, left down a
     second, started again. Asserts that the new crimuxd lists and operates
@@ -212,7 +212,7 @@ def sigkill_scenario(lab, dockerd, binary, workdir, per_handler, started, report
             return pod, {"handler": h, "config": cfg, "container": cid, "hello": f"hello-{h}-{i}",
                          "log": os.path.join(logs, "main.log"), "logger": i == 0}
 
-        jobs = [(h, i) for i in range(per_handler) for h in HANDLERS]
+        jobs = [(HANDLERS[k % len(HANDLERS)], k // len(HANDLERS)) for k in range(n_pods)]
         t0 = time.monotonic()
         with ThreadPoolExecutor(parallel) as pool:
             pods = dict(pool.map(make, jobs))
@@ -241,7 +241,7 @@ def sigkill_scenario(lab, dockerd, binary, workdir, per_handler, started, report
         figures = {"pods": len(pods), "created_s": round(made, 1),
                    "restart_ready_s": round(ready, 3), "rebuild_s": rebuild,
                    "rebuild_pods": n_pods, "rebuild_containers": n_ctrs}
-        report(f"crimuxd SIGKILLed with {len(pods)} pods ({per_handler} per handler): "
+        report(f"crimuxd SIGKILLed with {len(pods)} pods over {', '.join(HANDLERS)}: "
                f"ownership of {n_pods} sandboxes and {n_ctrs} containers rebuilt in "
                f"{rebuild:.3f} s; serving again {ready:.3f} s after the start")
         assert n_pods >= len(pods) and n_ctrs >= len(pods)
