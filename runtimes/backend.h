@@ -23,6 +23,9 @@ struct backend_serve {
 	 * owns which object there. Must not block. */
 	void (*observe)(int code, const uint8_t *reply, size_t len, void *arg);
 	void *observe_arg;
+	/* Non-zero: the work goes on when the client gives up, for at least this
+	 * long (see rpc_relay.detach_ms): creates the kubelet may retry. */
+	unsigned detach_ms;
 };
 
 struct backend_ops {
