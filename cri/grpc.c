@@ -629,7 +629,8 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 	struct rpc_server *s = c->server;
 	c->relay = *relay;
 	c->relay.request = NULL; /* copied below; the caller's buffer may go */
-	bool detach = relay->detach_ms && !relay->server_streaming;
+	/* Not while stopping: shutdown cancels detached calls only once. */
+	bool detach = relay->detach_ms && !relay->server_streaming && !atomic_load(&s->stopping);
 	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
 	if (detach) {
 		/* The client's deadline, but no less than detach_ms from now. */

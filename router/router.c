@@ -493,6 +493,8 @@ static void answer_waiters(struct router *r, struct creates_waiter *w, bool sand
 		if (id) {
 			rpc_call_tag(w->call, NULL, sandbox ? id : NULL, sandbox ? NULL : id);
 			rpc_call_reply(w->call, reply, len);
+		} else if (rpc_call_cancelled(w->call)) {
+			rpc_call_fail(w->call, RPC_CANCELLED, "the call was cancelled");
 		} else {
 			router_dispatch_again(r, w->call);
 		}
