@@ -503,6 +503,14 @@ static void answer_waiters(struct router *r, struct creates_waiter *w, bool sand
 	}
 }
 
+/* A create this call held the key of ends here, without making anything. */
+static void abandon_create(struct router *r, const char *key, bool sandbox)
+{
+	if (key)
+		answer_waiters(r, creates_end(r->creates, key, NULL, false), sandbox, NULL, NULL,
+			       0);
+}
+
 static void made_observed(int code, const uint8_t *reply, size_t len, void *arg)
 {
 	struct making *mk = arg;
@@ -644,8 +652,7 @@ static int begin_create(struct router *r, struct rpc_call *call, const struct cr
 		free(rc);
 		free(made);
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		answer_waiters(r, creates_end(r->creates, key, NULL, false), sandbox, NULL, NULL,
-			       0);
+		abandon_create(r, key, sandbox);
 		return 1;
 	}
 	rc->r = r;
@@ -654,8 +661,7 @@ static int begin_create(struct router *r, struct rpc_call *call, const struct cr
 	rc->owner = owner;
 	rc->sandbox = sandbox;
 	if (rpc_call_defer(call, recheck_made, rc) < 0) {
-		answer_waiters(r, creates_end(r->creates, key, NULL, false), sandbox, NULL, NULL,
-			       0);
+		abandon_create(r, key, sandbox);
 		free(rc->key);
 		free(rc->id);
 		free(rc->sandbox_id);
@@ -703,9 +709,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
 		rpc_call_fail(call, RPC_INVALID_ARGUMENT,
 			      "RunPodSandbox: the request has no valid sandbox config");
-		if (key) /* cannot be: it decoded the first time */
-			answer_waiters(r, creates_end(r->creates, key, NULL, false), true, NULL,
-				       NULL, 0);
+		abandon_create(r, key, true);
 		return;
 	}
 	const char *asked = req->runtime_handler ? req->runtime_handler : "";
@@ -715,6 +719,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		if (hi < 0) {
 			fail_unknown_handler(r, call, "RunPodSandbox", asked);
 			runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+			abandon_create(r, key, true);
 			return;
 		}
 	}
@@ -726,6 +731,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 	    kata_check_sandbox(h->kata, h->name, req->config, &changed, &err) < 0) {
 		rpc_call_fail_err(call, &err);
 		runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+		abandon_create(r, key, true);
 		return;
 	}
 	char *theirs = req->runtime_handler;
@@ -780,9 +786,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		if (l)
 			learn_free(l);
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		if (key)
-			answer_waiters(r, creates_end(r->creates, key, NULL, false), true, NULL,
-				       NULL, 0);
+		abandon_create(r, key, true);
 	} else {
 		serve(r, owner.backend, call, m, &how);
 	}
@@ -861,9 +865,7 @@ static void create_container(struct router *r, struct rpc_call *call, const stru
 		if (l)
 			learn_free(l);
 		rpc_call_fail_err(call, &err);
-		if (key)
-			answer_waiters(r, creates_end(r->creates, key, NULL, false), false, NULL,
-				       NULL, 0);
+		abandon_create(r, key, false);
 		return;
 	}
 	serve(r, owner.backend, call, m, &how);
