@@ -77,6 +77,11 @@ def ipam_ips(lab):
     return {f for f in os.listdir(d) if f[0].isdigit()}
 
 
+# dockerd's own network namespaces (under its exec root) are not probed: its
+# network library deletes them on a timer, up to a minute after the
+# container has gone. crimux makes none for docker pods (CNI gets the pause
+# process's namespace).
+
 def containerd_netns(lab):
     """Network namespaces containerd keeps mounted (under its state dir)."""
     root = os.path.join(lab.containerd.root_dir, "state")
