@@ -57,6 +57,16 @@ def both(call1, call2):
         return out
 
 
+def gave_up(call):
+    """A call made with a deadline shorter than the work: None when it
+    timed out, as meant; its result if this machine was quicker."""
+    try:
+        return call()
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+        return None
+
+
 HANDLERS = pytest.mark.parametrize("handler", mixed.HANDLERS)
 
 
@@ -85,10 +95,11 @@ def test_run_pod_sandbox_retried_after_a_timeout(cri, lab, dockerd, handler):
     before = (mixed.ipam_ips(lab), mixed.containerd_netns(lab),
               mixed.docker_sandboxes(dockerd), mixed.containerd_sandboxes(direct))
     cfg = mixed.pod_config(handler)
-    with pytest.raises(grpc.RpcError) as e:  # the kubelet gives up on it...
-        cri.RunPodSandbox(config=cfg, runtime_handler=handler, timeout=0.05)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The kubelet gives up on it...
+    first = gave_up(lambda: cri.RunPodSandbox(config=cfg, runtime_handler=handler,
+                                              timeout=0.05).pod_sandbox_id)
     pod = cri.run_pod(cfg, handler)  # ...and asks again at once
+    assert first in (None, pod)
     assert same_meta(cri.ListPodSandbox().items, cfg.metadata) == [pod]
     assert cri.PodSandboxStatus(pod_sandbox_id=pod).status.state == api.SANDBOX_READY
     time.sleep(1)  # a copy made by the first call late would show now
@@ -136,10 +147,10 @@ def test_create_container_retried_after_a_timeout(cri, lab, handler):
     api = pb()
     pod, cfg = a_pod(cri, lab, handler)
     ccfg = mixed.ctr_config(handler, "main", lab.busybox_ref)
-    with pytest.raises(grpc.RpcError) as e:
-        cri.CreateContainer(pod_sandbox_id=pod, config=ccfg, sandbox_config=cfg, timeout=0.02)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first = gave_up(lambda: cri.CreateContainer(pod_sandbox_id=pod, config=ccfg,
+                                                sandbox_config=cfg, timeout=0.02).container_id)
     cid = cri.CreateContainer(pod_sandbox_id=pod, config=ccfg, sandbox_config=cfg).container_id
+    assert first in (None, cid)
     time.sleep(1)
     assert same_meta(cri.ListContainers().containers, ccfg.metadata) == [cid]
     cri.StartContainer(container_id=cid)
