@@ -185,7 +185,6 @@ def sigkill_scenario(lab, dockerd, binary, workdir, n_pods, started, report=prin
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-
     from lab.cri import CRI, pb
     from lab.env import wait_for
     from lab.streaming import spdy_exec
