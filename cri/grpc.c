@@ -69,6 +69,7 @@ struct rpc_server {
 	pthread_cond_t changed; /* calls reached zero, or shutdown completed */
 	unsigned calls;         /* accepted and not yet freed */
 	bool shutdown_done;
+	struct rpc_call *detached; /* relays whose backend call outlives the client's */
 	struct tag shutdown_tag;
 };
 
@@ -125,6 +126,7 @@ struct rpc_call {
 
 	/* relay state, touched only on the event thread once relaying */
 	struct rpc_relay relay;
+	struct rpc_call *detached_next, **detached_prev; /* under server->lock */
 	grpc_call *up;
 	grpc_byte_buffer *up_request;
 	grpc_metadata_array up_md, up_trailers;
@@ -228,8 +230,22 @@ static struct rpc_call *call_alloc(struct rpc_server *server)
 	return c;
 }
 
+static void undetach(struct rpc_call *c)
+{
+	struct rpc_server *s = c->server;
+	pthread_mutex_lock(&s->lock);
+	if (c->detached_prev) {
+		*c->detached_prev = c->detached_next;
+		if (c->detached_next)
+			c->detached_next->detached_prev = c->detached_prev;
+		c->detached_prev = NULL;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 static void call_free(struct rpc_call *c)
 {
+	undetach(c);
 	if (c->call)
 		grpc_call_unref(c->call);
 	if (c->up)
@@ -755,6 +771,7 @@ static char *backend_details_str(struct rpc_channel *ch, grpc_status_code code, 
 
 static void relay_finish(struct rpc_call *c)
 {
+	undetach(c);
 	grpc_byte_buffer *msg = c->relay.server_streaming ? NULL : c->up_msg;
 	if (c->relay.observe) {
 		struct rpc_buf reply = {0};
@@ -780,12 +797,32 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 	struct rpc_server *s = c->server;
 	c->relay = *relay;
 	c->relay.request = NULL; /* copied below; the caller's buffer may go */
-	c->up = grpc_channel_create_call(relay->channel->channel, c->call, GRPC_PROPAGATE_DEFAULTS,
-					 s->cq, c->details.method, NULL,
-					 gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	/* Not while stopping: shutdown cancels detached calls only once. */
+	bool detach = relay->detach_ms && !relay->server_streaming && !atomic_load(&s->stopping);
+	gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	if (detach) {
+		/* The client's deadline, but no less than detach_ms from now. */
+		gpr_timespec floor =
+			gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+				     gpr_time_from_millis((int64_t)relay->detach_ms, GPR_TIMESPAN));
+		deadline = gpr_time_max(
+			gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC), floor);
+	}
+	c->up = grpc_channel_create_call(relay->channel->channel, detach ? NULL : c->call,
+					 detach ? 0 : GRPC_PROPAGATE_DEFAULTS, s->cq,
+					 c->details.method, NULL, deadline, NULL);
 	if (!c->up) {
 		relay_fail(c);
 		return;
+	}
+	if (detach) { /* cancelled by rpc_server_shutdown() if still running */
+		pthread_mutex_lock(&s->lock);
+		c->detached_next = s->detached;
+		if (s->detached)
+			s->detached->detached_prev = &c->detached_next;
+		c->detached_prev = &s->detached;
+		s->detached = c;
+		pthread_mutex_unlock(&s->lock);
 	}
 	/* Sending moves a buffer's slices out: the backend gets a copy, and the
 	 * request stays readable for whoever looks at it later. */
@@ -1202,6 +1239,11 @@ unsigned rpc_server_shutdown(struct rpc_server *s, unsigned grace_ms)
 	if (!wait_until(s, no_calls, grace_ms)) {
 		cancelled = rpc_server_calls_in_flight(s);
 		grpc_server_cancel_all_calls(s->server);
+		/* Backend calls that outlive their client's end here too. */
+		pthread_mutex_lock(&s->lock);
+		for (struct rpc_call *c = s->detached; c; c = c->detached_next)
+			grpc_call_cancel(c->up, NULL);
+		pthread_mutex_unlock(&s->lock);
 	}
 	/* Cancelled calls finish promptly; the bound only guards against a bug. */
 	wait_until(s, all_done, 10000);

@@ -113,6 +113,12 @@ struct rpc_relay {
 	 * thread or the caller's; must not block. */
 	void (*observe)(int code, const uint8_t *msg, size_t len, void *arg);
 	void *observe_arg;
+	/* Unary only. 0: the backend's call ends with the client's (deadline,
+	 * cancellation). Otherwise it is not cancelled when the client gives
+	 * up and gets the client's deadline but at least detach_ms: a create
+	 * the kubelet timed out on still completes, and observe hears how, so
+	 * its retry can be given the same object. */
+	unsigned detach_ms;
 };
 void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
 

@@ -75,8 +75,10 @@ static void generation_unref(void *arg)
 	free(g);
 }
 
-/* Opens the backends of cfg (taken over) and learns what they hold. */
-static int generation_new(struct crx_config *cfg, struct generation **out, struct crx_err *err)
+/* Opens the backends of cfg (taken over), sharing those of prev (may be
+ * NULL) whose configuration is unchanged, and learns what they hold. */
+static int generation_new(struct crx_config *cfg, struct generation *prev, struct generation **out,
+			  struct crx_err *err)
 {
 	struct generation *g = calloc(1, sizeof(*g));
 	if (!g) {
@@ -86,10 +88,13 @@ static int generation_new(struct crx_config *cfg, struct generation **out, struc
 	atomic_init(&g->refs, 1);
 	g->cfg = *cfg;
 	*cfg = (struct crx_config){0};
-	int r = router_new(&g->cfg, &g->router, err);
+	int r = router_renew(&g->cfg, prev ? prev->router : NULL, &g->router, err);
 	struct router_census census = {0};
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (r == 0)
 		r = router_rebuild(g->router, &census, err);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (census.unreachable)
 		log_warning("backends not answering: %s; their pods are found once they answer",
 			    census.unreachable);
@@ -98,8 +103,10 @@ static int generation_new(struct crx_config *cfg, struct generation **out, struc
 		generation_unref(g);
 		return r;
 	}
-	log_info("found %u pod sandboxes and %u containers on the backends", census.sandboxes,
-		 census.containers);
+	/* How long a restarted crimuxd takes to know who owns what. */
+	log_info("found %u pod sandboxes and %u containers on the backends in %.3f s",
+		 census.sandboxes, census.containers,
+		 (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
 	for (size_t i = 0; i < g->cfg.n_backends; i++)
 		log_info("backend %s (%s) at %s", g->cfg.backends[i].name, g->cfg.backends[i].type,
 			 g->cfg.backends[i].endpoint);
@@ -286,8 +293,10 @@ static void reload(struct daemon *d)
 	struct generation *g = NULL;
 	struct crx_err err = {0};
 	int r = crx_config_load(d->config_path, NULL, &cfg, &err);
+	struct generation *prev = generation_get(d);
 	if (r == 0)
-		r = generation_new(&cfg, &g, &err);
+		r = generation_new(&cfg, prev, &g, &err);
+	generation_unref(prev);
 	if (r < 0) {
 		log_error("reload failed, still serving the previous configuration: %s", err.msg);
 	} else {
@@ -379,7 +388,7 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	if (r < 0)
 		goto out;
 	notify_status(&d, "Finding the pods on the backends");
-	r = generation_new(cfg, &d.current, err);
+	r = generation_new(cfg, NULL, &d.current, err);
 	if (r < 0)
 		goto out;
 

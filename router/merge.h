@@ -7,6 +7,7 @@
 #include "cri/methods.h"
 #include "cri/rpc.h"
 #include "runtimes/backend.h"
+#include "router/creates.h"
 #include "router/owners.h"
 #include "router/policy.h"
 
@@ -43,6 +44,7 @@ struct route_handler {
 };
 
 struct router {
+	const struct crx_config *cfg;
 	struct backend **backends;
 	size_t n_backends;
 	struct route_handler *handlers;
@@ -53,6 +55,7 @@ struct router {
 	bool tracks_owners; /* several backends, or a policy that needs the pod's handler */
 	struct rpc_channel **channels; /* every backend's, when all relay over gRPC */
 	struct owners *owners;
+	struct creates *creates; /* creates in flight and made, for the kubelet's retries */
 	struct workers *fanout; /* fanout_call()'s legs; never a long stream */
 	struct event_hub *events;
 	enum route *routes;  /* per method, by cri_method_index() */

@@ -13,6 +13,9 @@
 
 #define FANOUT_THREADS     64
 #define REBUILD_TIMEOUT_MS 10000
+/* A create goes on this long after its client gave up (the kubelet's
+ * runtime request timeout), so that the retry gets what it made. */
+#define CREATE_DETACH_MS 120000
 
 /* Methods whose route is not just "the owner of the ID it names". */
 static const struct {
@@ -68,7 +71,22 @@ static enum route route_of(const struct cri_method *m, uint32_t *id_field)
 	return streq(f->name, "container_id") ? ROUTE_CONTAINER : ROUTE_SANDBOX;
 }
 
+/* prev's backend configured as cfg, or NULL. */
+static struct backend *carried(struct router *prev, const struct crx_backend_config *cfg)
+{
+	for (size_t i = 0; prev && i < prev->n_backends; i++)
+		if (backend_config_same(&prev->cfg->backends[i], cfg))
+			return prev->backends[i];
+	return NULL;
+}
+
 int router_new(const struct crx_config *cfg, struct router **out, struct crx_err *err)
+{
+	return router_renew(cfg, NULL, out, err);
+}
+
+int router_renew(const struct crx_config *cfg, struct router *prev, struct router **out,
+		 struct crx_err *err)
 {
 	struct router *r = calloc(1, sizeof(*r));
 	size_t n_methods = cri_method_count();
@@ -76,13 +94,21 @@ int router_new(const struct crx_config *cfg, struct router **out, struct crx_err
 	    !(r->handlers = calloc(cfg->n_handlers + 1, sizeof(*r->handlers))) ||
 	    !(r->routes = calloc(n_methods, sizeof(*r->routes))) ||
 	    !(r->id_fields = calloc(n_methods, sizeof(*r->id_fields))) ||
-	    owners_new(&r->owners) < 0 || workers_new(FANOUT_THREADS, &r->fanout) < 0) {
+	    owners_new(&r->owners) < 0 || creates_new(&r->creates) < 0 ||
+	    workers_new(FANOUT_THREADS, &r->fanout) < 0) {
 		router_free(r);
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
+	r->cfg = cfg;
 	for (size_t i = 0; i < n_methods; i++)
 		r->routes[i] = route_of(cri_method_at(i), &r->id_fields[i]);
 	for (size_t i = 0; i < cfg->n_backends; i++) {
+		struct backend *same = carried(prev, &cfg->backends[i]);
+		if (same) {
+			r->backends[i] = backend_ref(same);
+			r->n_backends++;
+			continue;
+		}
 		int ret = backend_open(&cfg->backends[i], &r->backends[i], err);
 		if (ret < 0) {
 			router_free(r);
@@ -138,6 +164,7 @@ void router_free(struct router *r)
 	for (size_t i = 0; i < r->n_backends; i++)
 		backend_free(r->backends[i]);
 	owners_free(r->owners);
+	creates_free(r->creates);
 	free(r->backends);
 	free(r->channels);
 	free(r->handlers);
@@ -230,8 +257,10 @@ static void learn_created(int code, const uint8_t *reply, size_t len, void *arg)
 static void learn_removed(int code, const uint8_t *reply, size_t len, void *arg)
 {
 	struct learn *l = arg;
-	if (code == RPC_OK)
+	if (code == RPC_OK) {
 		owners_remove(l->r->owners, l->kind, l->id);
+		creates_forget(l->r->creates, l->id);
+	}
 	learn_free(l);
 }
 
@@ -253,6 +282,13 @@ static void learn_sandboxes(struct router *r, size_t backend,
 		owners_add(r->owners, OWNER_SANDBOX, p->id, NULL, o);
 		if (p->metadata && p->metadata->uid && *p->metadata->uid)
 			owners_add(r->owners, OWNER_POD_UID, p->metadata->uid, NULL, o);
+		if (p->metadata) {
+			_cleanup_free_ char *key =
+				creates_sandbox_key(p->metadata->namespace_, p->metadata->name,
+						    p->metadata->uid, p->metadata->attempt);
+			if (key)
+				creates_learn(r->creates, key, p->id);
+		}
 	}
 }
 
@@ -265,6 +301,12 @@ static void learn_containers(struct router *r, size_t backend,
 		if (owners_find(r->owners, OWNER_SANDBOX, c->pod_sandbox_id, &pod, NULL) == 0)
 			o.handler = pod.handler; /* a container runs under its pod's handler */
 		owners_add(r->owners, OWNER_CONTAINER, c->id, c->pod_sandbox_id, o);
+		if (c->metadata) {
+			_cleanup_free_ char *key = creates_container_key(
+				c->pod_sandbox_id, c->metadata->name, c->metadata->attempt);
+			if (key)
+				creates_learn(r->creates, key, c->id);
+		}
 	}
 }
 
@@ -431,6 +473,208 @@ bool router_health(struct router *r, unsigned timeout_ms, char **summary)
 	return ok;
 }
 
+/* ---------------------------------------------------------------- retries */
+
+/* A create in flight under its key (creates.h): when it ends, the calls
+ * that waited for it get its answer. */
+struct making {
+	struct router *r;
+	char *key;
+	bool sandbox;
+	uint32_t id_field;
+	struct learn *learn; /* NULL when owners are not tracked */
+};
+
+static void router_dispatch_again(struct router *r, struct rpc_call *call);
+static int pack_to(const ProtobufCMessage *msg, struct rpc_buf *out);
+
+/* The create they waited for ended: its reply is theirs too; if it failed,
+ * each goes again, as a retry after it would have. */
+static void answer_waiters(struct router *r, struct creates_waiter *w, bool sandbox, const char *id,
+			   const uint8_t *reply, size_t len)
+{
+	while (w) {
+		struct creates_waiter *next = w->next;
+		if (id) {
+			rpc_call_tag(w->call, NULL, sandbox ? id : NULL, sandbox ? NULL : id);
+			rpc_call_reply(w->call, reply, len);
+		} else if (rpc_call_cancelled(w->call)) {
+			rpc_call_fail(w->call, RPC_CANCELLED, "the call was cancelled");
+		} else {
+			router_dispatch_again(r, w->call);
+		}
+		free(w);
+		w = next;
+	}
+}
+
+/* A create this call held the key of ends here, without making anything. */
+static void abandon_create(struct router *r, const char *key, bool sandbox)
+{
+	if (key)
+		answer_waiters(r, creates_end(r->creates, key, NULL, false), sandbox, NULL, NULL,
+			       0);
+}
+
+static void made_observed(int code, const uint8_t *reply, size_t len, void *arg)
+{
+	struct making *mk = arg;
+	_cleanup_free_ char *id = NULL;
+	if (code != RPC_OK || wire_find_string(reply, len, mk->id_field, &id) <= 0 || !*id) {
+		free(id);
+		id = NULL;
+	}
+	if (mk->learn)
+		learn_created(code, reply, len, mk->learn);
+	struct creates_waiter *w = creates_end(mk->r->creates, mk->key, id, mk->r->tracks_owners);
+	answer_waiters(mk->r, w, mk->sandbox, id, reply, len);
+	free(mk->key);
+	free(mk);
+}
+
+static struct making *making_new(struct router *r, char *key, bool sandbox, uint32_t id_field,
+				 struct learn *l)
+{
+	struct making *mk = calloc(1, sizeof(*mk));
+	if (mk)
+		*mk = (struct making){r, key, sandbox, id_field, l};
+	return mk;
+}
+
+/* A retry of a create that finished: is what it made still as the first
+ * call left it (a ready pod, a container not started)? */
+static bool still_made(struct router *r, struct rpc_call *call, unsigned backend, bool sandbox,
+		       const char *id)
+{
+	Runtime__V1__PodSandboxStatusRequest sreq = RUNTIME__V1__POD_SANDBOX_STATUS_REQUEST__INIT;
+	Runtime__V1__ContainerStatusRequest creq = RUNTIME__V1__CONTAINER_STATUS_REQUEST__INIT;
+	sreq.pod_sandbox_id = creq.container_id = (char *)id;
+	const ProtobufCMessage *msg = sandbox ? &sreq.base : &creq.base;
+	uint8_t buf[512];
+	struct rpc_buf req = {buf, protobuf_c_message_get_packed_size(msg)};
+	if (req.len > sizeof(buf))
+		return false;
+	protobuf_c_message_pack(msg, buf);
+	struct backend *b = r->backends[backend];
+	struct rpc_result res = {0};
+	bool same = false;
+	if (b->ops->call(b,
+			 sandbox ? "/runtime.v1.RuntimeService/PodSandboxStatus"
+				 : "/runtime.v1.RuntimeService/ContainerStatus",
+			 &req, call, 10000, &res) == 0 &&
+	    res.code == RPC_OK) {
+		if (sandbox) {
+			Runtime__V1__PodSandboxStatusResponse *st =
+				runtime__v1__pod_sandbox_status_response__unpack(
+					NULL, res.reply.len, res.reply.data);
+			same = st && st->status &&
+			       st->status->state == RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY;
+			runtime__v1__pod_sandbox_status_response__free_unpacked(st, NULL);
+		} else {
+			Runtime__V1__ContainerStatusResponse *st =
+				runtime__v1__container_status_response__unpack(NULL, res.reply.len,
+									       res.reply.data);
+			same = st && st->status &&
+			       st->status->state == RUNTIME__V1__CONTAINER_STATE__CONTAINER_CREATED;
+			runtime__v1__container_status_response__free_unpacked(st, NULL);
+		}
+	}
+	rpc_result_clear(&res);
+	return same;
+}
+
+struct recheck {
+	struct router *r;
+	const struct cri_method *m;
+	char *key, *id;
+	struct owner owner;
+	bool sandbox;
+	char *sandbox_id; /* a container's pod */
+};
+
+static void run_sandbox(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			char *held);
+static void create_container(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			     const char *sandbox_id, struct owner owner, char *held);
+
+/* On a worker: the answer is the object made before, or the create goes
+ * ahead (still holding its key). */
+static void recheck_made(struct rpc_call *call, void *arg)
+{
+	struct recheck *rc = arg;
+	struct router *r = rc->r;
+	if (still_made(r, call, rc->owner.backend, rc->sandbox, rc->id)) {
+		Runtime__V1__RunPodSandboxResponse sresp =
+			RUNTIME__V1__RUN_POD_SANDBOX_RESPONSE__INIT;
+		Runtime__V1__CreateContainerResponse cresp =
+			RUNTIME__V1__CREATE_CONTAINER_RESPONSE__INIT;
+		sresp.pod_sandbox_id = cresp.container_id = rc->id;
+		struct rpc_buf reply = {0};
+		if (pack_to(rc->sandbox ? &sresp.base : &cresp.base, &reply) < 0) {
+			rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+			answer_waiters(r, creates_end(r->creates, rc->key, NULL, false),
+				       rc->sandbox, NULL, NULL, 0);
+		} else {
+			rpc_call_tag(call, NULL, rc->sandbox ? rc->id : NULL,
+				     rc->sandbox ? NULL : rc->id);
+			rpc_call_reply(call, reply.data, reply.len);
+			answer_waiters(r, creates_end(r->creates, rc->key, rc->id, true),
+				       rc->sandbox, rc->id, reply.data, reply.len);
+		}
+		rpc_buf_clear(&reply);
+		free(rc->key);
+	} else if (rc->sandbox) {
+		run_sandbox(r, call, rc->m, rc->key); /* takes the key */
+	} else {
+		create_container(r, call, rc->m, rc->sandbox_id, rc->owner, rc->key);
+	}
+	free(rc->id);
+	free(rc->sandbox_id);
+	free(rc);
+}
+
+/* Before a create goes to its backend: 1 when the call is handled here (it
+ * waits for the same create in flight, or a retry is checked against what
+ * the first call made), 0 to go ahead, holding the key. */
+static int begin_create(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			const char *key, struct owner owner, bool sandbox, const char *sandbox_id)
+{
+	int b = creates_begin(r->creates, key, call);
+	if (b < 0) {
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return 1;
+	}
+	if (b == 1)
+		return 1; /* answered when the first one ends */
+	char *made = r->tracks_owners ? creates_made(r->creates, key) : NULL;
+	if (!made)
+		return 0;
+	struct recheck *rc = calloc(1, sizeof(*rc));
+	if (!rc || !(rc->key = strdup(key)) ||
+	    (sandbox_id && !(rc->sandbox_id = strdup(sandbox_id)))) {
+		if (rc)
+			free(rc->key);
+		free(rc);
+		free(made);
+		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		abandon_create(r, key, sandbox);
+		return 1;
+	}
+	rc->r = r;
+	rc->m = m;
+	rc->id = made;
+	rc->owner = owner;
+	rc->sandbox = sandbox;
+	if (rpc_call_defer(call, recheck_made, rc) < 0) {
+		abandon_create(r, key, sandbox);
+		free(rc->key);
+		free(rc->id);
+		free(rc->sandbox_id);
+		free(rc);
+	}
+	return 1;
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Version describes crimux, the runtime the kubelet talks to. */
@@ -478,8 +722,12 @@ static int admit(const struct route_handler *h, struct rpc_call *call, const str
 	return ret;
 }
 
-static void run_sandbox(struct router *r, struct rpc_call *call, const struct cri_method *m)
+/* held: the key of this create, when this call already holds it (a retry
+ * whose first object is gone); NULL on first dispatch. Takes held. */
+static void run_sandbox(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			char *held)
 {
+	_cleanup_free_ char *key = held;
 	size_t len;
 	const uint8_t *data = rpc_call_request(call, &len);
 	Runtime__V1__RunPodSandboxRequest *req =
@@ -488,6 +736,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
 		rpc_call_fail(call, RPC_INVALID_ARGUMENT,
 			      "RunPodSandbox: the request has no valid sandbox config");
+		abandon_create(r, key, true);
 		return;
 	}
 	const char *asked = req->runtime_handler ? req->runtime_handler : "";
@@ -497,6 +746,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		if (hi < 0) {
 			fail_unknown_handler(r, call, "RunPodSandbox", asked);
 			runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+			abandon_create(r, key, true);
 			return;
 		}
 	}
@@ -513,6 +763,7 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		if (ret < 0) {
 			rpc_call_fail_err(call, &err);
 			runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+			abandon_create(r, key, true);
 			return;
 		}
 	} else if (h && !streq(asked, h->runtime_handler)) {
@@ -527,9 +778,24 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 
 	struct owner owner = {.backend = h ? h->backend : r->default_backend, .handler = hi};
 
-	struct backend_serve how = {.request = forward.data ? &forward : NULL};
-	const char *uid = req->config->metadata ? req->config->metadata->uid : NULL;
+	/* The kubelet's retries of this pod (same metadata, same attempt). */
+	const Runtime__V1__PodSandboxMetadata *md = req->config->metadata;
+	if (ret == 0 && !key && md) {
+		key = creates_sandbox_key(md->namespace_, md->name, md->uid, md->attempt);
+		if (!key)
+			ret = -ENOMEM;
+		else if (begin_create(r, call, m, key, owner, true, NULL)) {
+			rpc_buf_clear(&forward);
+			runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
+			return;
+		}
+	}
+
+	struct backend_serve how = {.request = forward.data ? &forward : NULL,
+				    .detach_ms = key ? CREATE_DETACH_MS : 0};
+	const char *uid = md ? md->uid : NULL;
 	struct learn *l = NULL;
+	struct making *mk = NULL;
 	if (ret == 0 && r->tracks_owners) {
 		l = learn_new(r, OWNER_SANDBOX, reply_field(m, "pod_sandbox_id"), owner, NULL);
 		if (!l || (uid && !(l->pod_uid = strdup(uid))))
@@ -539,10 +805,21 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 		how.observe = learn_created;
 		how.observe_arg = l;
 	}
+	if (ret == 0 && key) {
+		if (!(mk = making_new(r, key, true, reply_field(m, "pod_sandbox_id"), l))) {
+			ret = -ENOMEM;
+		} else {
+			key = NULL; /* the observer's now */
+			l = NULL;
+			how.observe = made_observed;
+			how.observe_arg = mk;
+		}
+	}
 	if (ret < 0) {
 		if (l)
 			learn_free(l);
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+		abandon_create(r, key, true);
 	} else {
 		serve(r, owner.backend, call, m, &how);
 	}
@@ -569,6 +846,68 @@ static int admit_owned(struct router *r, struct rpc_call *call, const struct cri
 	return ret;
 }
 
+/* CreateContainer in the pod sandbox_id ("" when owners are not tracked),
+ * owned as owner says. held: as for run_sandbox. */
+static void create_container(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			     const char *sandbox_id, struct owner owner, char *held)
+{
+	_cleanup_free_ char *key = held;
+	struct crx_err err = {0};
+	struct rpc_buf forward = {0};
+	int ret = admit_owned(r, call, m, owner, &forward, &err);
+	if (ret == 0 && !key) {
+		/* The kubelet's retries of this container (same pod, name, attempt). */
+		size_t len;
+		const uint8_t *data = rpc_call_request(call, &len);
+		Runtime__V1__CreateContainerRequest *req =
+			runtime__v1__create_container_request__unpack(NULL, len, data);
+		const char *pod = *sandbox_id ? sandbox_id : req ? req->pod_sandbox_id : NULL;
+		if (req && req->config && req->config->metadata && pod && *pod &&
+		    !(key = creates_container_key(pod, req->config->metadata->name,
+						  req->config->metadata->attempt)))
+			ret = crx_err_set(&err, -ENOMEM, "out of memory");
+		runtime__v1__create_container_request__free_unpacked(req, NULL);
+		if (key && begin_create(r, call, m, key, owner, false, sandbox_id)) {
+			rpc_buf_clear(&forward);
+			return;
+		}
+	}
+	struct backend_serve how = {.request = forward.data ? &forward : NULL,
+				    .detach_ms = key ? CREATE_DETACH_MS : 0};
+	struct learn *l = NULL;
+	if (ret == 0 && r->tracks_owners) {
+		/* under its pod's handler */
+		l = learn_new(r, OWNER_CONTAINER, reply_field(m, "container_id"), owner,
+			      sandbox_id);
+		if (!l)
+			ret = crx_err_set(&err, -ENOMEM, "out of memory");
+		else
+			l->call = call;
+		how.observe = learn_created;
+		how.observe_arg = l;
+	}
+	if (ret == 0 && key) {
+		struct making *mk = making_new(r, key, false, reply_field(m, "container_id"), l);
+		if (!mk) {
+			ret = crx_err_set(&err, -ENOMEM, "out of memory");
+		} else {
+			key = NULL; /* the observer's now */
+			l = NULL;
+			how.observe = made_observed;
+			how.observe_arg = mk;
+		}
+	}
+	if (ret < 0) {
+		if (l)
+			learn_free(l);
+		rpc_call_fail_err(call, &err);
+		abandon_create(r, key, false);
+	} else {
+		serve(r, owner.backend, call, m, &how);
+	}
+	rpc_buf_clear(&forward);
+}
+
 /* The call names an object whose owner is known. */
 static void serve_owned(struct router *r, struct rpc_call *call, const struct cri_method *m,
 			enum route route, const char *full_id, struct owner owner)
@@ -582,23 +921,17 @@ static void serve_owned(struct router *r, struct rpc_call *call, const struct cr
 		rpc_call_tag(call, handler, NULL, full_id);
 	else if (*full_id)
 		rpc_call_tag(call, handler, full_id, NULL);
+	if (route == ROUTE_CREATE_CONTAINER) {
+		create_container(r, call, m, full_id, owner, NULL);
+		return;
+	}
 	struct crx_err err = {0};
 	if (admit_owned(r, call, m, owner, &forward, &err) < 0) {
 		rpc_call_fail_err(call, &err);
 		return;
 	}
 	how.request = forward.data ? &forward : NULL;
-	if (route == ROUTE_CREATE_CONTAINER) {
-		if (r->tracks_owners) {
-			struct learn *l =
-				learn_new(r, OWNER_CONTAINER, reply_field(m, "container_id"), owner,
-					  full_id); /* under its pod's handler */
-			if (l)
-				l->call = call;
-			how.observe = learn_created;
-			how.observe_arg = l;
-		}
-	} else if (remove && r->tracks_owners) {
+	if (remove && r->tracks_owners) {
 		how.observe = learn_removed;
 		how.observe_arg =
 			learn_new(r, route == ROUTE_CONTAINER ? OWNER_CONTAINER : OWNER_SANDBOX, 0,
@@ -785,7 +1118,7 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		reply_version(call);
 		return;
 	case ROUTE_RUN_SANDBOX:
-		run_sandbox(r, call, m);
+		run_sandbox(r, call, m, NULL);
 		return;
 	case ROUTE_CREATE_CONTAINER:
 	case ROUTE_SANDBOX:
@@ -842,4 +1175,10 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		rpc_call_defer(call, worker, r);
 	else
 		serve(r, r->default_backend, call, m, NULL);
+}
+
+/* A call that waited for a create that failed: routed as if it came now. */
+static void router_dispatch_again(struct router *r, struct rpc_call *call)
+{
+	router_dispatch(call, r);
 }

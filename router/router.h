@@ -13,6 +13,10 @@ struct router;
 
 /* Opens the configured backends. cfg must outlive the router. */
 int router_new(const struct crx_config *cfg, struct router **out, struct crx_err *err);
+/* The same for a reload: a backend of prev whose configuration is unchanged
+ * is shared with prev rather than opened a second time (prev may be NULL). */
+int router_renew(const struct crx_config *cfg, struct router *prev, struct router **out,
+		 struct crx_err *err);
 void router_free(struct router *router);
 
 /* Learns who owns what from every backend's lists, and checks that the

@@ -32,6 +32,7 @@ int backend_open(const struct crx_backend_config *cfg, struct backend **out, str
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
 	b->ops = ops;
+	atomic_init(&b->refs, 1);
 	int r = ops->open(b, cfg, err);
 	if (r < 0) {
 		free(b->name);
@@ -42,11 +43,35 @@ int backend_open(const struct crx_backend_config *cfg, struct backend **out, str
 	return 0;
 }
 
+struct backend *backend_ref(struct backend *b)
+{
+	atomic_fetch_add(&b->refs, 1);
+	return b;
+}
+
 void backend_free(struct backend *b)
 {
-	if (!b)
+	if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
 		return;
 	b->ops->close(b);
 	free(b->name);
 	free(b);
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && streq(a, b));
+}
+
+bool backend_config_same(const struct crx_backend_config *a, const struct crx_backend_config *b)
+{
+	if (!same_str(a->name, b->name) || !same_str(a->type, b->type) ||
+	    !same_str(a->endpoint, b->endpoint) || a->n_options != b->n_options)
+		return false;
+	for (size_t i = 0; i < a->n_options; i++) {
+		const char *other = crx_backend_option(b, a->options[i].key);
+		if (!other || !streq(other, crx_backend_option(a, a->options[i].key)))
+			return false;
+	}
+	return true;
 }

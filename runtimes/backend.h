@@ -3,6 +3,9 @@
  * other kinds answer calls themselves. */
 #pragma once
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
 #include "common/err.h"
 #include "cri/methods.h"
 #include "cri/rpc.h"
@@ -20,6 +23,9 @@ struct backend_serve {
 	 * owns which object there. Must not block. */
 	void (*observe)(int code, const uint8_t *reply, size_t len, void *arg);
 	void *observe_arg;
+	/* Non-zero: the work goes on when the client gives up, for at least this
+	 * long (see rpc_relay.detach_ms): creates the kubelet may retry. */
+	unsigned detach_ms;
 };
 
 struct backend_ops {
@@ -50,10 +56,14 @@ struct backend_ops {
 	void (*stream_free)(struct backend_stream *s);
 };
 
+/* Counted: a reload carries a backend whose configuration did not change
+ * into the new generation, so the old and the new share it (one log pump,
+ * one streaming server, one connection) instead of running two. */
 struct backend {
 	const struct backend_ops *ops;
 	char *name;
 	void *priv;
+	atomic_int refs;
 };
 
 extern const struct backend_ops cri_backend_ops;
@@ -63,4 +73,9 @@ extern const struct backend_ops docker_backend_ops;
 const struct backend_ops *backend_type_find(const char *type);
 
 int backend_open(const struct crx_backend_config *cfg, struct backend **out, struct crx_err *err);
+struct backend *backend_ref(struct backend *b);
+/* Drops a reference; the last one closes the backend. */
 void backend_free(struct backend *b);
+/* Whether two configurations describe the same backend: name, type,
+ * endpoint and every option's value (in any order). */
+bool backend_config_same(const struct crx_backend_config *a, const struct crx_backend_config *b);

@@ -38,6 +38,7 @@ static void cri_serve(struct backend *b, struct rpc_call *call, const struct cri
 		relay.request = how->request;
 		relay.observe = how->observe;
 		relay.observe_arg = how->observe_arg;
+		relay.detach_ms = how->detach_ms;
 	}
 	rpc_call_relay(call, &relay);
 }

@@ -92,6 +92,10 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *id = NULL;
+	/* One create per name at a time: a retry waits for the first try,
+	 * then finds what it made (Docker cannot show a name it is still
+	 * creating). */
+	dk_name_lock(c->ds, name);
 	r = dk_container_create(c->ds->sock, name, spec, &c->dl, &id, err);
 	if (r == -EEXIST) {
 		/* A retry of a create that worked: the same container, not
@@ -115,6 +119,7 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		r = crx_err_set(err, -ENOENT, "image %s not found: pull it first",
 				cfg->image ? cfg->image->image : "");
 	}
+	dk_name_unlock(c->ds, name);
 	if (r == 0 && want_log)
 		r = dk_logs_register(c->ds->logs, id, log_dir, cfg->log_path, err);
 	if (r < 0)

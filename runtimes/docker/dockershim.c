@@ -509,16 +509,22 @@ static bool call_cancelled(void *arg)
 }
 
 /* Decodes, handles and packs one call; the outcome as a result. */
+/* detach_ms: the work goes on when the client gives up, for the client's
+ * deadline but at least that long (creates a retry may come for). */
 static void run_method(struct dk_shim *ds, const struct handler *h, const struct cri_method *m,
 		       const uint8_t *data, size_t len, struct rpc_call *parent,
-		       unsigned timeout_ms, struct rpc_result *res)
+		       unsigned timeout_ms, unsigned detach_ms, struct rpc_result *res)
 {
 	*res = (struct rpc_result){0};
 	struct dk_ctx c = {.ds = ds, .call = parent};
 	if (parent) {
-		c.dl.cancelled = call_cancelled;
-		c.dl.arg = parent;
 		int64_t left = rpc_call_time_left_ms(parent);
+		if (!detach_ms) {
+			c.dl.cancelled = call_cancelled;
+			c.dl.arg = parent;
+		} else if (left >= 0 && left < (int64_t)detach_ms) {
+			left = detach_ms;
+		}
 		if (left >= 0)
 			c.dl.at_ms = dk_now_ms() + left;
 	}
@@ -564,6 +570,7 @@ struct job {
 	bool replaced;
 	void (*observe)(int code, const uint8_t *reply, size_t len, void *arg);
 	void *observe_arg;
+	unsigned detach_ms;
 };
 
 static void run_job(struct rpc_call *call, void *arg)
@@ -578,7 +585,7 @@ static void run_job(struct rpc_call *call, void *arg)
 		data = rpc_call_request(call, &len);
 	}
 	struct rpc_result res;
-	run_method(j->ds, j->h, j->m, data, len, call, 0, &res);
+	run_method(j->ds, j->h, j->m, data, len, call, 0, j->detach_ms, &res);
 	if (j->observe)
 		j->observe(res.code, j->m->server_streaming ? NULL : res.reply.data,
 			   j->m->server_streaming ? 0 : res.reply.len, j->observe_arg);
@@ -626,6 +633,7 @@ static void shim_serve(struct backend *b, struct rpc_call *call, const struct cr
 	if (how) {
 		j->observe = how->observe;
 		j->observe_arg = how->observe_arg;
+		j->detach_ms = how->detach_ms;
 	}
 	if (how && how->request) {
 		j->replaced = true;
@@ -660,7 +668,7 @@ static int shim_call(struct backend *b, const char *method, const struct rpc_buf
 		unimplemented(m, method, res);
 		return 0;
 	}
-	run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, timeout_ms,
+	run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, timeout_ms, 0,
 		   res);
 	return 0;
 }
@@ -691,7 +699,7 @@ static int shim_stream_open(struct backend *b, const char *method, const struct 
 			return r;
 		}
 	} else {
-		run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, 0,
+		run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, 0, 0,
 			   &s->res);
 	}
 	*out = s;

@@ -249,6 +249,28 @@ static void pump(void)
 	dk_logs_free(l);
 }
 
+/* A reload opens a second dockershim on the same state directory while the
+ * first finishes its calls: both must get the one pump there is. */
+static void one_pump_per_dir(void)
+{
+	struct dk_logs *a = NULL, *b = NULL, *c = NULL;
+	struct crx_err err = {0};
+	char other[700], slash[700];
+	snprintf(other, sizeof(other), "%s/other", dir);
+	snprintf(slash, sizeof(slash), "%s/", state);
+	is_int(dk_logs_new(state, 10000, &a, &err), 0, "first pump");
+	is_int(dk_logs_new(slash, 50, &b, &err), 0, "the same directory again");
+	ok(a == b, "shares the pump");
+	is_int(dk_logs_new(other, 50, &c, &err), 0, "another directory");
+	ok(c != a, "gets its own pump");
+	is_int(dk_logs_track(a, "c2", docker_log, cri_log, &err), 0, "tracked through one");
+	dk_logs_free(a);
+	ok(dk_logs_tracked(b, "c2"), "still followed through the other after the first is gone");
+	dk_logs_forget(b, "c2");
+	dk_logs_free(b);
+	dk_logs_free(c);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
@@ -260,6 +282,7 @@ int main(void)
 	conversion();
 	confinement();
 	pump();
+	one_pump_per_dir();
 	char cmd[700];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	if (system(cmd) != 0)

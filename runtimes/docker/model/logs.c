@@ -174,6 +174,12 @@ struct entry {
 };
 
 struct dk_logs {
+	/* In the registry of pumps (under registry_lock). */
+	struct dk_logs *next_shared;
+	unsigned refs;
+	dev_t dir_dev;
+	ino_t dir_ino;
+
 	char *dir;
 	unsigned interval_ms;
 	pthread_t thread;
@@ -398,21 +404,50 @@ static void *pump(void *arg)
 	return NULL;
 }
 
+/* One pump per state directory in the process: a second one would copy
+ * every line again and write the same position files. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dk_logs *registry;
+
+static void logs_destroy(struct dk_logs *l);
+
 int dk_logs_new(const char *state_dir, unsigned interval_ms, struct dk_logs **out,
 		struct crx_err *err)
 {
 	int r = dk_mkdir_p(state_dir, 0700);
 	if (r < 0)
 		return crx_err_set(err, r, "cannot create %s: %s", state_dir, strerror(-r));
+	struct stat st;
+	if (stat(state_dir, &st) < 0)
+		return crx_err_set(err, -errno, "cannot read %s: %s", state_dir, strerror(errno));
+	if (!interval_ms)
+		interval_ms = 200;
+	pthread_mutex_lock(&registry_lock);
+	for (struct dk_logs *l = registry; l; l = l->next_shared) {
+		if (l->dir_dev != st.st_dev || l->dir_ino != st.st_ino)
+			continue;
+		l->refs++;
+		pthread_mutex_lock(&l->lock);
+		l->interval_ms = interval_ms; /* the newest configuration's */
+		pthread_cond_signal(&l->wake);
+		pthread_mutex_unlock(&l->lock);
+		pthread_mutex_unlock(&registry_lock);
+		*out = l;
+		return 0;
+	}
 	struct dk_logs *l = calloc(1, sizeof(*l));
 	if (!l || !(l->dir = strdup(state_dir)) || !(l->buf = malloc(READ_CHUNK))) {
 		if (l) {
 			free(l->dir);
 			free(l);
 		}
+		pthread_mutex_unlock(&registry_lock);
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
-	l->interval_ms = interval_ms ? interval_ms : 200;
+	l->interval_ms = interval_ms;
+	l->refs = 1;
+	l->dir_dev = st.st_dev;
+	l->dir_ino = st.st_ino;
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -421,10 +456,14 @@ int dk_logs_new(const char *state_dir, unsigned interval_ms, struct dk_logs **ou
 	pthread_condattr_destroy(&ca);
 	r = pthread_create(&l->thread, NULL, pump, l);
 	if (r) {
-		dk_logs_free(l);
+		pthread_mutex_unlock(&registry_lock);
+		logs_destroy(l);
 		return crx_err_set(err, -r, "cannot start the log thread: %s", strerror(r));
 	}
 	l->started = true;
+	l->next_shared = registry;
+	registry = l;
+	pthread_mutex_unlock(&registry_lock);
 	*out = l;
 	return 0;
 }
@@ -433,6 +472,22 @@ void dk_logs_free(struct dk_logs *l)
 {
 	if (!l)
 		return;
+	pthread_mutex_lock(&registry_lock);
+	if (--l->refs > 0) {
+		pthread_mutex_unlock(&registry_lock);
+		return;
+	}
+	for (struct dk_logs **p = &registry; *p; p = &(*p)->next_shared)
+		if (*p == l) {
+			*p = l->next_shared;
+			break;
+		}
+	pthread_mutex_unlock(&registry_lock);
+	logs_destroy(l);
+}
+
+static void logs_destroy(struct dk_logs *l)
+{
 	if (l->started) {
 		pthread_mutex_lock(&l->lock);
 		l->stop = true;

@@ -20,10 +20,15 @@ int dk_log_line_to_cri(const char *line, size_t len, char **out, size_t *out_len
 struct dk_logs;
 
 /* state_dir holds one position file per container; interval_ms is how
- * often the files are looked at. */
+ * often the files are looked at. A process runs one pump per state
+ * directory: asking again for a directory already pumped (a reload that
+ * replaces a dockershim while the old one finishes its calls) gives the same
+ * pump, now at the new interval, never a second one copying the same
+ * lines. */
 int dk_logs_new(const char *state_dir, unsigned interval_ms, struct dk_logs **out,
 		struct crx_err *err);
-/* Copies what is left, saves positions and stops the thread. */
+/* Drops a reference; the last one copies what is left, saves positions and
+ * stops the thread. */
 void dk_logs_free(struct dk_logs *l);
 
 /* Checks a CRI log location: log_dir absolute and without "..", rel
