@@ -115,7 +115,8 @@ static void fan_out_on_worker(struct rpc_call *call, void *arg)
 	}
 	fanout_call(r, m->path, &req, call, job.timeout_ms, results);
 	job.combine(call, results, r->n_backends, &out, r);
-	rpc_call_complete(call, &out);
+	if (out.code != RPC_HANDED_ON)
+		rpc_call_complete(call, &out);
 	rpc_result_clear(&out);
 	results_clear(r, results);
 }
