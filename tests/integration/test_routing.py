@@ -541,9 +541,11 @@ def test_pull_goes_to_the_pods_backend(mux, direct, probe):
     assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == ("", image_id)
     direct["two"].RemoveImage(image=pb().ImageSpec(image=ref))
 
-    # Pulled for nobody in particular: onto the default handler's backend.
+    # Pulled for nobody in particular: onto every backend, so that
+    # ImageStatus without a handler finds it (test_images.py has the rest).
     mux.pull(ref)
-    assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == (image_id, "")
+    assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == (image_id, image_id)
+    assert has_image(mux, ref) == image_id
     mux.remove_pod(pod_id)
 
 
