@@ -745,6 +745,129 @@ def test_every_store_down(crimuxd_factory, lab, tmp_path):
             assert err.details().startswith("backend "), err.details()
 
 
+# ------------------------------------------------------------------ every combination
+
+TRIO = ("spare", "containerd", "docker")
+HANDLER_OF = {"spare": "spare", "containerd": "runc", "docker": "docker"}
+
+
+@pytest.fixture(scope="module")
+def trio(lab, dockerd, spare, crimuxd_binary, tmp_path_factory):
+    """crimuxd over three stores, the default (spare) one stoppable."""
+    state = str(tmp_path_factory.mktemp("trio-state"))
+    daemon = lab.crimuxd(crimuxd_binary, {"spare": spare.endpoint,
+                                          "containerd": lab.containerd.endpoint,
+                                          "docker": dockerd.endpoint},
+                         docker_backend_config(lab, state) + SPARE_HANDLERS)
+    yield daemon
+    stop_checked([daemon], must_run=True)
+
+
+def subsets(items):
+    return [tuple(x for i, x in enumerate(items) if mask >> i & 1)
+            for mask in range(1 << len(items))]
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["all-up", "spare-down"])
+@pytest.mark.parametrize("on", subsets(TRIO), ids=lambda on: "+".join(on) or "nowhere")
+def test_every_combination_agrees(trio, spare, stores, lab, on, down):
+    """The image on each set of stores (put there behind crimux's back),
+    with every store up or the default one down: ImageStatus, ListImages,
+    ImageFsInfo, PullImage and RemoveImage, with and without a handler,
+    give the answers of the truth table in docs/routing.md, and agree
+    with each other."""
+    image = new_image("combo-" + uuid.uuid4().hex[:8])
+    (ref,) = push(lab.registry, image)
+    repo, tag = ref.rsplit(":", 1)
+    image_id = image.config_digest
+    up = [s for s in TRIO if not (down and s == "spare")]
+    with CRI(trio.endpoint) as mux, CRI(spare.endpoint) as spare_cri:
+        direct = {"spare": spare_cri, "containerd": stores.containerd}
+
+        def where():
+            found = [s for s in ("spare", "containerd") if s in up and
+                     direct[s].ImageStatus(image=pb().ImageSpec(image=image_id)).HasField("image")]
+            return found + (["docker"] if stores.dockerd.image_exists(image_id) else [])
+
+        for store in on:
+            if store == "docker":
+                stores.dockerd.request("POST", f"/images/create?fromImage={repo}&tag={tag}")
+            else:
+                direct[store].pull(ref)
+        spare_fs = mountpoints(spare_cri)[0]
+        if down:
+            spare.daemon.terminate()
+        try:
+            assert where() == [s for s in on if s in up]
+            everywhere = set(up) <= set(on)
+            # ImageStatus without a handler: present iff every store up has
+            # it; by the tag and by the ID alike.
+            for name in (ref, image_id):
+                got = status_of(mux, name)
+                assert (got is not None) == everywhere, (name, got)
+                if got is not None:
+                    assert got.id == image_id and list(got.repo_tags) == [ref]
+            # With a handler: that store's own answer; a store down says so.
+            for store in TRIO:
+                if store in up:
+                    got = status_of(mux, ref, HANDLER_OF[store])
+                    assert (got is not None) == (store in on), (store, got)
+                else:
+                    err = rpc_error(status_of, mux, ref, HANDLER_OF[store])
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "backend spare" in err.details(), err.details()
+            # ListImages: once if any store up has it, as ImageStatus says.
+            entries = [i for i in mux.ListImages().images if i.id == image_id]
+            assert len(entries) == (1 if set(on) & set(up) else 0), entries
+            if everywhere:
+                assert entries == [status_of(mux, ref)]
+            for store in up:
+                request = pb().ListImagesRequest()
+                request.filter.image.runtime_handler = HANDLER_OF[store]
+                assert (image_id in {i.id for i in mux.ListImages(request).images}) == \
+                    (store in on), store
+            # ImageFsInfo: one entry per store up, the default's first.
+            fs = mountpoints(mux)
+            assert len(fs) == len(up)
+            assert (fs[0] == spare_fs) == (not down)
+            # RemoveImage by the ID from the list (or, for an image nowhere,
+            # by the tag): gone from every store up; a store down fails it.
+            name = entries[0].id if entries else ref
+            if down:
+                err = rpc_error(mux.RemoveImage, image=pb().ImageSpec(image=name))
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                assert "backend spare" in err.details(), err.details()
+            else:
+                mux.RemoveImage(image=pb().ImageSpec(image=name))
+            assert where() == []
+            assert status_of(mux, ref) is None
+            # PullImage without a handler: onto every store up, then
+            # present, listed once, removable.
+            assert mux.pull(ref) == image_id
+            assert where() == up
+            assert status_of(mux, ref).id == image_id
+            assert [i.id for i in mux.ListImages().images].count(image_id) == 1
+        finally:
+            if down:
+                spare.start()
+    with CRI(trio.endpoint) as mux, CRI(spare.endpoint) as spare_cri:
+        direct["spare"] = spare_cri
+        if down:  # what the spare store had is still there
+            assert spare_cri.ImageStatus(
+                image=pb().ImageSpec(image=image_id)).HasField("image") == ("spare" in on)
+        up = TRIO
+
+        def removed():  # once crimuxd reaches the restarted store again
+            try:
+                mux.RemoveImage(image=pb().ImageSpec(image=image_id))
+                return True
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                return False
+        env.wait_for(removed, 30, "RemoveImage to reach every store", interval=0.1)
+        assert where() == []
+
+
 # ------------------------------------------------------------------ the kubelet's flows
 
 def pause_based(lab, name, user=""):
