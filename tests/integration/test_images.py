@@ -605,6 +605,21 @@ def test_list_images_rows(mux, lab, stores):
         stores.remove(ref)
 
 
+def test_one_image_has_one_id_on_every_store(mux, lab, stores):
+    """containerd reports an image's config digest as its ID; Docker its
+    image ID, which is the digest of the same config: one string, so the
+    merged list has one entry, and RemoveImage by it reaches both."""
+    image = new_image("one-id")
+    (ref,) = push(lab.registry, image)
+    mux.pull(ref)
+    containerd_id = status_of(stores.containerd, ref).id
+    docker_id = stores.dockerd.request("GET", f"/images/{ref}/json")["Id"]
+    assert containerd_id == docker_id == image.config_digest
+    (entry,) = [i for i in mux.ListImages().images if i.id == image.config_digest]
+    mux.RemoveImage(image=pb().ImageSpec(image=entry.id))
+    assert stores.where(image.config_digest) == []
+
+
 def test_pinned_if_any_store_pins_it(stores, lab, dockerd, crimuxd_factory, tmp_path):
     """Docker's sandbox image is pinned by the dockershim; containerd 1.6 pins
     nothing. With the same image on both: pinned, in the list and the status."""
@@ -620,6 +635,9 @@ def test_pinned_if_any_store_pins_it(stores, lab, dockerd, crimuxd_factory, tmp_
                 if i.id == pause_id] == [False]
         assert [i.pinned for i in client.ListImages().images if i.id == pause_id] == [True]
         assert status_of(client, lab.pause_ref).pinned
+        # So the kubelet's image GC leaves it on every store.
+        assert kubelet_gc(client, {pause_id}) == set()
+        assert stores.where(pause_id) == ["containerd", "docker"]
 
 
 # ------------------------------------------------------------------ RemoveImage
@@ -969,6 +987,21 @@ def test_kubelet_sees_the_image_user_once_the_image_is_everywhere(mux, lab, pods
         assert seen == 1234
 
 
+def kubelet_gc(client, among):
+    """The kubelet's image GC (freeing everything it may): ListContainers
+    for the images in use (by Container.image_ref), ListImages, then
+    RemoveImage by ID of every image not in use and not pinned. Only
+    images in `among` are candidates (the lab's other images are not this
+    test's). Returns the IDs removed."""
+    in_use = {c.image_ref for c in client.ListContainers().containers}
+    removed = set()
+    for image in client.ListImages().images:
+        if image.id in among and image.id not in in_use and not image.pinned:
+            client.RemoveImage(image=pb().ImageSpec(image=image.id))
+            removed.add(image.id)
+    return removed
+
+
 def test_kubelet_image_gc(mux, lab, stores, pods):
     """ListImages, then RemoveImage by ID of every image no container uses
     and no store pins: what is in use stays where it is, the rest goes from
@@ -982,10 +1015,7 @@ def test_kubelet_image_gc(mux, lab, stores, pods):
     mux.PullImage(image=pb().ImageSpec(image=refs[unused_one.config_digest],
                                        runtime_handler="runc"))
 
-    in_use = {c.image_ref for c in mux.ListContainers().containers}
-    assert used.config_digest in in_use
-    for image in mux.ListImages().images:
-        if image.id in refs and image.id not in in_use and not image.pinned:
-            mux.RemoveImage(image=pb().ImageSpec(image=image.id))
+    assert used.config_digest in {c.image_ref for c in mux.ListContainers().containers}
+    assert kubelet_gc(mux, refs) == {unused.config_digest, unused_one.config_digest}
     assert stores.where(used.config_digest) == ["docker"]
     assert stores.where(unused.config_digest) == stores.where(unused_one.config_digest) == []
