@@ -749,6 +749,39 @@ def test_a_store_down(lab, dockerd, spare, stores, crimuxd_factory, tmp_path):
     stores.remove(ref2)
 
 
+def test_the_docker_store_down(crimuxd_factory, lab, stores, tmp_path):
+    """The dockershim's dockerd gone (its socket missing): the same rules as
+    for a containerd down, from the dockershim's own errors."""
+    daemon = crimuxd_factory({"containerd": lab.containerd.endpoint,
+                              "docker": f"unix://{tmp_path}/no-docker.sock"},
+                             docker_backend_config(lab, str(tmp_path / "state")) + HANDLERS)
+    image = new_image("nodocker")
+    (ref,) = push(lab.registry, image)
+    with CRI(daemon.endpoint) as mux:
+        assert mux.pull(ref) == image.config_digest
+        assert stores.where(ref) == ["containerd"]
+        assert status_of(mux, ref).id == image.config_digest
+        assert status_of(mux, ref, "runc").id == image.config_digest
+        assert image.config_digest in {i.id for i in mux.ListImages().images}
+        assert mountpoints(mux) == mountpoints(stores.containerd)
+        for call, kwargs in (
+                (mux.PullImage, {"image": pb().ImageSpec(image=ref, runtime_handler="docker")}),
+                (mux.ImageStatus, {"image": pb().ImageSpec(image=ref, runtime_handler="docker")}),
+                (mux.RemoveImage, {"image": pb().ImageSpec(image=image.config_digest)}),
+                (mux.RemoveImage, {"image": pb().ImageSpec(image=ref)})):
+            err = rpc_error(call, **kwargs)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, (call, err)
+            # Relayed as the dockershim says it, or named in a fan-out.
+            assert "cannot connect to dockerd" in err.details(), err.details()
+            if call == mux.RemoveImage:
+                assert err.details().startswith("backend docker: "), err.details()
+            # containerd's copy went all the same; put it back for the next.
+            if call == mux.RemoveImage:
+                assert stores.where(ref) == []
+                stores.containerd.pull(ref)
+    stores.remove(ref)
+
+
 def test_every_store_down(crimuxd_factory, lab, tmp_path):
     daemon = crimuxd_factory({"containerd": f"unix://{tmp_path}/none.sock",
                               "docker": f"unix://{tmp_path}/no-docker.sock"},
