@@ -22,7 +22,6 @@ Three groups of tests:
 
 import base64
 import os
-import time
 import uuid
 
 import grpc
