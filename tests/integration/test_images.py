@@ -132,10 +132,10 @@ class Target:
     def spec(self, ref):
         return pb().ImageSpec(image=ref, runtime_handler=self.handler)
 
-    def pull(self, ref, sandbox=None, **kwargs):
+    def pull(self, ref, **kwargs):
+        """As critest pulls: with the config of a pod that is never run."""
         kwargs.setdefault("timeout", 60)
-        if sandbox is not None:
-            kwargs["sandbox_config"] = sandbox
+        kwargs.setdefault("sandbox_config", CRITEST_POD)
         return self.client.PullImage(image=self.spec(ref), **kwargs).image_ref
 
     def status(self, ref):
@@ -152,6 +152,8 @@ class Target:
             request.filter.image.runtime_handler = self.handler
         return list(self.client.ListImages(request).images)
 
+
+CRITEST_POD = sandbox_config("critest-image-pod", namespace="cri-test", uid="critest-image-uid")
 
 TARGETS = [("containerd", ""), ("dockershim", ""), ("crimux", ""), ("crimux", "runc"),
            ("crimux", "kata"), ("crimux", "docker")]
@@ -283,6 +285,34 @@ def test_list_one_image_three_tags(target, lab, stores):
     for ref in refs:
         assert target.status(ref) is None
     assert not set(stores.where(image.config_digest)) & set(target.lands_on)
+
+
+def test_not_listed_right_after_removal(target, lab, stores):
+    image = new_image("gone")
+    (ref,) = push(lab.registry, image)
+    target.pull(ref)
+    assert any(ref in i.repo_tags for i in target.list())
+    remove_image(target, ref)
+    assert not any(ref in i.repo_tags for i in target.list())
+    assert target.status(ref) is None
+
+
+def test_simultaneous_removals(target, lab, stores):
+    """Five RemoveImage calls by the ID at once: each succeeds, and after
+    each the image is gone."""
+    import concurrent.futures
+    image = new_image("simul")
+    (ref,) = push(lab.registry, image)
+    target.pull(ref)
+    image_id = target.status(ref).id
+
+    def remove_and_look():
+        target.remove(image_id)
+        return target.status(image_id)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        after = list(pool.map(lambda _: remove_and_look(), range(5)))
+    assert after == [None] * 5
+    assert not set(stores.where(image_id)) & set(target.lands_on)
 
 
 def test_pull_timeout(target, lab):
