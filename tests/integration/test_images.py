@@ -315,6 +315,23 @@ def test_simultaneous_removals(target, lab, stores):
     assert not set(stores.where(image_id)) & set(target.lands_on)
 
 
+def test_same_image_from_two_registries(target, lab, stores, tmp_path):
+    """One image pulled from two registries: one ID for both names."""
+    other = env.Registry(str(tmp_path / "other")).start()
+    lab.containerd.trust_registry(other.host)
+    try:
+        image = new_image("tworeg")
+        (ref1,) = push(lab.registry, image)
+        (ref2,) = push(other, image)
+        assert target.pull(ref1) == target.pull(ref2) == image.config_digest
+        assert target.status(ref1).id == target.status(ref2).id == image.config_digest
+        assert sorted(target.status(ref2).repo_tags) == sorted([ref1, ref2])
+        remove_and_check(target, stores, ref2, image.config_digest)
+        assert target.status(ref1) is None
+    finally:
+        other.stop()
+
+
 def test_pull_timeout(target, lab):
     image = new_image("timeout")
     (ref,) = push(lab.registry, image)
