@@ -992,7 +992,8 @@ static void fanout_finish(struct fanout *f)
 		grpc_slice_unref(l->details);
 	}
 	free(f);
-	rpc_call_complete(c, &out);
+	if (out.code != RPC_HANDED_ON)
+		rpc_call_complete(c, &out);
 	rpc_result_clear(&out);
 }
 

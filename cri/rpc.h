@@ -126,9 +126,12 @@ void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
  * and completes the call with what combine() makes of the replies, given in
  * channel order (a backend that cannot be reached shows as UNAVAILABLE with
  * its name). timeout_ms bounds each leg (0: only the client's deadline).
- * combine runs on the event thread and must not block. */
+ * combine runs on the event thread and must not block; when the replies
+ * call for more work, it may hand the call to a worker (rpc_call_defer())
+ * and set out->code to RPC_HANDED_ON: the worker completes it. */
 typedef void (*rpc_combine_fn)(struct rpc_call *call, const struct rpc_result *replies, size_t n,
 			       struct rpc_result *out, void *arg);
+#define RPC_HANDED_ON (-1)
 void rpc_call_fanout(struct rpc_call *call, struct rpc_channel *const *channels, size_t n,
 		     unsigned timeout_ms, rpc_combine_fn combine, void *arg);
 

@@ -209,7 +209,8 @@ static void fan_out_on_worker(struct rpc_call *call, void *arg)
 	}
 	fanout_call(r, m->path, &req, call, job.timeout_ms, results);
 	job.combine(call, results, r->n_backends, &out, r);
-	rpc_call_complete(call, &out);
+	if (out.code != RPC_HANDED_ON)
+		rpc_call_complete(call, &out);
 	rpc_result_clear(&out);
 	results_clear(r, results);
 }
@@ -772,46 +773,92 @@ void combine_status(struct rpc_call *call, const struct rpc_result *results, siz
 
 /* ---------------------------------------------------------------- images */
 
-/* ImageStatus without a handler: the image is present only if every
- * reachable backend has it, so that the kubelet pulls it (onto the pod's
- * backend) whenever one lacks it. */
-void combine_image_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
-			  struct rpc_result *out, void *arg)
+/* The rules are in docs/routing.md ("Images"). Two handlers on one backend
+ * share its store, so stores are backends here. A store that cannot be
+ * reached is left out where that is safe (pulls, status, lists,
+ * filesystems), never where it is not (removal). */
+
+#define IMAGE_STATUS_PATH "/runtime.v1.ImageService/ImageStatus"
+#define REMOVE_IMAGE_PATH "/runtime.v1.ImageService/RemoveImage"
+
+/* The k-th backend in the order whose answers win when stores describe one
+ * image differently (Docker's size is unpacked, containerd's compressed):
+ * the default backend's first, the node's own store, whose filesystem the
+ * kubelet watches; then the configuration's order. */
+static size_t preferred(const struct router *r, size_t k)
 {
-	struct router *r = arg;
-	if (first_failure(r, replies, true, out))
-		return;
-	size_t chosen = n;
-	bool everywhere = true;
-	for (size_t i = 0; i < n; i++) {
-		if (replies[i].code == RPC_UNAVAILABLE)
+	if (k == 0)
+		return r->default_backend;
+	return k <= r->default_backend ? k - 1 : k;
+}
+
+/* Every failure but "unreachable" as one status, each backend named, the
+ * first one's code; or, when no backend answered at all, UNAVAILABLE naming
+ * them all. false when some answered and none failed. */
+static bool image_failures(struct router *r, const struct rpc_result *replies,
+			   struct rpc_result *out)
+{
+	bool answered = false, failed = false;
+	for (size_t i = 0; i < r->n_backends; i++) {
+		answered |= replies[i].code == RPC_OK;
+		failed |= replies[i].code != RPC_OK && replies[i].code != RPC_UNAVAILABLE;
+	}
+	if (answered && !failed)
+		return false;
+	size_t size = 0;
+	FILE *f = open_memstream(&out->details, &size);
+	out->code = RPC_OK;
+	for (size_t i = 0; i < r->n_backends; i++) {
+		if (replies[i].code == RPC_OK || (failed && replies[i].code == RPC_UNAVAILABLE))
 			continue;
-		Runtime__V1__ImageStatusResponse *s = runtime__v1__image_status_response__unpack(
-			NULL, replies[i].reply.len, replies[i].reply.data);
-		if (!s || !s->image)
-			everywhere = false;
-		else if (chosen == n || i == r->default_backend)
-			chosen = i;
-		runtime__v1__image_status_response__free_unpacked(s, NULL);
+		struct rpc_result one = {0};
+		failed_result(r, i, &replies[i], &one);
+		if (out->code == RPC_OK)
+			out->code = one.code;
+		if (f)
+			fprintf(f, "%s%s", ftell(f) ? "; " : "", one.details ? one.details : "");
+		rpc_result_clear(&one);
 	}
-	if (chosen == n && everywhere) {
-		/* Nobody answered: that must not read as "absent". */
-		failed_result(r, r->default_backend, &replies[r->default_backend], out);
-		return;
-	}
-	Runtime__V1__ImageStatusResponse none = RUNTIME__V1__IMAGE_STATUS_RESPONSE__INIT;
-	if (!everywhere) {
-		if (repack(&none.base, &out->reply) < 0)
-			out_of_memory(out);
-		return;
-	}
-	out->reply.data = malloc(replies[chosen].reply.len ? replies[chosen].reply.len : 1);
+	if (f)
+		fclose(f);
+	else
+		out->details = NULL;
+	return true;
+}
+
+static void copy_reply(const struct rpc_buf *from, struct rpc_result *out)
+{
+	out->reply.data = malloc(from->len ? from->len : 1);
 	if (!out->reply.data) {
 		out_of_memory(out);
 		return;
 	}
-	memcpy(out->reply.data, replies[chosen].reply.data, replies[chosen].reply.len);
-	out->reply.len = replies[chosen].reply.len;
+	memcpy(out->reply.data, from->data, from->len);
+	out->reply.len = from->len;
+}
+
+static void merge_failed(int ret, const char *what, struct rpc_result *out)
+{
+	rpc_result_clear(out);
+	out->code = rpc_code_from_errno(ret);
+	if (asprintf(&out->details, "cannot merge the backends' %s: %s", what, strerror(-ret)) < 0)
+		out->details = NULL;
+}
+
+/* PullImage onto every store: done when every store that answered has the
+ * image; any failure names its backend. The reply is the preferred store's
+ * (every store reports the image's config digest as its ID). */
+void combine_pull(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		  struct rpc_result *out, void *arg)
+{
+	struct router *r = arg;
+	if (image_failures(r, replies, out))
+		return;
+	for (size_t k = 0; k < n; k++)
+		if (replies[preferred(r, k)].code == RPC_OK) {
+			copy_reply(&replies[preferred(r, k)].reply, out);
+			return;
+		}
 }
 
 static int add_unique(char ***list, size_t *n, char *s)
@@ -827,8 +874,255 @@ static int add_unique(char ***list, size_t *n, char *s)
 	return 0;
 }
 
-/* One entry per image ID, with the tags and digests every backend knows. The
- * strings stay owned by the unpacked replies; only the arrays are new. */
+/* One image as every store that has it describes it: the preferred store's
+ * copy, with the tags and digests of all and pinned if any store pins it.
+ * Strings stay owned by the unpacked replies; only the arrays are new. */
+static void start_image(Runtime__V1__Image *merged, const Runtime__V1__Image *base)
+{
+	*merged = *base;
+	merged->repo_tags = NULL, merged->n_repo_tags = 0;
+	merged->repo_digests = NULL, merged->n_repo_digests = 0;
+	merged->pinned = false;
+}
+
+static int join_image(Runtime__V1__Image *merged, const Runtime__V1__Image *img)
+{
+	int ret = 0;
+	merged->pinned |= img->pinned;
+	for (size_t k = 0; ret == 0 && k < img->n_repo_tags; k++)
+		ret = add_unique(&merged->repo_tags, &merged->n_repo_tags, img->repo_tags[k]);
+	for (size_t k = 0; ret == 0 && k < img->n_repo_digests; k++)
+		ret = add_unique(&merged->repo_digests, &merged->n_repo_digests,
+				 img->repo_digests[k]);
+	return ret;
+}
+
+static void clear_image(Runtime__V1__Image *merged)
+{
+	free(merged->repo_tags);
+	free(merged->repo_digests);
+}
+
+/* Is id the image ID the client asked for ("sha256:" may be left out)? */
+static bool asked_for_id(const char *asked, const char *id)
+{
+	return streq(asked, id) || (strncmp(id, "sha256:", 7) == 0 && streq(asked, id + 7));
+}
+
+/* ImageStatus without a handler. The image is there when every store that
+ * answers has it under the same ID: the kubelet then skips the pull and
+ * creates the container by that ID on whichever store runs the pod. A name
+ * some stores do not know may still be an image they hold under other
+ * names: then *again is that ID, for a second round by ID (asked is NULL in
+ * that round). */
+static int image_status_verdict(struct router *r, const struct rpc_result *replies,
+				const char *asked, struct rpc_result *out, char **again)
+{
+	*again = NULL;
+	if (image_failures(r, replies, out))
+		return 0;
+	Runtime__V1__ImageStatusResponse **resp = calloc(r->n_backends, sizeof(*resp));
+	if (!resp)
+		return -ENOMEM;
+	const char *id = NULL;
+	bool everywhere = true, ambiguous = false;
+	int ret = 0;
+	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+		if (replies[i].code != RPC_OK)
+			continue; /* unreachable */
+		resp[i] = runtime__v1__image_status_response__unpack(NULL, replies[i].reply.len,
+								     replies[i].reply.data);
+		const Runtime__V1__Image *img = resp[i] ? resp[i]->image : NULL;
+		if (!resp[i])
+			ret = -EBADMSG;
+		else if (!img || !img->id || !*img->id)
+			everywhere = false;
+		else if (!id)
+			id = img->id;
+		else
+			ambiguous |= !streq(id, img->id);
+	}
+	if (ret == 0 && id && !ambiguous && !everywhere && asked && !asked_for_id(asked, id)) {
+		*again = strdup(id);
+		ret = *again ? 0 : -ENOMEM;
+	} else if (ret == 0 && id && !ambiguous && everywhere) {
+		Runtime__V1__ImageStatusResponse *base = NULL;
+		Runtime__V1__Image merged, *theirs = NULL;
+		for (size_t k = 0; ret == 0 && k < r->n_backends; k++) {
+			Runtime__V1__ImageStatusResponse *s = resp[preferred(r, k)];
+			if (!s)
+				continue;
+			if (!base) {
+				base = s;
+				start_image(&merged, s->image);
+			}
+			ret = join_image(&merged, s->image);
+		}
+		theirs = base->image;
+		base->image = &merged; /* their info (verbose) goes with it */
+		if (ret == 0)
+			ret = repack(&base->base, &out->reply);
+		base->image = theirs;
+		clear_image(&merged);
+	} else if (ret == 0) {
+		Runtime__V1__ImageStatusResponse none = RUNTIME__V1__IMAGE_STATUS_RESPONSE__INIT;
+		ret = repack(&none.base, &out->reply);
+	}
+	for (size_t i = 0; i < r->n_backends; i++)
+		runtime__v1__image_status_response__free_unpacked(resp[i], NULL);
+	free(resp);
+	return ret;
+}
+
+struct status_by_id {
+	struct router *r;
+	char *id;
+	bool verbose;
+};
+
+/* The second round of ImageStatus, by the ID a name stands for. */
+static void image_status_by_id(struct rpc_call *call, void *arg)
+{
+	struct status_by_id job = *(struct status_by_id *)arg;
+	free(arg);
+	struct router *r = job.r;
+	Runtime__V1__ImageSpec spec = RUNTIME__V1__IMAGE_SPEC__INIT;
+	Runtime__V1__ImageStatusRequest sreq = RUNTIME__V1__IMAGE_STATUS_REQUEST__INIT;
+	spec.image = job.id;
+	sreq.image = &spec;
+	sreq.verbose = job.verbose;
+	struct rpc_buf req = {0};
+	struct rpc_result out = {0};
+	char *again = NULL;
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
+	int ret = results ? repack(&sreq.base, &req) : -ENOMEM;
+	if (ret == 0) {
+		fanout_call(r, IMAGE_STATUS_PATH, &req, call, 0, results);
+		ret = image_status_verdict(r, results, NULL, &out, &again);
+		results_clear(r, results);
+	}
+	if (ret < 0)
+		merge_failed(ret, "image status", &out);
+	rpc_call_complete(call, &out);
+	rpc_result_clear(&out);
+	rpc_buf_clear(&req);
+	free(job.id);
+}
+
+void combine_image_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+			  struct rpc_result *out, void *arg)
+{
+	struct router *r = arg;
+	struct rpc_buf req = request_of(call);
+	Runtime__V1__ImageStatusRequest *sreq =
+		runtime__v1__image_status_request__unpack(NULL, req.len, req.data);
+	const char *asked = sreq && sreq->image && sreq->image->image ? sreq->image->image : "";
+	char *again = NULL;
+	int ret = image_status_verdict(r, replies, asked, out, &again);
+	struct status_by_id *job = NULL;
+	if (ret == 0 && again && !(job = malloc(sizeof(*job))))
+		ret = -ENOMEM;
+	if (ret < 0) {
+		merge_failed(ret, "image status", out);
+		free(again);
+	} else if (job) { /* more calls: not on the event thread */
+		*job = (struct status_by_id){r, again, sreq && sreq->verbose};
+		if (rpc_call_defer(call, image_status_by_id, job) < 0) {
+			free(job->id);
+			free(job);
+		}
+		out->code = RPC_HANDED_ON;
+	}
+	runtime__v1__image_status_request__free_unpacked(sreq, NULL);
+}
+
+/* RemoveImage without a handler by a name (a tag, a digest reference, a
+ * short ID): each store says which image the name means to it, then every
+ * store removes each of those images by ID, as one store would remove the
+ * image with all its names. A store that cannot be asked fails the call
+ * (after the others' copies are gone): no image is reported removed while
+ * a copy may remain. */
+void serve_image_remove(struct rpc_call *call, void *arg)
+{
+	struct router *r = arg;
+	struct rpc_buf req = request_of(call), status_req = {0}, rm_req = {0};
+	struct rpc_result out = {0};
+	Runtime__V1__RemoveImageRequest *rreq =
+		runtime__v1__remove_image_request__unpack(NULL, req.len, req.data);
+	Runtime__V1__ImageStatusRequest sreq = RUNTIME__V1__IMAGE_STATUS_REQUEST__INIT;
+	_cleanup_free_ struct rpc_result *results = calloc(r->n_backends, sizeof(*results));
+	char **ids = NULL;
+	size_t n_ids = 0;
+	int ret = rreq && results ? 0 : -ENOMEM;
+	if (ret == 0) {
+		sreq.image = rreq->image;
+		ret = repack(&sreq.base, &status_req);
+	}
+	if (ret == 0) {
+		fanout_call(r, IMAGE_STATUS_PATH, &status_req, call, 0, results);
+		for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+			if (results[i].code != RPC_OK) {
+				if (out.code == RPC_OK)
+					failed_result(r, i, &results[i], &out);
+				continue;
+			}
+			Runtime__V1__ImageStatusResponse *s =
+				runtime__v1__image_status_response__unpack(
+					NULL, results[i].reply.len, results[i].reply.data);
+			char *id = s && s->image && s->image->id && *s->image->id
+					   ? strdup(s->image->id)
+					   : NULL;
+			size_t had = n_ids;
+			if (!s)
+				ret = -EBADMSG;
+			else if (id)
+				ret = add_unique(&ids, &n_ids, id);
+			if (n_ids == had)
+				free(id); /* none, or one the list had already */
+			runtime__v1__image_status_response__free_unpacked(s, NULL);
+		}
+		results_clear(r, results);
+	}
+	/* Unknown everywhere: the stores' own answer (success, or their
+	 * error for a reference they refuse). */
+	if (ret == 0 && n_ids == 0 && out.code == RPC_OK) {
+		fanout_call(r, REMOVE_IMAGE_PATH, &req, call, 0, results);
+		if (!first_failure(r, results, false, &out))
+			copy_reply(&results[r->default_backend].reply, &out);
+		results_clear(r, results);
+	}
+	for (size_t k = 0; ret == 0 && k < n_ids; k++) {
+		Runtime__V1__ImageSpec spec = RUNTIME__V1__IMAGE_SPEC__INIT;
+		Runtime__V1__RemoveImageRequest one = RUNTIME__V1__REMOVE_IMAGE_REQUEST__INIT;
+		spec.image = ids[k];
+		one.image = &spec;
+		if ((ret = repack(&one.base, &rm_req)) < 0)
+			break;
+		fanout_call(r, REMOVE_IMAGE_PATH, &rm_req, call, 0, results);
+		struct rpc_result failed = {0};
+		if (first_failure(r, results, false, &failed) && out.code == RPC_OK)
+			out = failed;
+		else
+			rpc_result_clear(&failed);
+		results_clear(r, results);
+	}
+	if (ret < 0)
+		merge_failed(ret, "answers to RemoveImage", &out);
+	rpc_call_complete(call, &out); /* OK: RemoveImageResponse is empty */
+	rpc_result_clear(&out);
+	for (size_t k = 0; k < n_ids; k++)
+		free(ids[k]);
+	free(ids);
+	rpc_buf_clear(&status_req);
+	rpc_buf_clear(&rm_req);
+	runtime__v1__remove_image_request__free_unpacked(rreq, NULL);
+}
+
+/* One entry per image ID across the stores that answered, each built as
+ * ImageStatus builds it. An image holds one ID on every store (its config
+ * digest); content that two stores converted differently (a schema 1
+ * manifest) keeps one entry per ID, since the kubelet's containers and its
+ * garbage collection name images by the ID of their own store. */
 static int merge_images(struct router *r, const struct rpc_result *results,
 			const ProtobufCMessageDescriptor *desc, struct rpc_buf *out)
 {
@@ -837,6 +1131,8 @@ static int merge_images(struct router *r, const struct rpc_result *results,
 	size_t n = 0, max = 0;
 	int ret = replies ? 0 : -ENOMEM;
 	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+		if (results[i].code != RPC_OK)
+			continue; /* unreachable */
 		replies[i] = protobuf_c_message_unpack(desc, NULL, results[i].reply.len,
 						       results[i].reply.data);
 		if (!replies[i])
@@ -847,28 +1143,20 @@ static int merge_images(struct router *r, const struct rpc_result *results,
 	if (ret == 0 && max &&
 	    (!(merged = calloc(max, sizeof(*merged))) || !(copies = calloc(max, sizeof(*copies)))))
 		ret = -ENOMEM;
-	for (size_t i = 0; ret == 0 && i < r->n_backends; i++) {
+	for (size_t k = 0; ret == 0 && k < r->n_backends; k++) {
 		/* ListImagesResponse and StreamImagesResponse share their layout. */
-		Runtime__V1__ListImagesResponse *list = (void *)replies[i];
-		for (size_t j = 0; ret == 0 && j < list->n_images; j++) {
+		Runtime__V1__ListImagesResponse *list = (void *)replies[preferred(r, k)];
+		for (size_t j = 0; list && ret == 0 && j < list->n_images; j++) {
 			Runtime__V1__Image *img = list->images[j], *same = NULL;
-			for (size_t k = 0; k < n && !same; k++)
-				if (streq(merged[k]->id, img->id))
-					same = merged[k];
+			for (size_t e = 0; e < n && !same; e++)
+				if (streq(merged[e]->id, img->id))
+					same = merged[e];
 			if (!same) {
-				copies[n] = *img;
-				copies[n].repo_tags = NULL, copies[n].n_repo_tags = 0;
-				copies[n].repo_digests = NULL, copies[n].n_repo_digests = 0;
+				start_image(&copies[n], img);
 				same = merged[n] = &copies[n];
 				n++;
 			}
-			same->pinned |= img->pinned;
-			for (size_t k = 0; ret == 0 && k < img->n_repo_tags; k++)
-				ret = add_unique(&same->repo_tags, &same->n_repo_tags,
-						 img->repo_tags[k]);
-			for (size_t k = 0; ret == 0 && k < img->n_repo_digests; k++)
-				ret = add_unique(&same->repo_digests, &same->n_repo_digests,
-						 img->repo_digests[k]);
+			ret = join_image(same, img);
 		}
 	}
 	if (ret == 0) {
@@ -877,10 +1165,8 @@ static int merge_images(struct router *r, const struct rpc_result *results,
 		list.images = merged, list.n_images = n;
 		ret = repack(&list.base, out);
 	}
-	for (size_t k = 0; k < n; k++) {
-		free(copies[k].repo_tags);
-		free(copies[k].repo_digests);
-	}
+	for (size_t e = 0; e < n; e++)
+		clear_image(&copies[e]);
 	free(merged);
 	free(copies);
 	for (size_t i = 0; replies && i < r->n_backends; i++)
@@ -894,14 +1180,12 @@ void combine_images(struct rpc_call *call, const struct rpc_result *replies, siz
 		    struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
-	if (first_failure(r, replies, false, out))
+	if (image_failures(r, replies, out))
 		return;
 	int ret = merge_images(r, replies, &runtime__v1__list_images_response__descriptor,
 			       &out->reply);
-	if (ret < 0) {
-		out->code = rpc_code_from_errno(ret);
-		out->details = strdup("cannot merge the backends' image lists");
-	}
+	if (ret < 0)
+		merge_failed(ret, "image lists", out);
 }
 
 /* StreamImages merges the unary lists: duplicates across backends can only be
@@ -919,12 +1203,10 @@ void serve_image_stream(struct rpc_call *call, void *arg)
 	/* ListImagesRequest and StreamImagesRequest share their layout. */
 	fanout_call(r, "/runtime.v1.ImageService/ListImages", &req, call, 0, results);
 	int ret = 0;
-	if (!first_failure(r, results, false, &out) &&
+	if (!image_failures(r, results, &out) &&
 	    (ret = merge_images(r, results, &runtime__v1__stream_images_response__descriptor,
-				&merged)) < 0) {
-		out.code = rpc_code_from_errno(ret);
-		out.details = strdup("cannot merge the backends' image lists");
-	}
+				&merged)) < 0)
+		merge_failed(ret, "image lists", &out);
 	if (out.code != RPC_OK)
 		rpc_call_finish(call, out.code, out.details);
 	else /* a client that left is told nothing more */
@@ -937,17 +1219,21 @@ void serve_image_stream(struct rpc_call *call, void *arg)
 	results_clear(r, results);
 }
 
-/* Filesystems of every backend, each mountpoint once. */
+/* Filesystems of every store that answered, each mountpoint once, the
+ * default backend's first: the kubelet's image GC and eviction read the
+ * first entry only. */
 void combine_image_fs(struct rpc_call *call, const struct rpc_result *results, size_t n,
 		      struct rpc_result *out, void *arg)
 {
 	struct router *r = arg;
-	if (first_failure(r, results, false, out))
+	if (image_failures(r, results, out))
 		return;
 	Runtime__V1__ImageFsInfoResponse **replies = calloc(n, sizeof(*replies));
 	Runtime__V1__ImageFsInfoResponse merged = RUNTIME__V1__IMAGE_FS_INFO_RESPONSE__INIT;
 	size_t max_image = 0, max_container = 0;
 	for (size_t i = 0; replies && i < n; i++) {
+		if (results[i].code != RPC_OK)
+			continue;
 		replies[i] = runtime__v1__image_fs_info_response__unpack(NULL, results[i].reply.len,
 									 results[i].reply.data);
 		if (replies[i]) {
@@ -958,26 +1244,27 @@ void combine_image_fs(struct rpc_call *call, const struct rpc_result *results, s
 	merged.image_filesystems = calloc(max_image + 1, sizeof(void *));
 	merged.container_filesystems = calloc(max_container + 1, sizeof(void *));
 	bool ok = replies && merged.image_filesystems && merged.container_filesystems;
-	for (size_t i = 0; ok && i < n; i++) {
-		if (!replies[i])
+	for (size_t k = 0; ok && k < n; k++) {
+		Runtime__V1__ImageFsInfoResponse *reply = replies[preferred(r, k)];
+		if (!reply)
 			continue;
 		struct {
 			Runtime__V1__FilesystemUsage **from, **to;
 			size_t n, *count;
 		} lists[] = {
-			{replies[i]->image_filesystems, merged.image_filesystems,
-			 replies[i]->n_image_filesystems, &merged.n_image_filesystems},
-			{replies[i]->container_filesystems, merged.container_filesystems,
-			 replies[i]->n_container_filesystems, &merged.n_container_filesystems},
+			{reply->image_filesystems, merged.image_filesystems,
+			 reply->n_image_filesystems, &merged.n_image_filesystems},
+			{reply->container_filesystems, merged.container_filesystems,
+			 reply->n_container_filesystems, &merged.n_container_filesystems},
 		};
 		for (size_t l = 0; l < ARRAY_SIZE(lists); l++)
 			for (size_t j = 0; j < lists[l].n; j++) {
 				Runtime__V1__FilesystemUsage *u = lists[l].from[j];
 				bool seen = false;
-				for (size_t k = 0; k < *lists[l].count && !seen; k++)
-					seen = u->fs_id && lists[l].to[k]->fs_id &&
+				for (size_t e = 0; e < *lists[l].count && !seen; e++)
+					seen = u->fs_id && lists[l].to[e]->fs_id &&
 					       streq(u->fs_id->mountpoint,
-						     lists[l].to[k]->fs_id->mountpoint);
+						     lists[l].to[e]->fs_id->mountpoint);
 				if (!seen)
 					lists[l].to[(*lists[l].count)++] = u;
 			}

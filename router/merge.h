@@ -105,6 +105,8 @@ void combine_all(struct rpc_call *call, const struct rpc_result *replies, size_t
 		 struct rpc_result *out, void *arg);
 void combine_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
 		    struct rpc_result *out, void *arg);
+void combine_pull(struct rpc_call *call, const struct rpc_result *replies, size_t n,
+		  struct rpc_result *out, void *arg);
 void combine_image_status(struct rpc_call *call, const struct rpc_result *replies, size_t n,
 			  struct rpc_result *out, void *arg);
 void combine_images(struct rpc_call *call, const struct rpc_result *replies, size_t n,
@@ -117,4 +119,5 @@ void combine_metric_descriptors(struct rpc_call *call, const struct rpc_result *
 /* Worker bodies for what streams, or needs one backend's reply renamed. */
 void serve_stream_list(struct rpc_call *call, void *arg);
 void serve_image_stream(struct rpc_call *call, void *arg);
+void serve_image_remove(struct rpc_call *call, void *arg);
 void serve_renamed(struct rpc_call *call, void *arg);

@@ -1027,70 +1027,110 @@ static void route_by_owner(struct router *r, struct rpc_call *call, const struct
 	free(id);
 }
 
-/* Pull onto the backend of the pod the image is for: named by the image's
- * runtime_handler, or found by the pod's UID; else the default backend. */
-static void pull_image(struct router *r, struct rpc_call *call, const struct cri_method *m)
+/* The ImageSpec an image call names a handler in: the request's own
+ * (PullImage, ImageStatus, RemoveImage) or its filter's (ListImages,
+ * StreamImages). */
+static Runtime__V1__ImageSpec *image_spec_of(ProtobufCMessage *msg)
 {
-	size_t len;
-	const uint8_t *data = rpc_call_request(call, &len);
-	Runtime__V1__PullImageRequest *req =
-		runtime__v1__pull_image_request__unpack(NULL, len, data);
-	if (!req) {
-		rpc_call_fail(call, RPC_INVALID_ARGUMENT,
-			      "PullImage: the request cannot be decoded");
-		return;
-	}
-	size_t backend = r->default_backend;
-	struct rpc_buf rewritten = {0};
-	const char *asked = req->image ? req->image->runtime_handler : NULL;
-	struct owner o;
-	int ret = 0;
-	if (asked && *asked && r->n_handlers) {
-		int hi = find_handler(r, asked);
-		if (hi < 0) {
-			fail_unknown_handler(r, call, "PullImage", asked);
-			runtime__v1__pull_image_request__free_unpacked(req, NULL);
-			return;
-		}
-		backend = r->handlers[hi].backend;
-		if (!streq(asked, r->handlers[hi].runtime_handler)) {
-			req->image->runtime_handler = (char *)r->handlers[hi].runtime_handler;
-			ret = pack_to(&req->base, &rewritten);
-			req->image->runtime_handler = (char *)asked;
-		}
-	} else if (req->sandbox_config && req->sandbox_config->metadata &&
-		   req->sandbox_config->metadata->uid &&
-		   owners_find(r->owners, OWNER_POD_UID, req->sandbox_config->metadata->uid, &o,
-			       NULL) == 0) {
-		backend = o.backend;
-	}
-	runtime__v1__pull_image_request__free_unpacked(req, NULL);
-	if (ret < 0) {
-		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-		return;
-	}
-	struct backend_serve how = {.request = rewritten.data ? &rewritten : NULL};
-	serve(r, backend, call, m, &how);
-	rpc_buf_clear(&rewritten);
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, "image");
+	if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+	    f->descriptor == &runtime__v1__image_spec__descriptor)
+		return *(Runtime__V1__ImageSpec **)((char *)msg + f->offset);
+	f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, "filter");
+	ProtobufCMessage *filter =
+		f && f->type == PROTOBUF_C_TYPE_MESSAGE && f->label != PROTOBUF_C_LABEL_REPEATED
+			? *(ProtobufCMessage **)((char *)msg + f->offset)
+			: NULL;
+	return filter ? image_spec_of(filter) : NULL;
 }
 
-/* ImageStatus for a named handler goes to its backend; otherwise every
- * backend is asked (see serve_image_status). */
-static void image_status(struct router *r, struct rpc_call *call, const struct cri_method *m)
+/* A full image ID ("sha256:" and 64 hex digits, or the digits alone) names
+ * one image on every store: removing it needs no lookup first. */
+static bool full_image_id(const char *ref)
 {
+	if (strncmp(ref, "sha256:", 7) == 0)
+		ref += 7;
+	return strlen(ref) == 64 && strspn(ref, "0123456789abcdef") == 64;
+}
+
+/* The backend of the pod a pull is for, when crimux knows that pod (the
+ * kubelet pulls after RunPodSandbox; critest names pods it never runs). */
+static bool pull_for_known_pod(struct router *r, const ProtobufCMessage *msg, struct owner *o)
+{
+	if (msg->descriptor != &runtime__v1__pull_image_request__descriptor)
+		return false;
+	const Runtime__V1__PullImageRequest *req = (const void *)msg;
+	const char *uid = req->sandbox_config && req->sandbox_config->metadata
+				  ? req->sandbox_config->metadata->uid
+				  : NULL;
+	return uid && *uid && owners_find(r->owners, OWNER_POD_UID, uid, o, NULL) == 0;
+}
+
+/* The image service (docs/routing.md, "Images"): a call that names a handler
+ * goes to its backend, with the handler renamed to the backend's own name;
+ * a pull for a pod crimux knows goes to that pod's backend; everything else
+ * concerns every backend's store. */
+static void route_image(struct router *r, struct rpc_call *call, const struct cri_method *m,
+			enum route route)
+{
+	bool merge = r->n_backends > 1;
+	if (!merge && !r->n_handlers) {
+		serve(r, r->default_backend, call, m, NULL);
+		return;
+	}
 	size_t len;
 	const uint8_t *data = rpc_call_request(call, &len);
-	Runtime__V1__ImageStatusRequest *req =
-		runtime__v1__image_status_request__unpack(NULL, len, data);
-	const char *asked = req && req->image ? req->image->runtime_handler : NULL;
-	int hi = asked && *asked ? find_handler(r, asked) : -1;
-	if (asked && *asked && r->n_handlers && hi < 0)
-		fail_unknown_handler(r, call, "ImageStatus", asked);
-	else if (hi >= 0)
-		serve(r, r->handlers[hi].backend, call, m, NULL);
-	else
+	ProtobufCMessage *req = protobuf_c_message_unpack(m->request, NULL, len, data);
+	if (!req) {
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT, "%s: the request cannot be decoded",
+			      m->name);
+		return;
+	}
+	Runtime__V1__ImageSpec *spec = image_spec_of(req);
+	const char *asked = spec && spec->runtime_handler ? spec->runtime_handler : "";
+	const char *ref = spec && spec->image ? spec->image : "";
+	struct rpc_buf rewritten = {0};
+	struct owner o;
+	if (*asked && r->n_handlers) {
+		int hi = find_handler(r, asked);
+		if (hi < 0) {
+			fail_unknown_handler(r, call, m->name, asked);
+		} else {
+			const struct route_handler *h = &r->handlers[hi];
+			rpc_call_tag(call, h->name, NULL, NULL);
+			int ret = 0;
+			if (!streq(asked, h->runtime_handler)) {
+				spec->runtime_handler = (char *)h->runtime_handler;
+				ret = pack_to(req, &rewritten);
+				spec->runtime_handler = (char *)asked;
+			}
+			struct backend_serve how = {.request = rewritten.data ? &rewritten : NULL};
+			if (ret < 0)
+				rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+			else
+				serve(r, h->backend, call, m, &how);
+		}
+	} else if (pull_for_known_pod(r, req, &o)) {
+		serve(r, o.backend, call, m, NULL);
+	} else if (!merge) {
+		serve(r, r->default_backend, call, m, NULL);
+	} else if (route == ROUTE_IMAGE_PULL) {
+		fan_out(r, call, combine_pull, 0);
+	} else if (route == ROUTE_IMAGE_STATUS) {
 		fan_out(r, call, combine_image_status, 0);
-	runtime__v1__image_status_request__free_unpacked(req, NULL);
+	} else if (route == ROUTE_IMAGE_REMOVE) {
+		if (full_image_id(ref))
+			fan_out(r, call, combine_all, 0);
+		else /* a name first says which images it means, store by store */
+			rpc_call_defer(call, serve_image_remove, r);
+	} else if (route == ROUTE_IMAGE_LIST) {
+		fan_out(r, call, combine_images, 0);
+	} else {
+		rpc_call_defer(call, serve_image_stream, r);
+	}
+	rpc_buf_clear(&rewritten);
+	protobuf_c_message_free_unpacked(req, NULL);
 }
 
 void router_dispatch(struct rpc_call *call, void *userdata)
@@ -1126,14 +1166,12 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		route_by_owner(r, call, m, route);
 		return;
 	case ROUTE_IMAGE_PULL:
-		pull_image(r, call, m);
-		return;
 	case ROUTE_IMAGE_STATUS:
-		if (merge || r->n_handlers) {
-			image_status(r, call, m);
-			return;
-		}
-		break;
+	case ROUTE_IMAGE_REMOVE:
+	case ROUTE_IMAGE_LIST:
+	case ROUTE_IMAGE_STREAM:
+		route_image(r, call, m, route);
+		return;
 	case ROUTE_LIST:
 		combine = merge || r->renames ? combine_list : NULL;
 		break;
@@ -1151,14 +1189,7 @@ void router_dispatch(struct rpc_call *call, void *userdata)
 		timeout_ms = 5000; /* a backend that hangs must not hang Status */
 		break;
 	case ROUTE_ALL:
-	case ROUTE_IMAGE_REMOVE:
 		combine = merge ? combine_all : NULL;
-		break;
-	case ROUTE_IMAGE_LIST:
-		combine = merge ? combine_images : NULL;
-		break;
-	case ROUTE_IMAGE_STREAM:
-		worker = merge ? serve_image_stream : NULL;
 		break;
 	case ROUTE_IMAGE_FS:
 		combine = merge ? combine_image_fs : NULL;

@@ -337,7 +337,17 @@ static int delete_image(struct dk_ctx *c, const char *name, struct crx_err *err)
 	int status = 0;
 	int r = dk_callf(c->ds->sock, "DELETE", NULL, &c->dl, NULL, &status, err,
 			 "/images/%s?noprune=0", e);
-	return status == 404 ? 0 : r;
+	/* A removal of the same image running at the same time may get there
+	 * first: Docker then answers 409 or 500 ("unrecognized image ID")
+	 * rather than 404. Removal is idempotent: what is gone is gone. */
+	_cleanup_json_ json_object *img = NULL;
+	if (r < 0 &&
+	    (status == 404 || (status >= 400 && image_inspect(c, name, &img, NULL) == -ENOENT))) {
+		if (err)
+			*err = (struct crx_err){0};
+		return 0;
+	}
+	return r;
 }
 
 int dk_remove_image(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,

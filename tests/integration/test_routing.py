@@ -541,9 +541,11 @@ def test_pull_goes_to_the_pods_backend(mux, direct, probe):
     assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == ("", image_id)
     direct["two"].RemoveImage(image=pb().ImageSpec(image=ref))
 
-    # Pulled for nobody in particular: onto the default handler's backend.
+    # Pulled for nobody in particular: onto every backend, so that
+    # ImageStatus without a handler finds it (test_images.py has the rest).
     mux.pull(ref)
-    assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == (image_id, "")
+    assert (has_image(direct["one"], ref), has_image(direct["two"], ref)) == (image_id, image_id)
+    assert has_image(mux, ref) == image_id
     mux.remove_pod(pod_id)
 
 
@@ -565,6 +567,27 @@ def test_image_status_needs_every_backend(mux, direct, probe):
     assert has_image(mux, ref) == ""
     direct["one"].pull(ref)
     assert has_image(mux, ref) == image_id
+
+
+def test_image_status_by_a_name_one_backend_lacks(mux, direct, probe, lab):
+    """The image on both backends, a second tag on two only: asked again by
+    ID, one has it too, so the second tag finds it, with both tags, as the
+    merged list shows it. (Here the backends are both gRPC channels: the
+    second round starts from the event thread's fan-out.)"""
+    ref, image_id = probe
+    second = ref + "-second"
+    layer = images.Layer()
+    layer.file("probe", f"routing {RUN}\n".encode())
+    lab.registry.push(images.Image("crimux/routing-probe", RUN + "-second", [layer]))
+    for client in direct.values():
+        client.pull(ref)
+    direct["two"].pull(second)
+    status = mux.ImageStatus(image=pb().ImageSpec(image=second)).image
+    assert status.id == image_id and sorted(status.repo_tags) == sorted([ref, second])
+    assert [i for i in mux.ListImages().images if i.id == image_id] == [status]
+    # By ID, so that the second tag goes too.
+    mux.RemoveImage(image=pb().ImageSpec(image=second))
+    assert has_image(direct["two"], second) == has_image(direct["one"], ref) == ""
 
 
 def test_list_images_has_each_image_once(mux, direct, probe):
