@@ -22,6 +22,7 @@ import uuid
 import grpc
 import pytest
 
+from lab import streaming as st
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
 from lab.env import wait_for
 from conftest import docker_backend_config, stop_checked
@@ -211,6 +212,41 @@ def test_counters_match_the_calls_made(daemon, mux, lab):
     assert total(after, "process_open_fds") > 0
     assert total(after, "process_resident_memory_bytes") > 1 * MIB
     assert total(after, "process_threads") > 2
+
+
+def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_path):
+    before = scrape(daemon)
+    log_dir = str(tmp_path / "logs")
+    os.makedirs(log_dir)
+    sandbox = sandbox_config("metrics-stream-" + RUN, labels=LABELS, log_directory=log_dir)
+    pod_id = mux.run_pod(sandbox, "docker")
+    try:
+        mux.pull(lab.busybox_ref, sandbox=sandbox)
+        cid = mux.start_container(pod_id, sandbox, container_config(
+            "main", lab.busybox_ref, ["sh", "-c", "seq 1 500; sleep 3600"],
+            log_path="main.log"))
+        log_path = os.path.join(log_dir, "main.log")
+        wait_for(lambda: os.path.exists(log_path) and
+                 open(log_path).read().endswith(" stdout F 500\n"), 30, "the log's last line")
+        url = mux.Exec(container_id=cid, cmd=["echo", "hi"], stdout=True, stderr=True).url
+        assert st.spdy_exec(url).stdout == b"hi\n"
+        # The session's end is counted after its last byte: wait for it.
+        wait_for(lambda: total(scrape(daemon), "crimux_streaming_sessions_open") ==
+                 total(before, "crimux_streaming_sessions_open"), 30, "the session to end")
+        after = scrape(daemon)
+        with open(log_path, "rb") as f:
+            written = len(f.read())
+    finally:
+        mux.remove_pod(pod_id)
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    # Every byte of the CRI log file was counted, and nothing was dropped.
+    assert delta("crimux_docker_log_bytes_total") == written
+    assert delta("crimux_docker_log_lines_dropped_total") == 0
+    assert delta("crimux_streaming_sessions_total", kind="exec") == 1
+    assert delta("crimux_streaming_sessions_total") == 1
 
 
 def test_promtool_checks_a_live_scrape(daemon, mux, lab):
