@@ -214,6 +214,18 @@ struct hist {
 	_Atomic uint64_t counts[N_BUCKETS + 1]; /* the last one: above every bound */
 };
 
+static atomic_bool enabled;
+
+void crx_metrics_enable(void)
+{
+	atomic_store(&enabled, true);
+}
+
+static bool on(void)
+{
+	return atomic_load_explicit(&enabled, memory_order_relaxed);
+}
+
 static struct series series_table[SERIES_SLOTS];
 static struct hist hist_table[HIST_SLOTS];
 static _Atomic uint64_t series_dropped;
@@ -260,6 +272,8 @@ static struct series *series_get(enum crx_metric m, const char *const *labels, b
 
 void crx_metric_add(enum crx_metric m, int64_t delta, const char *const *labels)
 {
+	if (!on())
+		return;
 	struct series *s = series_get(m, labels, true, NULL);
 	if (s)
 		atomic_fetch_add_explicit(&s->value, delta, memory_order_relaxed);
@@ -267,6 +281,8 @@ void crx_metric_add(enum crx_metric m, int64_t delta, const char *const *labels)
 
 void crx_metric_set(enum crx_metric m, int64_t value, const char *const *labels)
 {
+	if (!on())
+		return;
 	struct series *s = series_get(m, labels, true, NULL);
 	if (s)
 		atomic_store_explicit(&s->value, value, memory_order_relaxed);
@@ -274,6 +290,8 @@ void crx_metric_set(enum crx_metric m, int64_t value, const char *const *labels)
 
 int64_t crx_metric_swap(enum crx_metric m, int64_t value, const char *const *labels)
 {
+	if (!on())
+		return INT64_MIN;
 	bool created = false;
 	struct series *s = series_get(m, labels, true, &created);
 	if (!s)
@@ -292,6 +310,8 @@ static struct hist *hist_get(enum crx_metric m, const char *const *labels, bool 
 
 void crx_metric_observe(enum crx_metric m, uint64_t ns, const char *const *labels)
 {
+	if (!on())
+		return;
 	struct hist *h = hist_get(m, labels, true);
 	if (!h)
 		return;
@@ -318,6 +338,8 @@ int64_t crx_metric_get(enum crx_metric m, const char *const *labels)
 void crx_metrics_cri_call(const char *method, const char *handler, const char *backend,
 			  const char *code, uint64_t duration_ns, uint64_t backend_ns)
 {
+	if (!on())
+		return;
 	crx_metric_add(CRX_M_CRI_CALLS, 1, (const char *[]){method, handler, backend, code});
 	const char *mb[] = {method, backend};
 	crx_metric_observe(CRX_M_CRI_DURATION, duration_ns, mb);

@@ -32,6 +32,10 @@ enum crx_metric {
 	CRX_M_COUNT
 };
 
+/* Counting is off until this is called (crimuxd: when metrics_address is
+ * set), so that crimux without metrics pays one relaxed load per update. */
+void crx_metrics_enable(void);
+
 /* labels: as many as the family has (see metrics.c), NULL or "" for none.
  * Counters only grow: add a non-negative delta. */
 void crx_metric_add(enum crx_metric m, int64_t delta, const char *const *labels);

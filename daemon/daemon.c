@@ -396,9 +396,10 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	if (r < 0)
 		goto out;
 	/* Before the backends are asked anything: their first answers count. */
-	crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"success"});
-	crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"failure"});
 	if (cfg->metrics_address) {
+		crx_metrics_enable();
+		crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"success"});
+		crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"failure"});
 		if (!(d.metrics_address = strdup(cfg->metrics_address))) {
 			r = crx_err_set(err, -ENOMEM, "out of memory");
 			goto out;

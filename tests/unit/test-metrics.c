@@ -99,6 +99,16 @@ static char *render(void)
 	return text;
 }
 
+/* Until enabled, updates cost a load and change nothing. */
+static void test_off(void)
+{
+	crx_metrics_cri_call("Version", NULL, NULL, "OK", 1000, 0);
+	crx_metric_add(CRX_M_LOG_BYTES, 5, NULL);
+	is_int(crx_metric_get(CRX_M_CRI_CALLS, (const char *[]){"Version", NULL, NULL, "OK"}), 0,
+	       "off: no call counted");
+	is_int(crx_metric_get(CRX_M_LOG_BYTES, NULL), 0, "off: no bytes counted");
+}
+
 static void test_exposition(void)
 {
 	crx_metrics_cri_call("RunPodSandbox", "kata", "containerd", "OK", 2000000, 1500000);
@@ -319,6 +329,8 @@ int main(void)
 	if (!mkdtemp(dir))
 		return 99;
 	test_config();
+	test_off();
+	crx_metrics_enable();
 	test_exposition();
 	test_threads();
 	test_bounds();
