@@ -2,10 +2,13 @@
 
 #include "common/crx-config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "common/util.h"
 
@@ -134,6 +137,7 @@ void crx_config_clear(struct crx_config *cfg)
 	free(cfg->handlers);
 	free(cfg->default_handler);
 	free(cfg->socket_path);
+	free(cfg->metrics_address);
 	*cfg = (struct crx_config){0};
 }
 
@@ -159,4 +163,71 @@ const struct crx_handler_config *crx_config_handler(const struct crx_config *cfg
 		if (streq(cfg->handlers[i].name, name))
 			return &cfg->handlers[i];
 	return NULL;
+}
+
+int crx_metrics_address_parse(const char *s, struct crx_metrics_address *out, struct crx_err *err)
+{
+	struct crx_metrics_address a = {0};
+	if (strncmp(s, "unix:", 5) == 0) {
+		struct sockaddr_un *un = (struct sockaddr_un *)&a.addr;
+		const char *path = s + 5;
+		if (path[0] != '/')
+			return crx_err_set(err, -EINVAL, "\"%s\": unix:PATH needs an absolute path",
+					   s);
+		if (strlen(path) >= sizeof(un->sun_path))
+			return crx_err_set(err, -EINVAL,
+					   "\"%s\" is longer than a unix socket path may be "
+					   "(%zu bytes)",
+					   s, sizeof(un->sun_path) - 1);
+		un->sun_family = AF_UNIX;
+		strcpy(un->sun_path, path);
+		a.len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+		a.loopback = true;
+		*out = a;
+		return 0;
+	}
+	char host[64];
+	const char *port;
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof(host))
+			goto bad;
+		memcpy(host, s + 1, (size_t)(close - s - 1));
+		host[close - s - 1] = '\0';
+		port = close + 2;
+	} else {
+		const char *colon = strrchr(s, ':');
+		if (!colon || (size_t)(colon - s) >= sizeof(host) || strchr(s, ':') != colon)
+			goto bad;
+		memcpy(host, s, (size_t)(colon - s));
+		host[colon - s] = '\0';
+		port = colon + 1;
+	}
+	char *end;
+	errno = 0;
+	unsigned long p = strtoul(port, &end, 10);
+	if (!*port || *end || errno || p == 0 || p > 65535 || port[0] == '+' || port[0] == '-')
+		goto bad;
+	struct sockaddr_in *in = (struct sockaddr_in *)&a.addr;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a.addr;
+	if (s[0] != '[' && inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)p);
+		a.len = sizeof(*in);
+		a.loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	} else if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)p);
+		a.len = sizeof(*in6);
+		a.loopback = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+	} else {
+		goto bad;
+	}
+	*out = a;
+	return 0;
+bad:
+	return crx_err_set(err, -EINVAL,
+			   "\"%s\" is not an address like 127.0.0.1:9500, [::1]:9500 or "
+			   "unix:/run/crimux/metrics.sock",
+			   s);
 }

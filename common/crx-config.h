@@ -3,8 +3,10 @@
  * their settings from it. No file I/O here. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "common/err.h"
@@ -85,6 +87,9 @@ struct crx_config {
 	struct crx_handler_config *handlers;
 	size_t n_handlers;
 	char *default_handler; /* for runtime_handler ""; the first handler if unset */
+	/* Where /metrics is served (see struct crx_metrics_address); NULL: nowhere. */
+	char *metrics_address;
+	bool metrics_allow_remote; /* a non-loopback metrics_address is allowed */
 };
 
 void crx_config_clear(struct crx_config *cfg);
@@ -93,3 +98,13 @@ const struct crx_backend_config *crx_config_backend(const struct crx_config *cfg
 const struct crx_handler_config *crx_config_handler(const struct crx_config *cfg, const char *name);
 /* The value of a backend-specific key, or NULL when it is not set. */
 const char *crx_backend_option(const struct crx_backend_config *b, const char *key);
+
+/* A metrics_address: "127.0.0.1:PORT" (any IPv4 address), "[::1]:PORT" (any
+ * IPv6 address) or "unix:/PATH". Numeric addresses only: the daemon must
+ * not depend on name resolution to start. */
+struct crx_metrics_address {
+	struct sockaddr_storage addr; /* sockaddr_in, sockaddr_in6 or sockaddr_un */
+	socklen_t len;
+	bool loopback; /* 127.0.0.0/8, ::1 or a unix socket */
+};
+int crx_metrics_address_parse(const char *s, struct crx_metrics_address *out, struct crx_err *err);

@@ -121,6 +121,7 @@ struct rpc_call {
 	char *message; /* the final status message, for the summary */
 	size_t request_bytes, response_bytes;
 	char *tag_handler, *tag_sandbox, *tag_container;
+	const char *tag_backend; /* borrowed: outlives the call */
 	void (*on_free)(void *arg);
 	void *on_free_arg;
 
@@ -135,6 +136,8 @@ struct rpc_call {
 	grpc_slice up_details;
 	bool up_eos, up_status_done;
 	struct tag t_up_first, t_up_status, t_up_msg, t_down_msg;
+	struct timespec up_start; /* a unary relay's backend leg, for the metrics */
+	uint64_t backend_ns;
 };
 
 void rpc_buf_clear(struct rpc_buf *buf)
@@ -298,8 +301,9 @@ static void call_unref(struct rpc_call *c)
 			.container_id = c->tag_container,
 			.code = c->code,
 			.details = c->message,
-			.backend = c->relay.channel ? c->relay.channel->name : NULL,
+			.backend = c->relay.channel ? c->relay.channel->name : c->tag_backend,
 			.duration_ns = elapsed_ns(&c->start),
+			.backend_ns = c->backend_ns,
 			.request_bytes = c->request_bytes,
 			.response_bytes = c->response_bytes,
 		};
@@ -434,6 +438,11 @@ void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbo
 	set_tag(&call->tag_handler, handler);
 	set_tag(&call->tag_sandbox, sandbox_id);
 	set_tag(&call->tag_container, container_id);
+}
+
+void rpc_call_tag_backend(struct rpc_call *call, const char *name)
+{
+	call->tag_backend = name;
 }
 
 void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg)
@@ -852,6 +861,7 @@ void rpc_call_relay(struct rpc_call *c, const struct rpc_relay *relay)
 	/* Unary: one batch, one completion. A stream receives its status in a
 	 * batch of its own, while the messages go through one by one. */
 	bool stream = relay->server_streaming;
+	clock_gettime(CLOCK_MONOTONIC, &c->up_start);
 	if (stream && !start_batch(c, c->up, &ops[5], 1, &c->t_up_status)) {
 		relay_fail(c);
 		return;
@@ -894,10 +904,12 @@ static void relay_forward(struct rpc_call *c, bool have_msg)
 static void on_up_first(void *obj, bool ok)
 {
 	struct rpc_call *c = obj;
-	if (c->relay.server_streaming)
+	if (c->relay.server_streaming) {
 		relay_forward(c, ok && c->up_msg);
-	else
+	} else {
+		c->backend_ns = elapsed_ns(&c->up_start);
 		relay_finish(c);
+	}
 	call_unref(c);
 }
 

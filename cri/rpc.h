@@ -48,6 +48,7 @@ struct rpc_call_summary {
 	const char *details;
 	const char *backend; /* NULL when crimux answered itself */
 	uint64_t duration_ns;
+	uint64_t backend_ns; /* a relayed call: from the backend leg's start to its status */
 	size_t request_bytes;
 	size_t response_bytes;
 };
@@ -86,6 +87,9 @@ bool rpc_call_cancelled(const struct rpc_call *call);
 /* What the call is about, for the request log (copies; NULL leaves a tag). */
 void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbox_id,
 		  const char *container_id);
+/* The backend that serves the call itself (not by relay), for the request
+ * log and the metrics; name must outlive the call. */
+void rpc_call_tag_backend(struct rpc_call *call, const char *name);
 /* Runs fn(arg) once the call is freed (after the request log). */
 void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg);
 /* Keeps the call's memory (not the call: it is still completed once) until

@@ -172,6 +172,27 @@ static int main_key(struct parse *p, const char *key, const char *value)
 	}
 	if (streq(key, "default_handler"))
 		return set_string(&cfg->default_handler, value) == 0;
+	if (streq(key, "metrics_address")) {
+		if (!*value || streq(value, "off")) { /* a drop-in turns it off again */
+			free(cfg->metrics_address);
+			cfg->metrics_address = NULL;
+			return 1;
+		}
+		struct crx_metrics_address a;
+		struct crx_err why = {0};
+		if (crx_metrics_address_parse(value, &a, &why) < 0)
+			return fail(p, "crimux", key, "%s", why.msg);
+		return set_string(&cfg->metrics_address, value) == 0;
+	}
+	if (streq(key, "metrics_allow_remote")) {
+		if (streq(value, "true") || streq(value, "yes") || streq(value, "1"))
+			cfg->metrics_allow_remote = true;
+		else if (streq(value, "false") || streq(value, "no") || streq(value, "0"))
+			cfg->metrics_allow_remote = false;
+		else
+			return fail(p, "crimux", key, "\"%s\" is not true or false", value);
+		return 1;
+	}
 	return fail(p, "crimux", key, "unknown key");
 }
 
@@ -520,6 +541,16 @@ static int validate_handlers(struct crx_config *cfg, const char *path, struct cr
 
 static int validate(struct crx_config *cfg, const char *path, struct crx_err *err)
 {
+	struct crx_metrics_address metrics;
+	if (cfg->metrics_address && !cfg->metrics_allow_remote &&
+	    crx_metrics_address_parse(cfg->metrics_address, &metrics, err) == 0 &&
+	    !metrics.loopback)
+		return crx_err_set(err, -EINVAL,
+				   "%s: metrics_address %s is not a loopback address; the "
+				   "metrics name every pod's handler and backend, and are "
+				   "served without authentication: serve them on 127.0.0.1, "
+				   "[::1] or a unix socket, or set metrics_allow_remote = true",
+				   path, cfg->metrics_address);
 	if (cfg->n_backends == 0)
 		return crx_err_set(err, -EINVAL,
 				   "%s: no backend configured; add a [backend \"NAME\"] section "

@@ -16,10 +16,13 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "router/router.h"
+#include "cri/methods.h"
 #include "cri/rpc.h"
 #include "daemon/log.h"
+#include "daemon/metrics-http.h"
 
 static const int handled_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};
 
@@ -41,6 +44,8 @@ struct daemon {
 	struct rpc_channel *self;
 	uint64_t watchdog_usec;
 	bool ready;
+	struct crx_metrics_server *metrics;
+	char *metrics_address; /* what it serves on; a reload does not move it */
 };
 
 static sigset_t signal_set(void)
@@ -95,6 +100,13 @@ static int generation_new(struct crx_config *cfg, struct generation *prev, struc
 	if (r == 0)
 		r = router_rebuild(g->router, &census, err);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (r == 0) {
+		crx_metric_set(CRX_M_OWNERS_REBUILD,
+			       (t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec),
+			       NULL);
+		crx_metric_set(CRX_M_OWNERS, census.sandboxes, (const char *[]){"sandbox"});
+		crx_metric_set(CRX_M_OWNERS, census.containers, (const char *[]){"container"});
+	}
 	if (census.unreachable)
 		log_warning("backends not answering: %s; their pods are found once they answer",
 			    census.unreachable);
@@ -140,6 +152,10 @@ static void dispatch(struct rpc_call *call, void *userdata)
  * not; in the journal with fields to search by (CRI_HANDLER=kata, ...). */
 static void log_call(const struct rpc_call_summary *s, void *userdata)
 {
+	/* Method names come from clients: only the schema's are labels. */
+	const struct cri_method *m = cri_method_find(s->method);
+	crx_metrics_cri_call(m ? m->name : "unknown", s->handler, s->backend,
+			     rpc_code_name(s->code), s->duration_ns, s->backend_ns);
 	int level = s->code == RPC_OK || s->code == RPC_NOT_FOUND ? LOG_DEBUG : LOG_INFO;
 	if (!log_enabled(level))
 		return;
@@ -297,6 +313,7 @@ static void reload(struct daemon *d)
 	if (r == 0)
 		r = generation_new(&cfg, prev, &g, &err);
 	generation_unref(prev);
+	crx_metric_add(CRX_M_RELOADS, 1, (const char *[]){r < 0 ? "failure" : "success"});
 	if (r < 0) {
 		log_error("reload failed, still serving the previous configuration: %s", err.msg);
 	} else {
@@ -308,6 +325,10 @@ static void reload(struct daemon *d)
 		    old->cfg.socket_mode != g->cfg.socket_mode)
 			log_warning(
 				"socket settings changed; they take effect when crimuxd restarts");
+		if (!streq(d->metrics_address ? d->metrics_address : "",
+			   g->cfg.metrics_address ? g->cfg.metrics_address : ""))
+			log_warning("metrics_address changed; it takes effect when crimuxd "
+				    "restarts");
 		log_set_level(g->cfg.log_level);
 		generation_unref(old); /* freed once its last call is done */
 		log_info("configuration reloaded");
@@ -387,6 +408,20 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	r = lock_socket(d.socket_path, &lock_fd, err);
 	if (r < 0)
 		goto out;
+	/* Before the backends are asked anything: their first answers count. */
+	if (cfg->metrics_address) {
+		crx_metrics_enable();
+		crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"success"});
+		crx_metric_add(CRX_M_RELOADS, 0, (const char *[]){"failure"});
+		if (!(d.metrics_address = strdup(cfg->metrics_address))) {
+			r = crx_err_set(err, -ENOMEM, "out of memory");
+			goto out;
+		}
+		r = crx_metrics_server_start(d.metrics_address, &d.metrics, err);
+		if (r < 0)
+			goto out;
+		log_info("serving metrics on %s/metrics", d.metrics_address);
+	}
 	notify_status(&d, "Finding the pods on the backends");
 	r = generation_new(cfg, NULL, &d.current, err);
 	if (r < 0)
@@ -447,6 +482,8 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 			   cancelled);
 	r = 0;
 out:
+	crx_metrics_server_stop(d.metrics);
+	free(d.metrics_address);
 	rpc_channel_free(d.self);
 	rpc_server_free(server);
 	if (server && !d.activated) /* systemd's socket stays for the next start */

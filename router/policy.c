@@ -3,17 +3,36 @@
 #include "router/policy.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/metrics.h"
+#include "common/metrics.h"
 #include "common/util.h"
 
 #define MIN_SHARES      2
 #define SHARES_PER_CORE 1024
 #define MIN_QUOTA       1000
 #define DEFAULT_PERIOD  100000
+
+/* A refusal: the error, and a count by handler and rule for the metrics
+ * (crimux_kata_refusals_total). */
+static int refuse(struct crx_err *err, const char *handler, const char *rule, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int refuse(struct crx_err *err, const char *handler, const char *rule, const char *fmt, ...)
+{
+	crx_metric_add(CRX_M_KATA_REFUSALS, 1, (const char *[]){handler, rule});
+	va_list ap;
+	va_start(ap, fmt);
+	int r = crx_err_setv(err, -EINVAL, fmt, ap);
+	va_end(ap);
+	return r;
+}
 
 /* a * b / c, rounded down, clamped to int64: every input here may come from
  * a client, and a product that wraps could make a huge limit look small. */
@@ -82,13 +101,12 @@ static int check_unified(const char *handler, const char *what,
 	for (size_t i = 0; i < r->n_unified; i++)
 		for (size_t j = 0; j < ARRAY_SIZE(unified_overrides); j++)
 			if (streq(r->unified[i]->key, unified_overrides[j]))
-				return crx_err_set(
-					err, -EINVAL,
-					"handler \"%s\": %s sets the cgroup file \"%s\" in "
-					"resources.unified, which would override the CPU and "
-					"memory "
-					"limits Kata Containers checked",
-					handler, what, unified_overrides[j]);
+				return refuse(err, handler, "unified_override",
+					      "handler \"%s\": %s sets the cgroup file \"%s\" in "
+					      "resources.unified, which would override the CPU and "
+					      "memory "
+					      "limits Kata Containers checked",
+					      handler, what, unified_overrides[j]);
 	return 0;
 }
 
@@ -100,28 +118,28 @@ static int check_equal_resources(const char *handler, const char *what,
 	char a[32], b[32];
 	int64_t limit = cpu_limit_milli(r);
 	if (limit == 0)
-		return crx_err_set(err, -EINVAL,
-				   "handler \"%s\": %s has no CPU limit; Kata Containers needs "
-				   "the CPU limit set and equal to the CPU request (%s)",
-				   handler, what,
-				   fmt_cpu(cpu_shares_to_milli(r->cpu_shares), a, sizeof(a)));
+		return refuse(err, handler, "cpu_limit_missing",
+			      "handler \"%s\": %s has no CPU limit; Kata Containers needs "
+			      "the CPU limit set and equal to the CPU request (%s)",
+			      handler, what,
+			      fmt_cpu(cpu_shares_to_milli(r->cpu_shares), a, sizeof(a)));
 	/* Compare as the kubelet computed them: shares from the request, quota
 	 * from the limit, each with its floor (2 shares, a 1000 quota), so
 	 * below 10m either side may have been rounded up. */
 	int64_t period = r->cpu_period > 0 ? r->cpu_period : DEFAULT_PERIOD;
 	if (r->cpu_shares != cpu_milli_to_shares(limit) &&
 	    r->cpu_quota != cpu_milli_to_quota(cpu_shares_to_milli(r->cpu_shares), period))
-		return crx_err_set(err, -EINVAL,
-				   "handler \"%s\": %s CPU request (%s) must equal its CPU limit "
-				   "(%s) for Kata Containers",
-				   handler, what,
-				   fmt_cpu(cpu_shares_to_milli(r->cpu_shares), a, sizeof(a)),
-				   fmt_cpu(limit, b, sizeof(b)));
+		return refuse(err, handler, "cpu_request_not_limit",
+			      "handler \"%s\": %s CPU request (%s) must equal its CPU limit "
+			      "(%s) for Kata Containers",
+			      handler, what,
+			      fmt_cpu(cpu_shares_to_milli(r->cpu_shares), a, sizeof(a)),
+			      fmt_cpu(limit, b, sizeof(b)));
 	if (r->memory_limit_in_bytes <= 0)
-		return crx_err_set(err, -EINVAL,
-				   "handler \"%s\": %s has no memory limit; Kata Containers needs "
-				   "the memory limit set and equal to the memory request",
-				   handler, what);
+		return refuse(err, handler, "memory_limit_missing",
+			      "handler \"%s\": %s has no memory limit; Kata Containers needs "
+			      "the memory limit set and equal to the memory request",
+			      handler, what);
 	int ret = check_unified(handler, what, r, err);
 	if (ret < 0)
 		return ret;
@@ -159,12 +177,11 @@ static int check_annotations(const struct kata_policy *p, const char *handler, c
 			const char *prefix = p->reserved_annotations[j];
 			if (strncmp(key, prefix, strlen(prefix)) == 0 &&
 			    !annotation_allowed(p, key))
-				return crx_err_set(
-					err, -EINVAL,
-					"handler \"%s\": %s annotation \"%s\" is in the "
-					"runtime-reserved namespace \"%s\"; the handler's "
-					"kata_allowed_annotations can allow it",
-					handler, what, key, prefix);
+				return refuse(err, handler, "reserved_annotation",
+					      "handler \"%s\": %s annotation \"%s\" is in the "
+					      "runtime-reserved namespace \"%s\"; the handler's "
+					      "kata_allowed_annotations can allow it",
+					      handler, what, key, prefix);
 		}
 	}
 	return 0;
@@ -188,8 +205,8 @@ static int check_host_namespaces(const char *handler, const char *who,
 			*(const Runtime__V1__NamespaceMode *)((const char *)ns +
 							      host_namespaces[i].offset);
 		if (mode == RUNTIME__V1__NAMESPACE_MODE__NODE)
-			return crx_err_set(
-				err, -EINVAL,
+			return refuse(
+				err, handler, "host_namespace",
 				"handler \"%s\": %s%sKata Containers does not support the host "
 				"%s namespace (namespace_options.%s = NODE); run the pod "
 				"with another RuntimeClass",
@@ -229,14 +246,14 @@ static int check_overhead(const struct kata_policy *p, const char *handler,
 	/* Overhead is "guaranteed": the kubelet sets request == limit. */
 	int64_t cpu = cpu_limit_milli(o) ? cpu_limit_milli(o) : cpu_shares_to_milli(o->cpu_shares);
 	if (cpu < p->overhead_cpu_milli || o->memory_limit_in_bytes < p->overhead_memory)
-		return crx_err_set(err, -EINVAL,
-				   "handler \"%s\": the pod overhead (%s CPU, %s memory) is below "
-				   "the minimum for Kata Containers (%s CPU, %s memory); set the "
-				   "RuntimeClass overhead to at least that",
-				   handler, fmt_cpu(cpu, a, sizeof(a)),
-				   fmt_bytes(o->memory_limit_in_bytes, b, sizeof(b)),
-				   fmt_cpu(p->overhead_cpu_milli, c, sizeof(c)),
-				   fmt_bytes(p->overhead_memory, d, sizeof(d)));
+		return refuse(err, handler, "overhead_below_minimum",
+			      "handler \"%s\": the pod overhead (%s CPU, %s memory) is below "
+			      "the minimum for Kata Containers (%s CPU, %s memory); set the "
+			      "RuntimeClass overhead to at least that",
+			      handler, fmt_cpu(cpu, a, sizeof(a)),
+			      fmt_bytes(o->memory_limit_in_bytes, b, sizeof(b)),
+			      fmt_cpu(p->overhead_cpu_milli, c, sizeof(c)),
+			      fmt_bytes(p->overhead_memory, d, sizeof(d)));
 	return check_unified(handler, "the pod overhead", o, err);
 }
 
@@ -248,37 +265,34 @@ static int check_pod_resources(const struct kata_policy *p, const char *handler,
 {
 	char a[32], b[32], c[32], d[32];
 	if (resources_empty(res))
-		return crx_err_set(
-			err, -EINVAL,
-			"handler \"%s\": the pod's resources are missing "
-			"(PodSandboxConfig.linux.resources); Kata Containers needs CPU and "
-			"memory limits equal to the requests",
-			handler);
+		return refuse(err, handler, "resources_missing",
+			      "handler \"%s\": the pod's resources are missing "
+			      "(PodSandboxConfig.linux.resources); Kata Containers needs CPU and "
+			      "memory limits equal to the requests",
+			      handler);
 	int64_t cpu;
 	int r = check_equal_resources(handler, "the pod", res, &cpu, err);
 	if (r < 0)
 		return r;
 	int64_t memory = res->memory_limit_in_bytes;
 	if (cpu < p->min_cpu_milli || memory < p->min_memory)
-		return crx_err_set(
-			err, -EINVAL,
-			"handler \"%s\": the pod (%s CPU, %s memory) is smaller than the "
-			"Kata Containers minimum of %s CPU and %s memory",
-			handler, fmt_cpu(cpu, a, sizeof(a)), fmt_bytes(memory, b, sizeof(b)),
-			fmt_cpu(p->min_cpu_milli, c, sizeof(c)),
-			fmt_bytes(p->min_memory, d, sizeof(d)));
+		return refuse(err, handler, "below_minimum",
+			      "handler \"%s\": the pod (%s CPU, %s memory) is smaller than the "
+			      "Kata Containers minimum of %s CPU and %s memory",
+			      handler, fmt_cpu(cpu, a, sizeof(a)), fmt_bytes(memory, b, sizeof(b)),
+			      fmt_cpu(p->min_cpu_milli, c, sizeof(c)),
+			      fmt_bytes(p->min_memory, d, sizeof(d)));
 	int64_t low = mul_div(cpu, p->min_memory_per_cpu, MILLI_PER_CORE);
 	int64_t high = mul_div(cpu, p->max_memory_per_cpu, MILLI_PER_CORE);
 	if (memory < low || memory > high) {
 		char e[32], f[32];
-		return crx_err_set(
-			err, -EINVAL,
-			"handler \"%s\": the pod's memory (%s) does not fit its CPU (%s): "
-			"Kata Containers needs %s to %s of memory per CPU, %s to %s here",
-			handler, fmt_bytes(memory, a, sizeof(a)), fmt_cpu(cpu, b, sizeof(b)),
-			fmt_bytes(p->min_memory_per_cpu, c, sizeof(c)),
-			fmt_bytes(p->max_memory_per_cpu, d, sizeof(d)),
-			fmt_bytes(low, e, sizeof(e)), fmt_bytes(high, f, sizeof(f)));
+		return refuse(err, handler, "memory_cpu_ratio",
+			      "handler \"%s\": the pod's memory (%s) does not fit its CPU (%s): "
+			      "Kata Containers needs %s to %s of memory per CPU, %s to %s here",
+			      handler, fmt_bytes(memory, a, sizeof(a)), fmt_cpu(cpu, b, sizeof(b)),
+			      fmt_bytes(p->min_memory_per_cpu, c, sizeof(c)),
+			      fmt_bytes(p->max_memory_per_cpu, d, sizeof(d)),
+			      fmt_bytes(low, e, sizeof(e)), fmt_bytes(high, f, sizeof(f)));
 	}
 	return check_overhead(p, handler, overhead, changed, err);
 }
@@ -312,10 +326,10 @@ static int check_container_resources(const char *handler, const char *what,
 				     struct crx_err *err)
 {
 	if (resources_empty(res))
-		return crx_err_set(err, -EINVAL,
-				   "handler \"%s\": %s has no resources; Kata Containers needs CPU "
-				   "and memory limits equal to the requests",
-				   handler, what);
+		return refuse(err, handler, "resources_missing",
+			      "handler \"%s\": %s has no resources; Kata Containers needs CPU "
+			      "and memory limits equal to the requests",
+			      handler, what);
 	int64_t cpu;
 	return check_equal_resources(handler, what, res, &cpu, err);
 }
@@ -360,17 +374,16 @@ int kata_check_request(const struct kata_policy *p, const char *handler, Protobu
 	if (d == &runtime__v1__run_pod_sandbox_request__descriptor) {
 		Runtime__V1__RunPodSandboxRequest *r = (Runtime__V1__RunPodSandboxRequest *)req;
 		if (!r->config)
-			return crx_err_set(err, -EINVAL,
-					   "handler \"%s\": the request has no pod config",
-					   handler);
+			return refuse(err, handler, "config_missing",
+				      "handler \"%s\": the request has no pod config", handler);
 		return kata_check_sandbox(p, handler, r->config, changed, err);
 	}
 	if (d == &runtime__v1__create_container_request__descriptor) {
 		Runtime__V1__CreateContainerRequest *r = (Runtime__V1__CreateContainerRequest *)req;
 		if (!r->config)
-			return crx_err_set(err, -EINVAL,
-					   "handler \"%s\": the request has no container config",
-					   handler);
+			return refuse(err, handler, "config_missing",
+				      "handler \"%s\": the request has no container config",
+				      handler);
 		int ret = kata_check_container(p, handler, r->config, err);
 		/* containerd reads the pod's annotations (to pass some on to the
 		 * shim), cgroup parent, hostname and privileged flag from this copy:

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "cri/api.pb-c.h"
 #include "router/merge.h"
@@ -177,6 +178,7 @@ static void serve(struct router *r, size_t backend, struct rpc_call *call,
 		  const struct cri_method *m, const struct backend_serve *how)
 {
 	struct backend *b = r->backends[backend];
+	rpc_call_tag_backend(call, b->name);
 	b->ops->serve(b, call, m, how);
 }
 
@@ -452,6 +454,12 @@ bool router_health(struct router *r, unsigned timeout_ms, char **summary)
 	if (!results)
 		return false;
 	fanout_call(r, "/runtime.v1.RuntimeService/Version", &req, NULL, timeout_ms, results);
+	for (size_t i = 0; i < r->n_backends; i++)
+		crx_metrics_backend_health(r->backends[i]->name, results[i].code == RPC_OK);
+	crx_metric_set(CRX_M_OWNERS, owners_count(r->owners, OWNER_SANDBOX),
+		       (const char *[]){"sandbox"});
+	crx_metric_set(CRX_M_OWNERS, owners_count(r->owners, OWNER_CONTAINER),
+		       (const char *[]){"container"});
 	size_t size = 0;
 	FILE *f = open_memstream(summary, &size);
 	for (int up = 1; f && up >= 0; up--) {

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "stream/http.h"
 #include "stream/proto.h"
@@ -217,8 +218,17 @@ static void serve(struct stream_server *s, struct conn *conn)
 				 "streaming token not found: unknown, already used or expired");
 		return;
 	}
+	static const char *const kind_names[] = {
+		[STREAM_EXEC] = "exec",
+		[STREAM_ATTACH] = "attach",
+		[STREAM_PORT_FORWARD] = "port_forward",
+	};
+	const char *labels[] = {kind_names[kind]};
+	crx_metric_add(CRX_M_STREAM_TOTAL, 1, labels);
+	crx_metric_add(CRX_M_STREAM_OPEN, 1, labels);
 	session_run(&s->cfg, ws ? &ws_proto : &spdy_proto, fd, &h, req, (const uint8_t *)buf + used,
 		    len - used);
+	crx_metric_add(CRX_M_STREAM_OPEN, -1, labels);
 }
 
 /* Closing a socket with unread input resets the connection, and a reset can

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
@@ -310,13 +311,20 @@ static void copy_lines(struct dk_logs *l, struct entry *e)
 				free(line);
 				if (r < 0)
 					break; /* e.g. disk full: retried next time */
+				if (e->dst_fd >= 0)
+					crx_metric_add(CRX_M_LOG_BYTES, (int64_t)line_len, NULL);
+				else /* no CRI file to write to */
+					crx_metric_add(CRX_M_LOG_DROPPED, 1, NULL);
+			} else {
+				crx_metric_add(CRX_M_LOG_DROPPED, 1, NULL); /* not a log entry */
 			}
 			used += len + 1;
 		}
 		if (used == 0) {
-			if ((size_t)n == READ_CHUNK)
+			if ((size_t)n == READ_CHUNK) {
 				used = (size_t)n; /* a line longer than we take: skip it */
-			else
+				crx_metric_add(CRX_M_LOG_DROPPED, 1, NULL);
+			} else
 				return; /* an incomplete last line: wait for the rest */
 		}
 		e->offset += (off_t)used;

@@ -1,0 +1,352 @@
+"""Prometheus metrics of a live crimuxd (docs/metrics.md).
+
+One crimuxd (shared by the module) serves three handlers: "runc" and "kata"
+(policy kata) on the lab's containerd, "docker" on the lab's dockerd, and
+its metrics on a loopback port.  The tests make known CRI calls through it
+and check that the scraped counters moved by exactly those calls; validate
+a live scrape with `promtool check metrics`; let a real Prometheus server
+scrape it; and show that scrapers which never send or never read hold up
+no CRI call.
+"""
+
+import collections
+import json
+import os
+import re
+import socket
+import subprocess
+import urllib.parse
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+from lab import streaming as st
+from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
+from lab.env import wait_for
+from conftest import docker_backend_config, stop_checked
+
+MIB = 1 << 20
+RUN = uuid.uuid4().hex[:12]
+LABELS = {"crimux-test-metrics": RUN}
+UNKNOWN_ID = "bad1d" * 12 + "0bad"
+SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_text(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        return r.read().decode()
+
+
+def parse(text):
+    """{(name, frozenset of (label, value)): float} of an exposition."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SERIES.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def total(samples, name, **want):
+    """The sum of `name` over the series whose labels include `want`."""
+    want = set(want.items())
+    return sum(v for (n, labels), v in samples.items() if n == name and want <= labels)
+
+
+def by_method(samples, name="crimux_cri_calls_total"):
+    counts = collections.Counter()
+    for (n, labels), v in samples.items():
+        if n == name:
+            counts[dict(labels)["method"]] += v
+    return counts
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def daemon(lab, dockerd, crimuxd_binary, containerd_cri, tmp_path_factory):
+    port = free_port()
+    config = docker_backend_config(lab, str(tmp_path_factory.mktemp("docker-state"))) + f"""
+[crimux]
+default_handler = runc
+metrics_address = 127.0.0.1:{port}
+[handler "runc"]
+backend = one
+# The lab's containerd runs "kata" with the runc shim: there is no KVM here.
+[handler "kata"]
+backend = one
+policy = kata
+[handler "docker"]
+backend = docker
+"""
+    d = lab.crimuxd(crimuxd_binary, {"one": lab.containerd.endpoint,
+                                     "docker": dockerd.endpoint}, config)
+    d.metrics_port = port
+    yield d
+    with CRI(d.endpoint) as client:
+        for item in client.ListPodSandbox(
+                filter=pb().PodSandboxFilter(label_selector=LABELS)).items:
+            client.remove_pod(item.id)
+    stop_checked([d], must_run=True)
+
+
+@pytest.fixture(scope="module")
+def mux(daemon):
+    with CRI(daemon.endpoint) as client:
+        yield client
+
+
+def scrape(daemon):
+    return parse(scrape_text(daemon.metrics_port))
+
+
+def calls_for_every_handler(mux, lab):
+    """Makes a known set of CRI calls through crimuxd; returns how many of
+    each method it made."""
+    made = collections.Counter()
+
+    def call(method, **kwargs):
+        made[method] += 1
+        return getattr(mux, method)(**kwargs)
+
+    for _ in range(3):
+        call("Version")
+    call("ListPodSandbox")
+    # runc: a pod with a container, then gone again.
+    sandbox = sandbox_config("metrics-runc-" + RUN, labels=LABELS)
+    pod_id = call("RunPodSandbox", config=sandbox, runtime_handler="runc",
+                  timeout=120).pod_sandbox_id
+    call("PullImage", image=pb().ImageSpec(image=lab.busybox_ref), sandbox_config=sandbox,
+         timeout=120)
+    cid = call("CreateContainer", pod_sandbox_id=pod_id, sandbox_config=sandbox,
+               config=container_config("main", lab.busybox_ref, ["sleep", "3600"]),
+               timeout=60).container_id
+    call("StartContainer", container_id=cid, timeout=60)
+    call("ContainerStatus", container_id=cid)
+    call("StopPodSandbox", pod_sandbox_id=pod_id, timeout=60)
+    call("RemovePodSandbox", pod_sandbox_id=pod_id, timeout=60)
+    # docker: a pod through the dockershim.
+    sandbox = sandbox_config("metrics-docker-" + RUN, labels=LABELS)
+    pod_id = call("RunPodSandbox", config=sandbox, runtime_handler="docker",
+                  timeout=120).pod_sandbox_id
+    call("PodSandboxStatus", pod_sandbox_id=pod_id)
+    call("StopPodSandbox", pod_sandbox_id=pod_id, timeout=60)
+    call("RemovePodSandbox", pod_sandbox_id=pod_id, timeout=60)
+    # kata: refused by its rules before any backend sees it.
+    with pytest.raises(grpc.RpcError) as refused:
+        call("RunPodSandbox", runtime_handler="kata", config=sandbox_config(
+            "metrics-kata-" + RUN, labels=LABELS, host_network=True,
+            resources=linux_resources(500, 500, 512 * MIB)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # An unknown container: NOT_FOUND.
+    with pytest.raises(grpc.RpcError) as missing:
+        call("ContainerStatus", container_id=UNKNOWN_ID)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    return made
+
+
+# ------------------------------------------------------------------ tests
+
+def test_counters_match_the_calls_made(daemon, mux, lab):
+    before = scrape(daemon)
+    made = calls_for_every_handler(mux, lab)
+    after = scrape(daemon)
+
+    # Every call counted once, under its method: nothing more, nothing less.
+    moved = by_method(after) - by_method(before)
+    assert moved == made
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    calls = "crimux_cri_calls_total"
+    assert delta(calls, method="Version", handler="", backend="", code="OK") == 3
+    assert delta(calls, method="RunPodSandbox", handler="runc", backend="one", code="OK") == 1
+    assert delta(calls, method="RunPodSandbox", handler="docker", backend="docker",
+                 code="OK") == 1
+    assert delta(calls, method="CreateContainer", handler="runc", backend="one",
+                 code="OK") == 1
+    assert delta(calls, method="PodSandboxStatus", backend="docker", code="OK") == 1
+    assert delta(calls, method="RunPodSandbox", handler="kata", backend="",
+                 code="INVALID_ARGUMENT") == 1
+    assert delta(calls, method="ContainerStatus", code="NOT_FOUND") == 1
+    assert delta("crimux_kata_refusals_total", handler="kata", rule="host_namespace") == 1
+    assert delta("crimux_kata_refusals_total") == 1
+
+    # Latency: one observation per call, in the histogram of its method and
+    # backend, and crimux's own part for the unary calls it relayed.
+    for method, n in made.items():
+        assert delta("crimux_cri_call_duration_seconds_count", method=method) == n, method
+    assert delta("crimux_cri_call_duration_seconds_count", method="RunPodSandbox",
+                 backend="docker") == 1
+    assert delta("crimux_cri_relay_overhead_seconds_count", method="StartContainer",
+                 backend="one") == 1
+    assert delta("crimux_cri_relay_overhead_seconds_count", backend="docker") == 0
+    assert delta("crimux_cri_call_duration_seconds_sum", method="RunPodSandbox") > 0
+    for key, value in after.items():
+        if key[0] == "crimux_cri_call_duration_seconds_bucket" and ("le", "+Inf") in key[1]:
+            count = after[("crimux_cri_call_duration_seconds_count",
+                           key[1] - {("le", "+Inf")})]
+            assert value == count
+
+    # The rest of what the issue names is there.
+    assert total(after, "crimux_backend_up", backend="one") == 1
+    assert total(after, "crimux_backend_up", backend="docker") == 1
+    assert total(after, "crimux_backend_reconnects_total", backend="one") == 0
+    assert ("crimux_owner_entries", frozenset({("kind", "sandbox")})) in after
+    assert total(after, "crimux_reloads_total", result="success") == 0
+    assert total(after, "process_open_fds") > 0
+    assert total(after, "process_resident_memory_bytes") > 1 * MIB
+    assert total(after, "process_threads") > 2
+
+
+def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_path):
+    before = scrape(daemon)
+    log_dir = str(tmp_path / "logs")
+    os.makedirs(log_dir)
+    sandbox = sandbox_config("metrics-stream-" + RUN, labels=LABELS, log_directory=log_dir)
+    pod_id = mux.run_pod(sandbox, "docker")
+    try:
+        mux.pull(lab.busybox_ref, sandbox=sandbox)
+        cid = mux.start_container(pod_id, sandbox, container_config(
+            "main", lab.busybox_ref, ["sh", "-c", "seq 1 500; sleep 3600"],
+            log_path="main.log"))
+        log_path = os.path.join(log_dir, "main.log")
+        wait_for(lambda: os.path.exists(log_path) and
+                 open(log_path).read().endswith(" stdout F 500\n"), 30, "the log's last line")
+        url = mux.Exec(container_id=cid, cmd=["echo", "hi"], stdout=True, stderr=True).url
+        assert st.spdy_exec(url).stdout == b"hi\n"
+        # The session's end is counted after its last byte: wait for it.
+        wait_for(lambda: total(scrape(daemon), "crimux_streaming_sessions_open") ==
+                 total(before, "crimux_streaming_sessions_open"), 30, "the session to end")
+        after = scrape(daemon)
+        with open(log_path, "rb") as f:
+            written = len(f.read())
+    finally:
+        mux.remove_pod(pod_id)
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    # Every byte of the CRI log file was counted, and nothing was dropped.
+    assert delta("crimux_docker_log_bytes_total") == written
+    assert delta("crimux_docker_log_lines_dropped_total") == 0
+    assert delta("crimux_streaming_sessions_total", kind="exec") == 1
+    assert delta("crimux_streaming_sessions_total") == 1
+
+
+def test_promtool_checks_a_live_scrape(daemon, mux, lab):
+    calls_for_every_handler(mux, lab)
+    text = scrape_text(daemon.metrics_port)
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", \
+        proc.stdout + proc.stderr
+    # Every handler served calls in this scrape.
+    samples = parse(text)
+    for handler in ("runc", "kata", "docker"):
+        assert total(samples, "crimux_cri_calls_total", handler=handler) > 0, handler
+
+
+def test_a_reload_is_counted(daemon):
+    before = total(scrape(daemon), "crimux_reloads_total", result="success")
+    os.kill(daemon.pid, 1)  # SIGHUP
+    wait_for(lambda: total(scrape(daemon), "crimux_reloads_total", result="success")
+             == before + 1, 30, "the reload to be counted")
+
+
+def test_stuck_scrapers_do_not_hold_up_calls(daemon, mux):
+    # More scrapers than the server has slots: some send half a request and
+    # wait, some send a whole one and never read the answer.
+    stuck = []
+    try:
+        for i in range(40):
+            s = socket.create_connection(("127.0.0.1", daemon.metrics_port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /metrics HTTP/1.1\r\n" + (b"\r\n" if i % 2 else b""))
+            stuck.append(s)
+        # The CRI side does not notice.
+        for _ in range(20):
+            assert mux.Version().runtime_name == "crimux"
+        assert mux.ListPodSandbox() is not None
+    finally:
+        for s in stuck:
+            s.close()
+    # Once they are gone, scrapes are served again.
+    wait_for(lambda: _try_scrape(daemon.metrics_port), 30, "a scrape to be served")
+
+
+def _try_scrape(port):
+    try:
+        return "crimux_cri_calls_total" in scrape_text(port)
+    except OSError:
+        return False
+
+
+def test_a_prometheus_server_scrapes_it(daemon, tmp_path):
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: crimux
+    static_configs:
+      - targets: ["127.0.0.1:{daemon.metrics_port}"]
+""")
+    log = open(tmp_path / "prometheus.log", "w")
+    server = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def query(expr):
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + \
+                  urllib.parse.urlencode({"query": expr})
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return json.load(r)["data"]["result"]
+            except OSError:
+                return None
+
+        up = wait_for(lambda: query('up{job="crimux"}'), 60, "Prometheus to scrape crimux")
+        assert up[0]["value"][1] == "1", up
+        calls = wait_for(lambda: query('sum(crimux_cri_calls_total{method="Version"})'), 30,
+                         "crimux's calls in Prometheus")
+        assert float(calls[0]["value"][1]) > 0
+        # Prometheus's own account of the scrape: nothing it had to drop.
+        assert query('scrape_samples_post_metric_relabeling{job="crimux"}')[0]["value"][1] \
+            != "0"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_a_remote_address_needs_consent(lab, crimuxd_binary, tmp_path):
+    config = tmp_path / "crimux.conf"
+    config.write_text(f"""[crimux]
+socket = {tmp_path}/crimux.sock
+metrics_address = 0.0.0.0:{free_port()}
+[backend "one"]
+endpoint = {lab.containerd.endpoint}
+""")
+    proc = subprocess.run([crimuxd_binary, "--config", str(config)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "metrics_address 0.0.0.0:" in proc.stderr and "not a loopback address" in \
+        proc.stderr, proc.stderr
+    assert not os.path.exists(f"{tmp_path}/crimux.sock")
