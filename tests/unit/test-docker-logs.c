@@ -263,7 +263,8 @@ static void one_pump_per_dir(void)
 	ok(a == b, "shares the pump");
 	is_int(dk_logs_new(other, 50, &c, &err), 0, "another directory");
 	ok(c != a, "gets its own pump");
-	is_int(dk_logs_track(a, "c2", docker_log, cri_log, &err), 0, "tracked through one");
+	is_int(dk_logs_register(a, "c2", log_dir, "app/0.log", &err), 0, "registered through one");
+	is_int(dk_logs_track(a, "c2", docker_log, &err), 0, "tracked through one");
 	dk_logs_free(a);
 	ok(dk_logs_tracked(b, "c2"), "still followed through the other after the first is gone");
 	dk_logs_forget(b, "c2");
