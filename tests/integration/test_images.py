@@ -680,6 +680,26 @@ def test_one_image_has_one_id_on_every_store(mux, lab, stores):
     assert stores.where(image.config_digest) == []
 
 
+@pytest.mark.parametrize("handler", ["", "runc", "kata", "docker"])
+def test_stream_images_is_the_list(mux, lab, stores, handler):
+    """StreamImages says what ListImages says, for a handler too (containerd
+    1.6 has no StreamImages of its own)."""
+    image = new_image("stream")
+    (ref,) = push(lab.registry, image)
+    mux.pull(ref)
+    request = pb().StreamImagesRequest()
+    request.filter.image.runtime_handler = handler
+    streamed = [i for raw in mux.raw(IMAGE_SERVICE + "StreamImages", request.SerializeToString(),
+                                     stream=True)
+                for i in pb().StreamImagesResponse.FromString(raw).images]
+    listed = pb().ListImagesRequest()
+    listed.filter.image.runtime_handler = handler
+    assert sorted(streamed, key=lambda i: i.id) == \
+        sorted(mux.ListImages(listed).images, key=lambda i: i.id)
+    assert image.config_digest in {i.id for i in streamed}
+    stores.remove(ref)
+
+
 def test_pinned_if_any_store_pins_it(stores, lab, dockerd, crimuxd_factory, tmp_path):
     """Docker's sandbox image is pinned by the dockershim; containerd 1.6 pins
     nothing. With the same image on both: pinned, in the list and the status."""
