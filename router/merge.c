@@ -1219,6 +1219,34 @@ void serve_image_stream(struct rpc_call *call, void *arg)
 	results_clear(r, results);
 }
 
+/* StreamImages for one handler: its store's ListImages as one message
+ * (containerd 1.6 has no StreamImages of its own), answered as that store
+ * answers. */
+void serve_image_stream_from(struct rpc_call *call, void *arg)
+{
+	struct image_stream_job *job = arg;
+	struct router *r = job->r;
+	struct backend *b = r->backends[job->backend];
+	struct rpc_buf req = job->request.data ? job->request : request_of(call);
+	struct rpc_result res = {0};
+	/* ListImagesRequest and StreamImagesRequest share their layout. */
+	int ret = b->ops->call(b, "/runtime.v1.ImageService/ListImages", &req, call, 0, &res);
+	if (ret < 0)
+		rpc_call_fail(call, rpc_code_from_errno(ret), "backend %s: %s", b->name,
+			      strerror(-ret));
+	else if (res.code != RPC_OK)
+		rpc_call_finish(call, res.code, res.details);
+	else /* a client that left is told nothing more */
+		rpc_call_finish(call,
+				rpc_call_send(call, res.reply.data, res.reply.len) == 0
+					? RPC_OK
+					: RPC_CANCELLED,
+				NULL);
+	rpc_result_clear(&res);
+	rpc_buf_clear(&job->request);
+	free(job);
+}
+
 /* Filesystems of every store that answered, each mountpoint once, the
  * default backend's first: the kubelet's image GC and eviction read the
  * first entry only. */

@@ -116,8 +116,16 @@ void combine_image_fs(struct rpc_call *call, const struct rpc_result *replies, s
 void combine_metric_descriptors(struct rpc_call *call, const struct rpc_result *replies, size_t n,
 				struct rpc_result *out, void *arg);
 
+/* StreamImages for one backend; request: the call's own if empty. */
+struct image_stream_job {
+	struct router *r;
+	size_t backend;
+	struct rpc_buf request;
+};
+
 /* Worker bodies for what streams, or needs one backend's reply renamed. */
 void serve_stream_list(struct rpc_call *call, void *arg);
 void serve_image_stream(struct rpc_call *call, void *arg);
+void serve_image_stream_from(struct rpc_call *call, void *arg);
 void serve_image_remove(struct rpc_call *call, void *arg);
 void serve_renamed(struct rpc_call *call, void *arg);

@@ -1114,10 +1114,22 @@ static void route_image(struct router *r, struct rpc_call *call, const struct cr
 				spec->runtime_handler = (char *)asked;
 			}
 			struct backend_serve how = {.request = rewritten.data ? &rewritten : NULL};
-			if (ret < 0)
+			struct image_stream_job *job = NULL;
+			if (ret == 0 && route == ROUTE_IMAGE_STREAM &&
+			    !(job = malloc(sizeof(*job))))
+				ret = -ENOMEM;
+			if (ret < 0) {
 				rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-			else
+			} else if (job) { /* the store's list, streamed */
+				*job = (struct image_stream_job){r, h->backend, rewritten};
+				rewritten = (struct rpc_buf){0};
+				if (rpc_call_defer(call, serve_image_stream_from, job) < 0) {
+					rpc_buf_clear(&job->request);
+					free(job);
+				}
+			} else {
 				serve(r, h->backend, call, m, &how);
+			}
 		}
 	} else if (pull_for_known_pod(r, req, &o)) {
 		serve(r, o.backend, call, m, NULL);

@@ -88,6 +88,19 @@ def three(lab, dockerd, crimuxd_binary, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def three_docker_first(lab, dockerd, crimuxd_binary, tmp_path_factory):
+    """The same, with docker (the second backend) the default handler: its
+    store's descriptions and filesystem come first."""
+    state = str(tmp_path_factory.mktemp("docker-state"))
+    daemon = lab.crimuxd(crimuxd_binary,
+                         {"containerd": lab.containerd.endpoint, "docker": dockerd.endpoint},
+                         docker_backend_config(lab, state) +
+                         HANDLERS.replace("default_handler = runc", "default_handler = docker"))
+    yield daemon
+    stop_checked([daemon], must_run=True)
+
+
+@pytest.fixture(scope="module")
 def mux(three):
     with CRI(three.endpoint) as client:
         yield client
@@ -156,7 +169,7 @@ class Target:
 CRITEST_POD = sandbox_config("critest-image-pod", namespace="cri-test", uid="critest-image-uid")
 
 TARGETS = [("containerd", ""), ("dockershim", ""), ("crimux", ""), ("crimux", "runc"),
-           ("crimux", "kata"), ("crimux", "docker")]
+           ("crimux", "kata"), ("crimux", "docker"), ("crimux-docker-first", "")]
 
 
 @pytest.fixture(params=TARGETS, ids=lambda t: "-".join(filter(None, t)))
@@ -165,7 +178,8 @@ def target(request, lab, stores):
     if kind == "containerd":
         yield Target("containerd", stores.containerd, "", ["containerd"])
         return
-    daemon = request.getfixturevalue("docker_crimuxd" if kind == "dockershim" else "three")
+    daemon = request.getfixturevalue({"dockershim": "docker_crimuxd", "crimux": "three",
+                                      "crimux-docker-first": "three_docker_first"}[kind])
     lands_on = (["docker"] if kind == "dockershim" else
                 [STORE_OF[handler]] if handler else ["containerd", "docker"])
     with CRI(daemon.endpoint) as client:
@@ -666,6 +680,26 @@ def test_one_image_has_one_id_on_every_store(mux, lab, stores):
     assert stores.where(image.config_digest) == []
 
 
+@pytest.mark.parametrize("handler", ["", "runc", "kata", "docker"])
+def test_stream_images_is_the_list(mux, lab, stores, handler):
+    """StreamImages says what ListImages says, for a handler too (containerd
+    1.6 has no StreamImages of its own)."""
+    image = new_image("stream")
+    (ref,) = push(lab.registry, image)
+    mux.pull(ref)
+    request = pb().StreamImagesRequest()
+    request.filter.image.runtime_handler = handler
+    streamed = [i for raw in mux.raw(IMAGE_SERVICE + "StreamImages", request.SerializeToString(),
+                                     stream=True)
+                for i in pb().StreamImagesResponse.FromString(raw).images]
+    listed = pb().ListImagesRequest()
+    listed.filter.image.runtime_handler = handler
+    assert sorted(streamed, key=lambda i: i.id) == \
+        sorted(mux.ListImages(listed).images, key=lambda i: i.id)
+    assert image.config_digest in {i.id for i in streamed}
+    stores.remove(ref)
+
+
 def test_pinned_if_any_store_pins_it(stores, lab, dockerd, crimuxd_factory, tmp_path):
     """Docker's sandbox image is pinned by the dockershim; containerd 1.6 pins
     nothing. With the same image on both: pinned, in the list and the status."""
@@ -717,6 +751,23 @@ def test_remove_for_a_handler_removes_its_stores_copy_only(mux, lab, stores, han
 
 def mountpoints(client):
     return [f.fs_id.mountpoint for f in client.ImageFsInfo().image_filesystems]
+
+
+def test_docker_first_when_it_is_the_default(three_docker_first, lab, stores, dockerd):
+    """The default store's answers win, whichever backend it is: its
+    filesystem first, its description of an image (Docker's size is the
+    unpacked one, containerd's the compressed one)."""
+    image = new_image("dfirst")
+    (ref,) = push(lab.registry, image)
+    with CRI(three_docker_first.endpoint) as client:
+        assert mountpoints(client) == [os.path.join(dockerd.data_root, "overlay2")] + \
+            mountpoints(stores.containerd)
+        client.pull(ref)
+        merged, docker = status_of(client, ref), status_of(client, ref, "docker")
+        assert merged.size == docker.size != status_of(client, ref, "runc").size
+        assert [i for i in client.ListImages().images if i.id == merged.id] == [merged]
+        client.RemoveImage(image=pb().ImageSpec(image=merged.id))
+    assert stores.where(image.config_digest) == []
 
 
 def test_image_fs_info_one_entry_per_store_default_first(mux, stores, dockerd):
