@@ -16,6 +16,7 @@ struct entry {
 	struct entry *next;
 	char *id;       /* what the key made; NULL while not known */
 	bool in_flight; /* a call is making it now */
+	bool unsure;    /* the last try failed: the backend may have made it all the same */
 	struct creates_waiter *waiters, **tail;
 	char key[];
 };
@@ -134,12 +135,13 @@ struct creates_waiter *creates_end(struct creates *t, const char *key, const cha
 		e->waiters = NULL;
 		e->tail = &e->waiters;
 		e->in_flight = false;
+		e->unsure = remember && !id;
 		if (copy) {
 			free(e->id);
 			e->id = copy;
 			copy = NULL;
 		}
-		if (!e->id)
+		if (!e->id && !e->unsure)
 			drop(t, p);
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -157,6 +159,7 @@ int creates_learn(struct creates *t, const char *key, const char *id)
 	if (e) {
 		free(e->id);
 		e->id = copy;
+		e->unsure = false;
 		copy = NULL;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -171,6 +174,15 @@ char *creates_made(struct creates *t, const char *key)
 	char *id = e && e->id ? strdup(e->id) : NULL;
 	pthread_mutex_unlock(&t->lock);
 	return id;
+}
+
+bool creates_unsure(struct creates *t, const char *key)
+{
+	pthread_mutex_lock(&t->lock);
+	struct entry *e = *slot(t, key);
+	bool unsure = e && e->unsure && !e->id;
+	pthread_mutex_unlock(&t->lock);
+	return unsure;
 }
 
 void creates_forget(struct creates *t, const char *id)

@@ -593,12 +593,20 @@ static void create_container(struct router *r, struct rpc_call *call, const stru
 			     const char *sandbox_id, struct owner owner, char *held);
 
 /* On a worker: the answer is the object made before, or the create goes
- * ahead (still holding its key). */
+ * ahead (still holding its key). With no ID, the last try failed at its
+ * backend, which may have made the object all the same (containerd goes on
+ * when its client went away, a crimuxd killed half-way included): the
+ * backends' lists say. */
 static void recheck_made(struct rpc_call *call, void *arg)
 {
 	struct recheck *rc = arg;
 	struct router *r = rc->r;
-	if (still_made(r, call, rc->owner.backend, rc->sandbox, rc->id)) {
+	if (!rc->id) {
+		struct crx_err ignored;
+		resolve(r, rc->sandbox ? OWNER_SANDBOX : OWNER_CONTAINER, "", call, 0, &ignored);
+		rc->id = creates_made(r->creates, rc->key);
+	}
+	if (rc->id && still_made(r, call, rc->owner.backend, rc->sandbox, rc->id)) {
 		Runtime__V1__RunPodSandboxResponse sresp =
 			RUNTIME__V1__RUN_POD_SANDBOX_RESPONSE__INIT;
 		Runtime__V1__CreateContainerResponse cresp =
@@ -642,7 +650,7 @@ static int begin_create(struct router *r, struct rpc_call *call, const struct cr
 	if (b == 1)
 		return 1; /* answered when the first one ends */
 	char *made = r->tracks_owners ? creates_made(r->creates, key) : NULL;
-	if (!made)
+	if (!made && !(r->tracks_owners && creates_unsure(r->creates, key)))
 		return 0;
 	struct recheck *rc = calloc(1, sizeof(*rc));
 	if (!rc || !(rc->key = strdup(key)) ||

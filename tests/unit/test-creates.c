@@ -45,7 +45,16 @@ int main(void)
 	is_str(made, "sb1", "what it made is remembered");
 	free(made);
 	is_int(count_waiters(creates_end(t, pod1, NULL, true), NULL), 0, "a failed create");
-	ok(creates_made(t, pod1) == NULL, "leaves nothing behind");
+	ok(creates_made(t, pod1) == NULL, "made nothing known");
+	ok(creates_unsure(t, pod1), "but the backend may have made it: the next try looks");
+	ok(!creates_unsure(t, pod), "a create that worked is sure");
+	is_int(creates_learn(t, pod1, "sb9"), 0, "a list shows it");
+	ok(!creates_unsure(t, pod1), "then it is known");
+	creates_forget(t, "sb9");
+	is_int(creates_begin(t, pod1, a), 0, "another try");
+	is_int(count_waiters(creates_end(t, pod1, NULL, false), NULL), 0,
+	       "given up without asking the backend");
+	ok(!creates_unsure(t, pod1), "leaves nothing behind");
 	is_int(creates_count(t), 1, "one entry: the pod made");
 
 	is_int(creates_begin(t, pod, a), 0, "a later retry goes ahead (the router checks)");
