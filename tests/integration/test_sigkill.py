@@ -96,3 +96,79 @@ def test_sigkill_while_pods_are_made(lab, dockerd, crimuxd_binary, tmp_path):
              mixed.containerd_sandboxes(direct))
     direct.close()
     assert after == base
+
+
+SLOW_PLUGIN = """#!/usr/bin/python3
+# A CNI plugin chained after the lab's: on ADD it says it has started, waits,
+# and passes the result on. crimuxd is killed while it waits.
+import json, os, sys, time
+conf = json.load(sys.stdin)
+cmd = os.environ.get("CNI_COMMAND")
+if cmd == "VERSION":
+    print(json.dumps({"cniVersion": conf.get("cniVersion", "1.0.0"),
+                      "supportedVersions": ["0.4.0", "1.0.0"]}))
+elif cmd == "ADD":
+    open(conf["marker"], "w").close()
+    time.sleep(float(conf["seconds"]))
+    print(json.dumps(conf.get("prevResult", {"cniVersion": conf["cniVersion"]})))
+"""
+
+
+def test_sigkill_during_network_setup(lab, dockerd, crimuxd_binary, tmp_path):
+    """crimuxd dies while the CNI plugins of a docker pod run: the address
+    host-local handed out is released when the half-made pod goes (the
+    kubelet's retry makes it anew, then the pod is removed)."""
+    import json
+    import os
+    import threading
+
+    import grpc
+
+    from lab.cri import CRI
+    bin_dir, conf_dir = tmp_path / "cni-bin", tmp_path / "cni-conf"
+    bin_dir.mkdir()
+    conf_dir.mkdir()
+    plugin = bin_dir / "crx-slow"
+    plugin.write_text(SLOW_PLUGIN)
+    plugin.chmod(0o755)
+    marker = tmp_path / "adding"
+    name = next(f for f in os.listdir(lab.net.conf_dir) if f.endswith(".conflist"))
+    with open(os.path.join(lab.net.conf_dir, name)) as f:
+        conflist = json.load(f)
+    conflist["plugins"].append({"type": "crx-slow", "marker": str(marker), "seconds": "3"})
+    (conf_dir / name).write_text(json.dumps(conflist))
+    base = mixed.ipam_ips(lab)
+
+    started = []
+    try:
+        daemon = mixed.crimuxd(lab, dockerd, crimuxd_binary, str(tmp_path / "state"),
+                               cni_conf_dir=str(conf_dir),
+                               cni_bin_dir=f"{mixed.env.CNI_BIN_DIR}:{bin_dir}")
+        started.append(daemon)
+        cfg = mixed.pod_config("docker")
+        with CRI(daemon.endpoint) as cri:
+            def run():
+                try:
+                    cri.run_pod(cfg, "docker")
+                except grpc.RpcError:
+                    pass  # crimuxd died under it
+            first = threading.Thread(target=run)
+            first.start()
+            wait_for(marker.exists, 60, "the pod's network setup")
+            daemon.kill()
+            first.join(30)
+        assert len(mixed.ipam_ips(lab) - base) == 1  # bridge and host-local did their part
+        # The same crimuxd, with the lab's plain network, started again.
+        with open(daemon.config_path) as f:
+            text = f.read()
+        with open(daemon.config_path, "w") as f:
+            f.write(text.replace(str(conf_dir), lab.net.conf_dir))
+        daemon.start()
+        with CRI(daemon.endpoint) as cri:
+            pod = cri.run_pod(cfg, "docker")  # the kubelet's retry
+            assert cri.PodSandboxStatus(pod_sandbox_id=pod).status.network.ip
+            cri.remove_pod(pod)
+            assert [p for p in cri.ListPodSandbox().items if p.metadata == cfg.metadata] == []
+    finally:
+        stop_checked(started)
+    assert mixed.ipam_ips(lab) == base, "an address of the half-made pod was never released"

@@ -34,19 +34,21 @@ backend = docker
 """
 
 
-def docker_keys(lab, state_dir):
+def docker_keys(lab, state_dir, **overrides):
     """The [backend "docker"] keys: the lab's CNI network, crimux's own pause
     image, short poll intervals."""
     keys = {"type": "docker", "state_dir": state_dir, "cni_conf_dir": lab.net.conf_dir,
             "cni_bin_dir": env.CNI_BIN_DIR, "pause_binary": lab.pause_binary,
             "log_poll_interval": "50ms", "stats_layer_ttl": "1s"}
+    keys.update(overrides)
     return '[backend "docker"]\n' + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
-def crimuxd(lab, dockerd, binary, state_dir, log_level="debug"):
-    """A started env.Crimuxd serving the three handlers."""
+def crimuxd(lab, dockerd, binary, state_dir, log_level="debug", **docker):
+    """A started env.Crimuxd serving the three handlers (docker: keys of the
+    docker backend to change)."""
     return lab.crimuxd(binary, {"one": lab.containerd.endpoint, "docker": dockerd.endpoint},
-                       docker_keys(lab, state_dir) + CONFIG, log_level)
+                       docker_keys(lab, state_dir, **docker) + CONFIG, log_level)
 
 
 def kata_resources():
