@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ struct entry {
 };
 
 struct creates {
+	atomic_int refs;
 	pthread_mutex_t lock;
 	struct entry *buckets[BUCKETS];
 	unsigned n;
@@ -40,9 +42,16 @@ int creates_new(struct creates **out)
 	struct creates *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	atomic_init(&t->refs, 1);
 	pthread_mutex_init(&t->lock, NULL);
 	*out = t;
 	return 0;
+}
+
+struct creates *creates_ref(struct creates *t)
+{
+	atomic_fetch_add(&t->refs, 1);
+	return t;
 }
 
 static void entry_free(struct entry *e)
@@ -53,7 +62,7 @@ static void entry_free(struct entry *e)
 
 void creates_free(struct creates *t)
 {
-	if (!t)
+	if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
 		return;
 	for (size_t i = 0; i < BUCKETS; i++)
 		for (struct entry *e = t->buckets[i], *next; e; e = next) {
@@ -98,7 +107,7 @@ static void drop(struct creates *t, struct entry **p)
 	entry_free(e);
 }
 
-int creates_begin(struct creates *t, const char *key, struct rpc_call *call)
+int creates_begin(struct creates *t, const char *key, struct rpc_call *call, void *arg)
 {
 	pthread_mutex_lock(&t->lock);
 	struct entry *e = get(t, key);
@@ -109,6 +118,7 @@ int creates_begin(struct creates *t, const char *key, struct rpc_call *call)
 		struct creates_waiter *w = calloc(1, sizeof(*w));
 		if (w) {
 			w->call = call;
+			w->arg = arg;
 			*e->tail = w;
 			e->tail = &w->next;
 			r = 1;

@@ -18,15 +18,19 @@ struct creates;
 struct creates_waiter {
 	struct creates_waiter *next;
 	struct rpc_call *call;
+	void *arg; /* the caller's (the router the call came through) */
 };
 
 int creates_new(struct creates **out);
+/* Counted: a reload hands the table to the new router, so that a retry on
+ * the new configuration finds the create running on the old one. */
+struct creates *creates_ref(struct creates *t);
 void creates_free(struct creates *t);
 
 /* Starts the create under key: 0 when the caller makes it (and must call
- * creates_end), 1 when another call is making it (call was queued and is
- * answered when that one ends), -ENOMEM. */
-int creates_begin(struct creates *t, const char *key, struct rpc_call *call);
+ * creates_end), 1 when another call is making it (call and arg were queued
+ * and are handed back when that one ends), -ENOMEM. */
+int creates_begin(struct creates *t, const char *key, struct rpc_call *call, void *arg);
 /* Ends the create in flight under key. id: what it made; NULL when it
  * failed. remember: keep what the backend said, the ID made or that it
  * failed (a backend may make the object all the same, e.g. containerd after

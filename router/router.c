@@ -94,7 +94,8 @@ int router_renew(const struct crx_config *cfg, struct router *prev, struct route
 	    !(r->handlers = calloc(cfg->n_handlers + 1, sizeof(*r->handlers))) ||
 	    !(r->routes = calloc(n_methods, sizeof(*r->routes))) ||
 	    !(r->id_fields = calloc(n_methods, sizeof(*r->id_fields))) ||
-	    owners_new(&r->owners) < 0 || creates_new(&r->creates) < 0 ||
+	    owners_new(&r->owners) < 0 ||
+	    (prev ? !(r->creates = creates_ref(prev->creates)) : creates_new(&r->creates) < 0) ||
 	    workers_new(FANOUT_THREADS, &r->fanout) < 0) {
 		router_free(r);
 		return crx_err_set(err, -ENOMEM, "out of memory");
@@ -496,7 +497,7 @@ static void answer_waiters(struct router *r, struct creates_waiter *w, bool sand
 		} else if (rpc_call_cancelled(w->call)) {
 			rpc_call_fail(w->call, RPC_CANCELLED, "the call was cancelled");
 		} else {
-			router_dispatch_again(r, w->call);
+			router_dispatch_again(w->arg, w->call); /* its own router */
 		}
 		free(w);
 		w = next;
@@ -642,7 +643,7 @@ static void recheck_made(struct rpc_call *call, void *arg)
 static int begin_create(struct router *r, struct rpc_call *call, const struct cri_method *m,
 			const char *key, struct owner owner, bool sandbox, const char *sandbox_id)
 {
-	int b = creates_begin(r->creates, key, call);
+	int b = creates_begin(r->creates, key, call, r);
 	if (b < 0) {
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
 		return 1;
