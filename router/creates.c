@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,11 +17,13 @@ struct entry {
 	struct entry *next;
 	char *id;       /* what the key made; NULL while not known */
 	bool in_flight; /* a call is making it now */
+	bool unsure;    /* the last try failed: the backend may have made it all the same */
 	struct creates_waiter *waiters, **tail;
 	char key[];
 };
 
 struct creates {
+	atomic_int refs;
 	pthread_mutex_t lock;
 	struct entry *buckets[BUCKETS];
 	unsigned n;
@@ -39,9 +42,16 @@ int creates_new(struct creates **out)
 	struct creates *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	atomic_init(&t->refs, 1);
 	pthread_mutex_init(&t->lock, NULL);
 	*out = t;
 	return 0;
+}
+
+struct creates *creates_ref(struct creates *t)
+{
+	atomic_fetch_add(&t->refs, 1);
+	return t;
 }
 
 static void entry_free(struct entry *e)
@@ -52,7 +62,7 @@ static void entry_free(struct entry *e)
 
 void creates_free(struct creates *t)
 {
-	if (!t)
+	if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
 		return;
 	for (size_t i = 0; i < BUCKETS; i++)
 		for (struct entry *e = t->buckets[i], *next; e; e = next) {
@@ -97,7 +107,7 @@ static void drop(struct creates *t, struct entry **p)
 	entry_free(e);
 }
 
-int creates_begin(struct creates *t, const char *key, struct rpc_call *call)
+int creates_begin(struct creates *t, const char *key, struct rpc_call *call, void *arg)
 {
 	pthread_mutex_lock(&t->lock);
 	struct entry *e = get(t, key);
@@ -108,6 +118,7 @@ int creates_begin(struct creates *t, const char *key, struct rpc_call *call)
 		struct creates_waiter *w = calloc(1, sizeof(*w));
 		if (w) {
 			w->call = call;
+			w->arg = arg;
 			*e->tail = w;
 			e->tail = &w->next;
 			r = 1;
@@ -134,12 +145,13 @@ struct creates_waiter *creates_end(struct creates *t, const char *key, const cha
 		e->waiters = NULL;
 		e->tail = &e->waiters;
 		e->in_flight = false;
+		e->unsure = remember && !id;
 		if (copy) {
 			free(e->id);
 			e->id = copy;
 			copy = NULL;
 		}
-		if (!e->id)
+		if (!e->id && !e->unsure)
 			drop(t, p);
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -157,6 +169,7 @@ int creates_learn(struct creates *t, const char *key, const char *id)
 	if (e) {
 		free(e->id);
 		e->id = copy;
+		e->unsure = false;
 		copy = NULL;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -171,6 +184,15 @@ char *creates_made(struct creates *t, const char *key)
 	char *id = e && e->id ? strdup(e->id) : NULL;
 	pthread_mutex_unlock(&t->lock);
 	return id;
+}
+
+bool creates_unsure(struct creates *t, const char *key)
+{
+	pthread_mutex_lock(&t->lock);
+	struct entry *e = *slot(t, key);
+	bool unsure = e && e->unsure && !e->id;
+	pthread_mutex_unlock(&t->lock);
+	return unsure;
 }
 
 void creates_forget(struct creates *t, const char *id)

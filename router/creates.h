@@ -18,24 +18,34 @@ struct creates;
 struct creates_waiter {
 	struct creates_waiter *next;
 	struct rpc_call *call;
+	void *arg; /* the caller's (the router the call came through) */
 };
 
 int creates_new(struct creates **out);
+/* Counted: a reload hands the table to the new router, so that a retry on
+ * the new configuration finds the create running on the old one. */
+struct creates *creates_ref(struct creates *t);
 void creates_free(struct creates *t);
 
 /* Starts the create under key: 0 when the caller makes it (and must call
- * creates_end), 1 when another call is making it (call was queued and is
- * answered when that one ends), -ENOMEM. */
-int creates_begin(struct creates *t, const char *key, struct rpc_call *call);
-/* Ends the create in flight under key. id: what it made, remembered when
- * remember is set; NULL when it failed. Returns the calls that waited for
- * it, for the caller to answer (free the nodes). */
+ * creates_end), 1 when another call is making it (call and arg were queued
+ * and are handed back when that one ends), -ENOMEM. */
+int creates_begin(struct creates *t, const char *key, struct rpc_call *call, void *arg);
+/* Ends the create in flight under key. id: what it made; NULL when it
+ * failed. remember: keep what the backend said, the ID made or that it
+ * failed (a backend may make the object all the same, e.g. containerd after
+ * its client went away: the next try should look at the lists first).
+ * Returns the calls that waited for it, for the caller to answer (free the
+ * nodes). */
 struct creates_waiter *creates_end(struct creates *t, const char *key, const char *id,
 				   bool remember);
 /* Remembers that key made id (learned from a backend's list). */
 int creates_learn(struct creates *t, const char *key, const char *id);
 /* A copy of the ID key made, or NULL. */
 char *creates_made(struct creates *t, const char *key);
+/* Whether the last try under key failed at its backend (and nothing is
+ * known to be made since). */
+bool creates_unsure(struct creates *t, const char *key);
 /* The object id is gone: forgets what it was made under and, for a pod
  * sandbox, what its containers were. */
 void creates_forget(struct creates *t, const char *id);

@@ -95,7 +95,8 @@ int router_renew(const struct crx_config *cfg, struct router *prev, struct route
 	    !(r->handlers = calloc(cfg->n_handlers + 1, sizeof(*r->handlers))) ||
 	    !(r->routes = calloc(n_methods, sizeof(*r->routes))) ||
 	    !(r->id_fields = calloc(n_methods, sizeof(*r->id_fields))) ||
-	    owners_new(&r->owners) < 0 || creates_new(&r->creates) < 0 ||
+	    owners_new(&r->owners) < 0 ||
+	    (prev ? !(r->creates = creates_ref(prev->creates)) : creates_new(&r->creates) < 0) ||
 	    workers_new(FANOUT_THREADS, &r->fanout) < 0) {
 		router_free(r);
 		return crx_err_set(err, -ENOMEM, "out of memory");
@@ -509,7 +510,7 @@ static void answer_waiters(struct router *r, struct creates_waiter *w, bool sand
 		} else if (rpc_call_cancelled(w->call)) {
 			rpc_call_fail(w->call, RPC_CANCELLED, "the call was cancelled");
 		} else {
-			router_dispatch_again(r, w->call);
+			router_dispatch_again(w->arg, w->call); /* its own router */
 		}
 		free(w);
 		w = next;
@@ -606,12 +607,20 @@ static void create_container(struct router *r, struct rpc_call *call, const stru
 			     const char *sandbox_id, struct owner owner, char *held);
 
 /* On a worker: the answer is the object made before, or the create goes
- * ahead (still holding its key). */
+ * ahead (still holding its key). With no ID, the last try failed at its
+ * backend, which may have made the object all the same (containerd goes on
+ * when its client went away, a crimuxd killed half-way included): the
+ * backends' lists say. */
 static void recheck_made(struct rpc_call *call, void *arg)
 {
 	struct recheck *rc = arg;
 	struct router *r = rc->r;
-	if (still_made(r, call, rc->owner.backend, rc->sandbox, rc->id)) {
+	if (!rc->id) {
+		struct crx_err ignored;
+		resolve(r, rc->sandbox ? OWNER_SANDBOX : OWNER_CONTAINER, "", call, 0, &ignored);
+		rc->id = creates_made(r->creates, rc->key);
+	}
+	if (rc->id && still_made(r, call, rc->owner.backend, rc->sandbox, rc->id)) {
 		Runtime__V1__RunPodSandboxResponse sresp =
 			RUNTIME__V1__RUN_POD_SANDBOX_RESPONSE__INIT;
 		Runtime__V1__CreateContainerResponse cresp =
@@ -647,7 +656,7 @@ static void recheck_made(struct rpc_call *call, void *arg)
 static int begin_create(struct router *r, struct rpc_call *call, const struct cri_method *m,
 			const char *key, struct owner owner, bool sandbox, const char *sandbox_id)
 {
-	int b = creates_begin(r->creates, key, call);
+	int b = creates_begin(r->creates, key, call, r);
 	if (b < 0) {
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
 		return 1;
@@ -655,7 +664,7 @@ static int begin_create(struct router *r, struct rpc_call *call, const struct cr
 	if (b == 1)
 		return 1; /* answered when the first one ends */
 	char *made = r->tracks_owners ? creates_made(r->creates, key) : NULL;
-	if (!made)
+	if (!made && !(r->tracks_owners && creates_unsure(r->creates, key)))
 		return 0;
 	struct recheck *rc = calloc(1, sizeof(*rc));
 	if (!rc || !(rc->key = strdup(key)) ||

@@ -166,3 +166,27 @@ def test_a_new_attempt_is_a_new_pod(cri, handler):
     cfg.metadata.attempt = 1
     second = cri.run_pod(cfg, handler)
     assert second != first
+
+
+@HANDLERS
+def test_retried_across_a_reload(cri, node, handler):
+    """The first call runs on the configuration before a SIGHUP, the retry
+    comes on the one after it: still the same pod."""
+    import os
+    import re
+    import signal
+
+    from lab.env import wait_for
+
+    def reloads():
+        return len(re.findall(r"configuration reloaded", node.log()))
+    cfg = mixed.pod_config(handler)
+    before = reloads()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(cri.run_pod, cfg, handler)
+        time.sleep(0.02)  # on its way
+        os.kill(node.pid, signal.SIGHUP)
+        wait_for(lambda: reloads() > before, 20, "the reload")
+        again = cri.run_pod(cfg, handler)
+        assert first.result() == again
+    assert same_meta(cri.ListPodSandbox().items, cfg.metadata) == [again]

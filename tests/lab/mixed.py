@@ -34,19 +34,21 @@ backend = docker
 """
 
 
-def docker_keys(lab, state_dir):
+def docker_keys(lab, state_dir, **overrides):
     """The [backend "docker"] keys: the lab's CNI network, crimux's own pause
     image, short poll intervals."""
     keys = {"type": "docker", "state_dir": state_dir, "cni_conf_dir": lab.net.conf_dir,
             "cni_bin_dir": env.CNI_BIN_DIR, "pause_binary": lab.pause_binary,
             "log_poll_interval": "50ms", "stats_layer_ttl": "1s"}
+    keys.update(overrides)
     return '[backend "docker"]\n' + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
-def crimuxd(lab, dockerd, binary, state_dir, log_level="debug"):
-    """A started env.Crimuxd serving the three handlers."""
+def crimuxd(lab, dockerd, binary, state_dir, log_level="debug", **docker):
+    """A started env.Crimuxd serving the three handlers (docker: keys of the
+    docker backend to change)."""
     return lab.crimuxd(binary, {"one": lab.containerd.endpoint, "docker": dockerd.endpoint},
-                       docker_keys(lab, state_dir) + CONFIG, log_level)
+                       docker_keys(lab, state_dir, **docker) + CONFIG, log_level)
 
 
 def kata_resources():
@@ -149,6 +151,21 @@ class Events:
         self.client.close()
 
 
+class Follower:
+    """Reads a CRI log file from one open file descriptor, like tail -f."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+        self.data = b""
+
+    def read_all(self):
+        self.data += self.f.read()
+        self.f.close()
+        return [int(line.split(b" ", 3)[3][2:]) for line in self.data.splitlines()
+                if line.count(b" ") >= 3 and line.split(b" ", 3)[2] == b"F"
+                and line.split(b" ", 3)[3].startswith(b"n-")]
+
+
 def numbers(path, prefix="n-"):
     """The numbers of COUNTER's complete lines in a CRI log file."""
     from lab.docker import read_cri_log
@@ -233,6 +250,9 @@ def sigkill_scenario(lab, dockerd, binary, workdir, n_pods, started, report=prin
                 sessions[v["handler"]] = Session(url)
                 sessions[v["handler"]].echo("before\n")
         events = Events(daemon.endpoint)
+        # A follower per logger, as `kubectl logs -f` reads through the
+        # kubelet: the file opened once, read on as it grows.
+        followers = {p: Follower(v["log"]) for p, v in loggers.items()}
 
         daemon.kill()
         at_kill = {p: len(numbers(v["log"])) for p, v in loggers.items()}
@@ -303,6 +323,10 @@ def sigkill_scenario(lab, dockerd, binary, workdir, n_pods, started, report=prin
             got = numbers(v["log"])
             assert sorted(set(got)) == list(range(1, max(got) + 1)), \
                 f"{v['handler']}: lines lost while crimuxd was down"
+            # The follower saw them too: the file was written on, not replaced.
+            followed = followers.pop(p).read_all()
+            assert followed and followed[-1] == got[-1], \
+                f"{v['handler']}: the follower stopped at {followed[-1:]} of {got[-1]}"
             # A crash between a copy and its position file repeats a batch.
             assert len(got) - len(set(got)) < 100
         for p, v in pods.items():
