@@ -415,6 +415,10 @@ static void on_new_call(void *obj, bool ok)
 	    !start_batch(c, c->call, &recv, 1, &c->t_request)) {
 		grpc_call_cancel(c->call, NULL);
 		call_unref(c);
+	} else if (strlen(c->method) != GRPC_SLICE_LENGTH(c->details.method)) {
+		/* Routed by the C string, relayed with the whole path: the two
+		 * must be one name. */
+		refuse(c, RPC_UNIMPLEMENTED, "crimux: the method name contains a NUL byte");
 	} else {
 		if (s->n_waiting >= MAX_WAITING_CALLS) {
 			struct rpc_call *oldest = s->waiting_head;
