@@ -451,3 +451,38 @@ def test_client_strings_cannot_forge_log_lines(guard):
     lines = log_lines_after(guard, mark)
     assert not [line for line in lines if line.startswith("ERROR: forged")]
     assert not [line for line in lines if "\x1b" in line or "\r" in line]
+
+
+def test_ping_flood(guard):
+    """20000 PINGs without reading a reply: gRPC core answers or says
+    GOAWAY (too many pings); the connection does not take crimuxd along."""
+    c = Raw(guard.socket)
+    c.sock.settimeout(10)
+    try:
+        for i in range(20000):
+            if not c.send(frame(PING, 0, 0, b"%08d" % i)):
+                break
+    except socket.timeout:
+        pass  # it stopped reading: back pressure, as it should
+    c.close()
+
+
+@pytest.mark.xfail(strict=True, reason="gRPC core 1.51 buffers a header block's "
+                   "CONTINUATION frames far beyond its metadata limit (the class of "
+                   "CVE-2023-33953, fixed in gRPC 1.56.2); docs/security.md")
+def test_continuation_flood_is_not_buffered(guard):
+    """HEADERS without END_HEADERS, then CONTINUATION frames: measured here,
+    each connection grows crimuxd by about 120 MB (72 MiB sent) before gRPC
+    core hangs up, and connections add up. Strict: when gRPC is upgraded
+    and this passes, the marker goes and docs/security.md changes."""
+    before = rss_kib(guard.pid)
+    block = b"".join(b"\x00" + hpack_str("x-h%d" % i) + hpack_str("v" * 100)
+                     for i in range(140))
+    c = Raw(guard.socket)
+    c.send(frame(HEADERS, 0, 1, header_block(RUN_POD)))
+    for _ in range(5000):
+        if not c.send(frame(CONTINUATION, 0, 1, block)):
+            break
+    grown = rss_kib(guard.pid) - before
+    c.close()
+    assert grown < 32 * 1024, f"crimuxd grew by {grown // 1024} MiB"
