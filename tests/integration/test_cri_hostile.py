@@ -240,6 +240,15 @@ def test_garbage_instead_of_the_preface(guard):
         c.close()
 
 
+def test_silent_connection_is_closed(guard):
+    """A connection that never sends the HTTP/2 preface is closed after
+    crimux's 10 s handshake timeout (gRPC's default was two minutes: the
+    socket's timeout of 60 s here would expire first)."""
+    c = Raw(guard.socket, handshake=False, ack_settings=False)
+    assert c.closed_by_server()
+    c.close()
+
+
 def test_preface_then_junk(guard):
     c = Raw(guard.socket)
     c.send(os.urandom(8192))
