@@ -35,6 +35,33 @@
 /* Threads for rpc_call_defer() unless the options say otherwise. */
 #define DEFAULT_WORKERS 64
 
+/* What one client of the CRI socket may hold. Each open stream is a call in
+ * gRPC core and in crimux (about 13 KiB), so without a bound one connection
+ * opening streams it never sends a message on grows crimuxd by gigabytes.
+ * The kubelet multiplexes every CRI call on one connection, but its gRPC
+ * client queues calls beyond the peer's limit instead of failing them.
+ * gRPC core 1.51 holds a client to it only once the client acknowledged
+ * the setting (a connection that opens more is closed); see below for the
+ * client that never does. */
+#define MAX_STREAMS_PER_CONNECTION 1024
+/* A connection must send the HTTP/2 preface and its SETTINGS in this time
+ * (gRPC's default is two minutes); on a unix socket they arrive at once. */
+#define HANDSHAKE_TIMEOUT_MS 10000
+/* A connection without a call for this long is closed with a GOAWAY; a
+ * client such as the kubelet reconnects on its next call. */
+#define MAX_CONNECTION_IDLE_MS (5 * 60 * 1000)
+/* Calls whose request message has not arrived: gRPC core 1.51 enforces a
+ * connection's stream limit only once the client acknowledged it, so a
+ * client that never does can open streams without end. crimux bounds them
+ * itself: at most this many at once on the whole socket, each for at most
+ * REQUEST_TIMEOUT_MS. A new call past the bound pushes out the oldest with
+ * RESOURCE_EXHAUSTED: the kubelet sends its request with the call's headers,
+ * so its calls wait for microseconds and are never the oldest for long. */
+#define MAX_WAITING_CALLS  1024
+#define REQUEST_TIMEOUT_MS 10000
+/* How often the event loop looks for calls past REQUEST_TIMEOUT_MS. */
+#define SWEEP_INTERVAL_MS 1000
+
 /* Reconnect quickly after a backend restarts: the kubelet retries every
  * second, and gRPC's default backoff grows to two minutes. */
 #define RECONNECT_BACKOFF_MS     100
@@ -71,6 +98,12 @@ struct rpc_server {
 	bool shutdown_done;
 	struct rpc_call *detached; /* relays whose backend call outlives the client's */
 	struct tag shutdown_tag;
+
+	/* Calls waiting for their request message, oldest first; touched on
+	 * the event thread only. */
+	struct rpc_call *waiting_head, *waiting_tail;
+	unsigned n_waiting;
+	struct timespec last_sweep;
 };
 
 struct rpc_channel {
@@ -97,6 +130,10 @@ struct rpc_call {
 
 	struct tag t_new, t_request, t_close, t_final, t_send;
 	bool initial_md_sent;
+	/* in the server's waiting list (event thread only) */
+	bool waiting;
+	int refused; /* the status crimux cancelled it with before its request came */
+	struct rpc_call *wait_prev, *wait_next;
 
 	/* rpc_call_send(): one message in flight at a time, across threads */
 	pthread_mutex_t send_serial;
@@ -344,6 +381,59 @@ static int request_call(struct rpc_server *s)
 	return 0;
 }
 
+static void waiting_add(struct rpc_server *s, struct rpc_call *c)
+{
+	c->waiting = true;
+	c->wait_prev = s->waiting_tail;
+	c->wait_next = NULL;
+	if (s->waiting_tail)
+		s->waiting_tail->wait_next = c;
+	else
+		s->waiting_head = c;
+	s->waiting_tail = c;
+	s->n_waiting++;
+}
+
+static void waiting_remove(struct rpc_server *s, struct rpc_call *c)
+{
+	if (!c->waiting)
+		return;
+	if (c->wait_prev)
+		c->wait_prev->wait_next = c->wait_next;
+	else
+		s->waiting_head = c->wait_next;
+	if (c->wait_next)
+		c->wait_next->wait_prev = c->wait_prev;
+	else
+		s->waiting_tail = c->wait_prev;
+	c->waiting = false;
+	c->wait_prev = c->wait_next = NULL;
+	s->n_waiting--;
+}
+
+/* Answers a call that is still waiting for its request with a status of
+ * crimux's; it completes through on_request, which reports that status. */
+static void refuse(struct rpc_call *c, int code, const char *why)
+{
+	c->refused = code;
+	free(c->message);
+	c->message = strdup(why);
+	grpc_call_cancel_with_status(c->call, (grpc_status_code)code, why, NULL);
+}
+
+/* Refuses the calls that waited REQUEST_TIMEOUT_MS for their request. The
+ * list is in arrival order, so the first one still in time ends the walk. */
+static void sweep_waiting(struct rpc_server *s)
+{
+	while (s->waiting_head &&
+	       elapsed_ns(&s->waiting_head->start) >= (uint64_t)REQUEST_TIMEOUT_MS * 1000000) {
+		struct rpc_call *c = s->waiting_head;
+		waiting_remove(s, c);
+		refuse(c, RPC_DEADLINE_EXCEEDED,
+		       "crimux: no request message within the time allowed");
+	}
+}
+
 static void on_new_call(void *obj, bool ok)
 {
 	struct rpc_call *c = obj;
@@ -370,13 +460,29 @@ static void on_new_call(void *obj, bool ok)
 	    !start_batch(c, c->call, &recv, 1, &c->t_request)) {
 		grpc_call_cancel(c->call, NULL);
 		call_unref(c);
+	} else if (strlen(c->method) != GRPC_SLICE_LENGTH(c->details.method)) {
+		/* Routed by the C string, relayed with the whole path: the two
+		 * must be one name. */
+		refuse(c, RPC_UNIMPLEMENTED, "crimux: the method name contains a NUL byte");
+	} else {
+		if (s->n_waiting >= MAX_WAITING_CALLS) {
+			struct rpc_call *oldest = s->waiting_head;
+			waiting_remove(s, oldest);
+			refuse(oldest, RPC_RESOURCE_EXHAUSTED,
+			       "crimux: too many calls are waiting for their request message");
+		}
+		waiting_add(s, c);
 	}
 }
 
 static void on_request(void *obj, bool ok)
 {
 	struct rpc_call *c = obj;
-	if (!ok) { /* cancelled before the request arrived: nobody to answer */
+	waiting_remove(c->server, c);
+	if (c->refused) { /* answered already, by refuse() */
+		c->code = c->refused;
+		call_unref(c); /* the owner's reference */
+	} else if (!ok) {      /* cancelled before the request arrived: nobody to answer */
 		c->code = RPC_CANCELLED;
 		call_unref(c); /* the owner's reference */
 	} else if (!c->request_bb) {
@@ -1089,14 +1195,22 @@ static void on_shutdown(void *obj, bool ok)
 static void *event_loop(void *arg)
 {
 	struct rpc_server *s = arg;
+	clock_gettime(CLOCK_MONOTONIC, &s->last_sweep);
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
-			s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+			s->cq,
+			gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+				     gpr_time_from_millis(SWEEP_INTERVAL_MS, GPR_TIMESPAN)),
+			NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_OP_COMPLETE) {
 			struct tag *tag = ev.tag;
 			tag->fn(tag->obj, ev.success != 0);
+		}
+		if (elapsed_ns(&s->last_sweep) >= (uint64_t)SWEEP_INTERVAL_MS * 1000000) {
+			clock_gettime(CLOCK_MONOTONIC, &s->last_sweep);
+			sweep_waiting(s);
 		}
 	}
 	return NULL;
@@ -1140,9 +1254,20 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 	pthread_cond_init(&s->changed, NULL);
 	s->shutdown_tag = (struct tag){on_shutdown, s};
 
-	/* Only a receive limit: crimux relays whatever its backends send. */
-	grpc_arg args[8];
-	grpc_channel_args chargs = {.num_args = common_args(args, opts->max_message), .args = args};
+	/* Only a receive limit: crimux relays whatever its backends send. The
+	 * rest bounds what a client can make crimuxd hold. */
+	grpc_arg args[12];
+	size_t n = common_args(args, opts->max_message);
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS,
+			       .value.integer = MAX_STREAMS_PER_CONNECTION};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+			       .value.integer = HANDSHAKE_TIMEOUT_MS};
+	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+			       .key = (char *)GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+			       .value.integer = MAX_CONNECTION_IDLE_MS};
+	grpc_channel_args chargs = {.num_args = n, .args = args};
 	s->server = grpc_server_create(&chargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);

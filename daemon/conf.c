@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <syslog.h>
 
@@ -539,6 +540,17 @@ static int validate_handlers(struct crx_config *cfg, const char *path, struct cr
 	return 0;
 }
 
+/* Two spellings of one socket (a symlink, "//", "/./") are one backend: as
+ * two, two handlers could run as one backend runtime, only one of them with
+ * a policy. Sockets that do not exist yet cannot be compared. */
+static bool same_socket(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	return strncmp(a, "unix://", 7) == 0 && strncmp(b, "unix://", 7) == 0 &&
+	       stat(a + 7, &sa) == 0 && stat(b + 7, &sb) == 0 && sa.st_dev == sb.st_dev &&
+	       sa.st_ino == sb.st_ino;
+}
+
 static int validate(struct crx_config *cfg, const char *path, struct crx_err *err)
 {
 	struct crx_metrics_address metrics;
@@ -570,14 +582,22 @@ static int validate(struct crx_config *cfg, const char *path, struct crx_err *er
 				return crx_err_prefix(err, "%s:%u: [backend \"%s\"] %s", o->file,
 						      o->line, b->name, o->key);
 		}
-		for (size_t j = 0; j < i; j++)
-			if (streq(cfg->backends[j].endpoint, b->endpoint))
+		for (size_t j = 0; j < i; j++) {
+			const struct crx_backend_config *o = &cfg->backends[j];
+			if (streq(o->endpoint, b->endpoint))
 				return crx_err_set(err, -EINVAL,
 						   "%s: backends \"%s\" and \"%s\" have the same "
 						   "endpoint %s; define it once and point several "
 						   "handlers at it",
-						   path, cfg->backends[j].name, b->name,
-						   b->endpoint);
+						   path, o->name, b->name, b->endpoint);
+			if (same_socket(o->endpoint, b->endpoint))
+				return crx_err_set(
+					err, -EINVAL,
+					"%s: backends \"%s\" and \"%s\" are the same socket "
+					"(%s and %s); define it once and point several "
+					"handlers at it",
+					path, o->name, b->name, o->endpoint, b->endpoint);
+		}
 	}
 	return validate_handlers(cfg, path, err);
 }

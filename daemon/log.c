@@ -44,10 +44,28 @@ void log_set_level(int level)
 static void log_fieldsv(int level, const char *const *fields, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));
 
+/* Control characters written as \xNN: messages carry what clients sent (a
+ * method path, a handler name, a backend's error about them), and a newline
+ * there would start a forged record on stderr, an escape sequence rewrite a
+ * terminal. */
+static void escape_controls(const char *in, char *out, size_t size)
+{
+	size_t n = 0;
+	for (; *in && n + 5 < size; in++) {
+		unsigned char ch = (unsigned char)*in;
+		if (ch < 0x20 || ch == 0x7f)
+			n += (size_t)snprintf(out + n, size - n, "\\x%02x", ch);
+		else
+			out[n++] = (char)ch;
+	}
+	out[n] = '\0';
+}
+
 static void log_fieldsv(int level, const char *const *fields, const char *fmt, va_list ap)
 {
-	char message[4096];
-	vsnprintf(message, sizeof(message), fmt, ap);
+	char raw[4096], message[4096];
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	escape_controls(raw, message, sizeof(message));
 	if (!to_journal) {
 		fprintf(stderr, "%s: %s\n", level_names[level & 7], message);
 		return;

@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-#include "common/metrics.h"
 #include "common/metrics.h"
 #include "common/util.h"
 
@@ -91,22 +91,33 @@ static const char *fmt_cpu(int64_t milli, char *buf, size_t size)
 }
 
 /* cgroup v2 files that `unified` could write over the values the rules
- * checked. */
-static const char *const unified_overrides[] = {"cpu.max", "cpu.weight", "cpu.weight.nice",
-						"memory.max"};
+ * checked, or raise above them (a burst above the quota, swap beside the
+ * memory limit). Compared without regard to case, and any key that is not a
+ * plain file name is refused: no runtime's reading of a key may land on one
+ * of these files when crimux's did not. */
+static const char *const unified_overrides[] = {
+	"cpu.max",         "cpu.max.burst", "cpu.weight",
+	"cpu.weight.nice", "memory.max",    "memory.swap.max",
+};
 
 static int check_unified(const char *handler, const char *what,
 			 const Runtime__V1__LinuxContainerResources *r, struct crx_err *err)
 {
-	for (size_t i = 0; i < r->n_unified; i++)
+	for (size_t i = 0; i < r->n_unified; i++) {
+		const char *key = r->unified[i]->key;
+		if (strchr(key, '/'))
+			return refuse(err, handler, "unified_override",
+				      "handler \"%s\": %s sets \"%s\" in resources.unified, "
+				      "which is not a cgroup file name",
+				      handler, what, key);
 		for (size_t j = 0; j < ARRAY_SIZE(unified_overrides); j++)
-			if (streq(r->unified[i]->key, unified_overrides[j]))
+			if (strcasecmp(key, unified_overrides[j]) == 0)
 				return refuse(err, handler, "unified_override",
 					      "handler \"%s\": %s sets the cgroup file \"%s\" in "
 					      "resources.unified, which would override the CPU and "
-					      "memory "
-					      "limits Kata Containers checked",
+					      "memory limits Kata Containers checked",
 					      handler, what, unified_overrides[j]);
+	}
 	return 0;
 }
 
@@ -175,7 +186,9 @@ static int check_annotations(const struct kata_policy *p, const char *handler, c
 		const char *key = entry_key(e[i]);
 		for (size_t j = 0; j < p->n_reserved_annotations; j++) {
 			const char *prefix = p->reserved_annotations[j];
-			if (strncmp(key, prefix, strlen(prefix)) == 0 &&
+			/* Kubernetes keys are lower case: any other spelling of
+			 * a reserved prefix is refused too, whoever folds case. */
+			if (strncasecmp(key, prefix, strlen(prefix)) == 0 &&
 			    !annotation_allowed(p, key))
 				return refuse(err, handler, "reserved_annotation",
 					      "handler \"%s\": %s annotation \"%s\" is in the "

@@ -295,14 +295,33 @@ static void learn_sandboxes(struct router *r, size_t backend,
 	}
 }
 
+static int resolve(struct router *r, enum owner_kind kind, const char *id, struct rpc_call *parent,
+		   unsigned timeout_ms, struct crx_err *err);
+
+/* A container runs under its pod's handler, and one learned without it
+ * would escape its pod's policy. At start-up (no parent call) a container of
+ * a pod crimux does not know (its backend did not answer that list) is left
+ * to be looked up when a call names it; then its pod is asked for first, and
+ * if no backend can say, the container is kept with no handler, which
+ * admit_owned() does not let through. */
 static void learn_containers(struct router *r, size_t backend,
-			     const Runtime__V1__ListContainersResponse *list)
+			     const Runtime__V1__ListContainersResponse *list,
+			     struct rpc_call *parent)
 {
 	for (size_t i = 0; i < list->n_containers; i++) {
 		const Runtime__V1__Container *c = list->containers[i];
 		struct owner o = {.backend = (unsigned)backend, .handler = -1}, pod;
-		if (owners_find(r->owners, OWNER_SANDBOX, c->pod_sandbox_id, &pod, NULL) == 0)
-			o.handler = pod.handler; /* a container runs under its pod's handler */
+		struct crx_err ignored;
+		bool known =
+			owners_find(r->owners, OWNER_SANDBOX, c->pod_sandbox_id, &pod, NULL) == 0;
+		if (!known && !parent)
+			continue;
+		if (!known && *c->pod_sandbox_id &&
+		    resolve(r, OWNER_SANDBOX, c->pod_sandbox_id, parent, 0, &ignored) == 0)
+			known = owners_find(r->owners, OWNER_SANDBOX, c->pod_sandbox_id, &pod,
+					    NULL) == 0;
+		if (known)
+			o.handler = pod.handler;
 		owners_add(r->owners, OWNER_CONTAINER, c->id, c->pod_sandbox_id, o);
 		if (c->metadata) {
 			_cleanup_free_ char *key = creates_container_key(
@@ -366,7 +385,7 @@ static int resolve(struct router *r, enum owner_kind kind, const char *id, struc
 			if (l && l->n_containers && *id)
 				ret = 0;
 			if (l)
-				learn_containers(r, i, l);
+				learn_containers(r, i, l, parent);
 			runtime__v1__list_containers_response__free_unpacked(l, NULL);
 		}
 	}
@@ -844,6 +863,14 @@ static void run_sandbox(struct router *r, struct rpc_call *call, const struct cr
 	runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
 }
 
+static bool backend_has_policy(const struct router *r, unsigned backend)
+{
+	for (size_t i = 0; i < r->n_handlers; i++)
+		if (r->handlers[i].backend == backend && r->handlers[i].policy != CRX_POLICY_NONE)
+			return true;
+	return false;
+}
+
 /* A call on an object of a pod with a policy (CreateContainer, the Update*
  * calls): admitted as RunPodSandbox was. *forward is left empty for calls the
  * policy has nothing to say about. */
@@ -851,6 +878,12 @@ static int admit_owned(struct router *r, struct rpc_call *call, const struct cri
 		       struct owner owner, struct rpc_buf *forward, struct crx_err *err)
 {
 	const struct route_handler *h = owner.handler >= 0 ? &r->handlers[owner.handler] : NULL;
+	if (!h && kata_checks(m->request) && backend_has_policy(r, owner.backend))
+		return crx_err_set(err, -EHOSTDOWN,
+				   "%s: crimux cannot tell which RuntimeClass handler runs the pod "
+				   "this call is for, and backend %s runs a handler with a policy; "
+				   "try again when the backend lists its pods",
+				   m->name, r->backends[owner.backend]->name);
 	if (!h || h->policy == CRX_POLICY_NONE || !kata_checks(m->request))
 		return 0;
 	size_t len;

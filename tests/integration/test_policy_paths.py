@@ -127,3 +127,37 @@ def test_an_unknown_v1_method_still_reaches_the_default_backend(mux):
     code, details = status_of(mux, "/runtime.v1.RuntimeService/NoSuchMethodYet", b"")
     assert code == grpc.StatusCode.UNIMPLEMENTED, details
     assert "crimux relays nothing else" not in details
+
+
+# ------------------------------------------------------------------ a pod crimux could not list
+
+def test_container_of_an_unlisted_pod_does_not_escape_its_policy(lab, crimuxd_binary, tmp_path):
+    """A backend that lists its containers but not its pods (busy at
+    crimuxd's start, say): a container was learned without its pod's
+    handler, and UpdateContainerResources on a kata container went through
+    unchecked. A scripted backend, since containerd cannot be made to fail
+    one list and answer the other on demand."""
+    from lab.fake_backend import FakeBackend, abort, reply
+    api = pb()
+    service = "/runtime.v1.RuntimeService/"
+    pod_id, container_id = "a" * 64, "b" * 64
+    fake = FakeBackend(str(tmp_path / "fake.sock")).start()
+    fake.default = reply(b"")
+    fake.on(service + "ListPodSandbox", abort(grpc.StatusCode.UNAVAILABLE, "busy"))
+    fake.on(service + "ListContainers", reply(api.ListContainersResponse(containers=[
+        api.Container(id=container_id, pod_sandbox_id=pod_id,
+                      metadata=api.ContainerMetadata(name="c"))]).SerializeToString()))
+    d = lab.crimuxd(crimuxd_binary, {"one": "unix://" + str(tmp_path / "fake.sock")}, POLICY)
+    try:
+        with CRI(d.endpoint) as client:
+            request = api.UpdateContainerResourcesRequest(
+                container_id=container_id, linux=linux_resources(250, 2000, 256 * MIB, 100000))
+            code, details = status_of(client, service + "UpdateContainerResources",
+                                      request.SerializeToString())
+        assert fake.calls(service + "UpdateContainerResources") == [], (
+            "the backend got an update no policy checked")
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "cannot tell which RuntimeClass handler runs the pod" in details
+    finally:
+        stop_checked([d], must_run=True)
+        fake.stop()

@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -253,6 +255,38 @@ int main(void)
 		has_str(err.msg, "crimux.conf:4: line contains a NUL byte", "and named");
 		if (r == 0)
 			crx_config_clear(&cfg);
+	}
+
+	/* One socket under two names (a symlink, a doubled slash) is one
+	 * backend: two handlers could otherwise run as one backend runtime,
+	 * one of them without the other's policy. */
+	{
+		char sock[600], link[600], text[2000];
+		snprintf(sock, sizeof(sock), "%s/backend.sock", dir);
+		snprintf(link, sizeof(link), "%s/alias.sock", dir);
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		if (strlen(sock) < sizeof(sa.sun_path))
+			memcpy(sa.sun_path, sock, strlen(sock) + 1);
+		ok(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+			   symlink(sock, link) == 0,
+		   "a socket and a symlink to it");
+		snprintf(text, sizeof(text),
+			 "[backend \"a\"]\nendpoint = %s\n[backend \"b\"]\nendpoint = %s\n"
+			 "[handler \"kata\"]\nbackend = a\npolicy = kata\n"
+			 "[handler \"plain\"]\nbackend = b\nruntime_handler = kata\n",
+			 sock, link);
+		expect_error(text, "backends \"a\" and \"b\" are the same socket",
+			     "one socket through a symlink");
+		snprintf(text, sizeof(text),
+			 "[backend \"a\"]\nendpoint = %s\n[backend \"b\"]\nendpoint = "
+			 "%s/.//backend.sock\n"
+			 "[handler \"kata\"]\nbackend = a\npolicy = kata\n",
+			 sock, dir);
+		expect_error(text, "are the same socket", "one socket, spelled twice");
+		unlink(link);
+		unlink(sock);
+		close(fd);
 	}
 
 	char missing[600];

@@ -190,6 +190,11 @@ int main(void)
 	p.annotation.key = (char *)"io.kubernetes.cri.container-type";
 	refused(&k, &p, "runtime-reserved namespace \"io.kubernetes.cri.\"",
 		"a CRI runtime's own annotation");
+	/* Kubernetes keys are lower case; a reader of annotations that folds
+	 * case must not find a reserved key crimux let through. */
+	p.annotation.key = (char *)"IO.KataContainers.config.hypervisor.path";
+	refused(&k, &p, "runtime-reserved namespace \"io.katacontainers.\"",
+		"a Kata annotation in other letter case");
 	p.annotation.key = (char *)"example.com/harmless";
 	is_int(check(&k, &p, &changed, &err), 0, "an ordinary annotation: accepted");
 	k.allowed_annotations = (char *[]){(char *)"io.katacontainers.config.hypervisor.default_*"};
@@ -257,8 +262,21 @@ int main(void)
 	cres.n_unified = 1;
 	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL, "unified cpu.max: refused");
 	has_str(err.msg, "sets the cgroup file \"cpu.max\" in resources.unified", "saying which");
+	/* Every other file that raises a checked limit, and any key that is
+	 * not a plain file name, is refused too. */
+	static const char *const overrides[] = {
+		"cpu.max.burst", "memory.swap.max", "./cpu.max",
+		"../memory.max", "x/memory.max",    "Memory.Max",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(overrides); i++) {
+		cpu_max.key = (char *)overrides[i];
+		is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL, overrides[i]);
+	}
 	cpu_max.key = (char *)"memory.min";
 	is_int(kata_check_container(&k, "kata", &c, &err), 0, "unified memory.min: accepted");
+	cpu_max.key = (char *)"memory.high";
+	is_int(kata_check_container(&k, "kata", &c, &err), 0,
+	       "unified memory.high (the kubelet's memory QoS): accepted");
 	cres.n_unified = 0;
 	cres.unified = NULL;
 
