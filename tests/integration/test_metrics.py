@@ -350,3 +350,22 @@ endpoint = {lab.containerd.endpoint}
     assert "metrics_address 0.0.0.0:" in proc.stderr and "not a loopback address" in \
         proc.stderr, proc.stderr
     assert not os.path.exists(f"{tmp_path}/crimux.sock")
+
+
+def test_check_names_the_endpoint(lab, crimuxd_binary, tmp_path):
+    port = free_port()
+    for address, extra, verdict, says in (
+            (f"127.0.0.1:{port}", "", "OK", "on this node only"),
+            (f"0.0.0.0:{port}", "metrics_allow_remote = true\n", "WARN",
+             "to other machines, without authentication")):
+        config = tmp_path / "crimux.conf"
+        config.write_text(f"""[crimux]
+socket = {tmp_path}/crimux.sock
+metrics_address = {address}
+{extra}[backend "one"]
+endpoint = {lab.containerd.endpoint}
+""")
+        proc = subprocess.run([crimuxd_binary, "--config", str(config), "--check"],
+                              capture_output=True, text=True, timeout=120)
+        line = f"{verdict:<6}metrics: served on {address} at /metrics"
+        assert line in proc.stdout and says in proc.stdout, proc.stdout
