@@ -101,6 +101,18 @@ static const struct family families[CRX_M_COUNT] = {
 				  0,
 				  {0},
 				  true},
+	[CRX_M_PODS] = {"crimux_pod_sandboxes",
+			"Pod sandboxes on the backends, by RuntimeClass handler and state "
+			"(counted with each health check).",
+			GAUGE,
+			2,
+			{"handler", "state"}},
+	[CRX_M_CONTAINERS] = {"crimux_containers",
+			      "Containers on the backends, by their pod's RuntimeClass handler "
+			      "and state (counted with each health check).",
+			      GAUGE,
+			      2,
+			      {"handler", "state"}},
 	[CRX_M_RELOADS] = {"crimux_reloads_total",
 			   "Configuration reloads (SIGHUP, systemctl reload), by result.",
 			   COUNTER,

@@ -18,6 +18,7 @@
 
 #include "common/metrics.h"
 #include "common/util.h"
+#include "router/census.h"
 #include "router/router.h"
 #include "cri/methods.h"
 #include "cri/rpc.h"
@@ -263,6 +264,8 @@ static void check_health(struct daemon *d)
 	struct generation *g = generation_get(d);
 	_cleanup_free_ char *summary = NULL;
 	bool up = router_health(g->router, 2000, &summary);
+	if (d->metrics)
+		router_count_objects(g->router, 2000);
 	if (up && !d->ready) {
 		d->ready = true;
 		sd_notify(0, "READY=1");

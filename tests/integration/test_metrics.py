@@ -249,6 +249,61 @@ def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_pa
     assert delta("crimux_streaming_sessions_total") == 1
 
 
+def test_pods_and_containers_by_handler_and_state(daemon, mux, lab):
+    """Counted from the backends' lists with each health check (every 10 s):
+    the figures must come to what crimux lists."""
+    runc = sandbox_config("metrics-census-runc-" + RUN, labels=LABELS)
+    docker = sandbox_config("metrics-census-docker-" + RUN, labels=LABELS)
+    runc_id = mux.run_pod(runc, "runc")
+    docker_id = mux.run_pod(docker, "docker")
+    try:
+        mux.pull(lab.busybox_ref, sandbox=runc)
+        cid = mux.start_container(runc_id, runc, container_config(
+            "main", lab.busybox_ref, ["sleep", "3600"]))
+        mux.StopPodSandbox(pod_sandbox_id=docker_id)
+
+        def listed():
+            """{(metric, handler, state): n} from crimux's own lists."""
+            api = pb()
+            counts = collections.Counter()
+            handler_of = {}
+            for p in mux.ListPodSandbox().items:
+                handler_of[p.id] = p.runtime_handler
+                state = "ready" if p.state == api.SANDBOX_READY else "notready"
+                counts[("crimux_pod_sandboxes", p.runtime_handler, state)] += 1
+            names = {api.CONTAINER_CREATED: "created", api.CONTAINER_RUNNING: "running",
+                     api.CONTAINER_EXITED: "exited", api.CONTAINER_UNKNOWN: "unknown"}
+            for c in mux.ListContainers().containers:
+                counts[("crimux_containers", handler_of.get(c.pod_sandbox_id),
+                        names[c.state])] += 1
+            return counts
+
+        def agree():
+            want = listed()
+            got = scrape(daemon)
+            for name in ("crimux_pod_sandboxes", "crimux_containers"):
+                for (n, labels), v in got.items():
+                    if n != name:
+                        continue
+                    d = dict(labels)
+                    if v != want.get((name, d["handler"], d["state"]), 0):
+                        return False
+            return (want[("crimux_pod_sandboxes", "runc", "ready")] >= 1 and
+                    want[("crimux_pod_sandboxes", "docker", "notready")] >= 1 and
+                    want[("crimux_containers", "runc", "running")] >= 1)
+
+        wait_for(agree, 60, "the pod and container figures to match crimux's lists")
+        after = scrape(daemon)
+        for handler in ("runc", "kata", "docker"):  # every handler, every state
+            for state in ("ready", "notready"):
+                assert ("crimux_pod_sandboxes",
+                        frozenset({("handler", handler), ("state", state)})) in after
+        assert cid
+    finally:
+        mux.remove_pod(runc_id)
+        mux.remove_pod(docker_id)
+
+
 def test_promtool_checks_a_live_scrape(daemon, mux, lab):
     calls_for_every_handler(mux, lab)
     text = scrape_text(daemon.metrics_port)
