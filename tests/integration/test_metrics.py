@@ -306,6 +306,14 @@ def test_pods_and_containers_by_handler_and_state(daemon, mux, lab):
 
 def test_promtool_checks_a_live_scrape(daemon, mux, lab):
     calls_for_every_handler(mux, lab)
+    # A client may name a handler that is not configured, and not even UTF-8
+    # (protobuf-c does not check): it is refused and counted, without
+    # becoming a label value, and must not spoil the exposition.
+    refused = total(scrape(daemon), "crimux_cri_calls_total", method="RunPodSandbox",
+                    handler="", code="INVALID_ARGUMENT")
+    with pytest.raises(grpc.RpcError) as bad:
+        mux.raw("/runtime.v1.RuntimeService/RunPodSandbox", b"\x0a\x00\x12\x05bad\xff!")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     text = scrape_text(daemon.metrics_port)
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60)
@@ -315,6 +323,9 @@ def test_promtool_checks_a_live_scrape(daemon, mux, lab):
     samples = parse(text)
     for handler in ("runc", "kata", "docker"):
         assert total(samples, "crimux_cri_calls_total", handler=handler) > 0, handler
+    assert total(samples, "crimux_cri_calls_total", method="RunPodSandbox", handler="",
+                 code="INVALID_ARGUMENT") == refused + 1
+    assert "bad" not in text
 
 
 def test_a_reload_is_counted(daemon):
