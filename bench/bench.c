@@ -1,7 +1,7 @@
 /* crimux-bench: what the relay costs. Calls the same CRI methods directly on
- * a backend and through crimuxd, interleaved in one run, and prints latency
- * percentiles, the crimux/direct ratio, throughput at 1 and 16 callers and
- * crimuxd's resident memory. */
+ * a backend and through crimuxd (and, if given, a crimuxd serving metrics),
+ * interleaved in one run, and prints latency percentiles, the ratio to
+ * direct, throughput at 1 and 16 callers and crimuxd's resident memory. */
 #include "config.h"
 
 #include <getopt.h>
@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "cri/api.pb-c.h"
 #include "cri/rpc.h"
@@ -66,7 +67,7 @@ static double percentile(double *sorted, size_t n, double p)
  * see the same machine. */
 static int latency(struct target **targets, size_t n_targets, const struct method *m, size_t n)
 {
-	double *samples[3] = {0};
+	double *samples[4] = {0};
 	int ret = 0;
 	for (size_t t = 0; t < n_targets; t++)
 		if (!(samples[t] = calloc(n, sizeof(double))))
@@ -81,7 +82,7 @@ static int latency(struct target **targets, size_t n_targets, const struct metho
 			ret = call_once(targets[t], m);
 			samples[t][i] = now_us() - t0;
 		}
-	double p50[3], p99[3];
+	double p50[4], p99[4];
 	for (size_t t = 0; ret == 0 && t < n_targets; t++) {
 		qsort(samples[t], n, sizeof(double), by_value);
 		p50[t] = percentile(samples[t], n, 0.5);
@@ -138,6 +139,49 @@ static double throughput(struct target *t, const struct method *m, unsigned call
 	return failed ? -1 : (double)calls / ((now_us() - start) / 1e6);
 }
 
+/* What a finished call's metrics cost on the call path, without a relay's
+ * noise around it: the daemon's one update per call, in a loop. */
+struct count_loop {
+	size_t n;
+	double ns;
+};
+
+/* CPU time, not wall time: on a shared machine the loop is preempted. */
+static double thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static void *count_run(void *arg)
+{
+	struct count_loop *c = arg;
+	double t0 = thread_cpu_ns();
+	for (size_t i = 0; i < c->n; i++)
+		crx_metrics_cri_call("ListContainers", "runc", "containerd", "OK", 250000, 180000);
+	c->ns = (thread_cpu_ns() - t0) / (double)c->n;
+	return NULL;
+}
+
+static void metrics_cost(void)
+{
+	enum { N = 1000000 };
+	struct count_loop off = {.n = N};
+	count_run(&off);
+	crx_metrics_enable();
+	struct count_loop one = {.n = N}, two[2] = {{.n = N}, {.n = N}};
+	count_run(&one);
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, count_run, &two[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	printf("# metrics, CPU per call: off %.0f ns; on %.0f ns, %.0f ns with 2 threads "
+	       "counting the same series\n",
+	       off.ns, one.ns, (two[0].ns + two[1].ns) / 2);
+}
+
 static long rss_kib(long pid)
 {
 	char path[64], line[256];
@@ -153,11 +197,13 @@ static long rss_kib(long pid)
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: crimux-bench --direct TARGET --crimux TARGET [--merged TARGET]\n"
-		"                    [--pid PID] [-n CALLS] [--seconds S]\n"
+		"Usage: crimux-bench --direct TARGET --crimux TARGET [--metrics TARGET]\n"
+		"                    [--merged TARGET] [--pid PID] [-n CALLS] [--seconds S]\n"
 		"  --direct   the backend's CRI endpoint, e.g. "
 		"unix:///run/containerd/containerd.sock\n"
 		"  --crimux   crimuxd's endpoint in front of it\n"
+		"  --metrics  a crimuxd like that one, serving (and being scraped for)\n"
+		"             metrics: what counting every call costs\n"
 		"  --merged   a crimuxd in front of that backend and another one: its lists\n"
 		"             are merged from both\n"
 		"  --pid      crimuxd's pid, to report its RSS\n"
@@ -168,21 +214,22 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{"direct", required_argument, NULL, 'd'},
-		{"crimux", required_argument, NULL, 'c'},
-		{"merged", required_argument, NULL, 'm'},
-		{"pid", required_argument, NULL, 'p'},
-		{"seconds", required_argument, NULL, 's'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+		{"direct", required_argument, NULL, 'd'}, {"crimux", required_argument, NULL, 'c'},
+		{"merged", required_argument, NULL, 'm'}, {"metrics", required_argument, NULL, 'M'},
+		{"pid", required_argument, NULL, 'p'},    {"seconds", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},         {0},
 	};
-	const char *direct_target = NULL, *crimux_target = NULL, *merged_target = NULL;
+	const char *direct_target = NULL, *crimux_target = NULL, *merged_target = NULL,
+		   *metrics_target = NULL;
 	long pid = 0;
 	size_t n = 2000;
 	double seconds = 3;
 	int opt;
-	while ((opt = getopt_long(argc, argv, "d:c:m:p:n:s:h", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "d:c:m:M:p:n:s:h", options, NULL)) != -1) {
 		switch (opt) {
+		case 'M':
+			metrics_target = optarg;
+			break;
 		case 'm':
 			merged_target = optarg;
 			break;
@@ -215,26 +262,35 @@ int main(int argc, char **argv)
 	}
 
 	struct target direct = {.label = "direct"}, crimux = {.label = "crimux"},
-		      merged = {.label = "merged"};
+		      metrics = {.label = "metrics"}, merged = {.label = "merged"};
 	struct crx_err err = {0};
 	struct rpc_channel_options opts = {.max_message = 16 * MIB};
-	struct {
-		struct target *t;
-		const char *address;
-	} paths[] = {{&direct, direct_target}, {&crimux, crimux_target}, {&merged, merged_target}};
-	size_t n_paths = merged_target ? 3 : 2;
+	/* direct first (the ratios' base), the merged path last: Version is
+	 * answered by crimuxd itself, merging does not apply to it. */
+	struct target *all[] = {&direct, &crimux, &metrics, &merged};
+	const char *all_addresses[] = {direct_target, crimux_target, metrics_target, merged_target};
+	struct target *targets[4];
+	const char *addresses[4];
+	size_t n_paths = 0, n_single = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(all); i++) {
+		if (!all_addresses[i])
+			continue;
+		targets[n_paths] = all[i];
+		addresses[n_paths++] = all_addresses[i];
+		if (all[i] != &merged)
+			n_single = n_paths;
+	}
 	for (size_t i = 0; i < n_paths; i++) {
-		opts.name = paths[i].t->label;
-		opts.target = paths[i].address;
-		if (rpc_channel_new(&opts, &paths[i].t->channel, &err) < 0) {
+		opts.name = targets[i]->label;
+		opts.target = addresses[i];
+		if (rpc_channel_new(&opts, &targets[i]->channel, &err) < 0) {
 			fprintf(stderr, "crimux-bench: %s\n", err.msg);
 			return 1;
 		}
 	}
-	struct target *targets[] = {&direct, &crimux, &merged};
 
 	printf("# latency, %zu calls per method and path, interleaved\n", n);
-	if (latency(targets, 2, &methods[0], n) < 0 ||
+	if (latency(targets, n_single, &methods[0], n) < 0 ||
 	    latency(targets, n_paths, &methods[1], n) < 0)
 		return 1;
 
@@ -242,21 +298,21 @@ int main(int argc, char **argv)
 	printf("# throughput, %s, %.0f s per run\n", list->name, seconds);
 	unsigned concurrency[] = {1, 16};
 	for (size_t i = 0; i < ARRAY_SIZE(concurrency); i++) {
-		double d = throughput(&direct, list, concurrency[i], seconds);
-		double c = throughput(&crimux, list, concurrency[i], seconds);
-		double m = merged_target ? throughput(&merged, list, concurrency[i], seconds) : 0;
-		if (d < 0 || c < 0 || m < 0)
-			return 1;
-		printf("%2u callers       direct %8.0f calls/s  crimux %8.0f calls/s (%.0f%%)",
-		       concurrency[i], d, c, 100 * c / d);
-		if (merged_target)
-			printf("  merged %8.0f calls/s (%.0f%%)", m, 100 * m / d);
+		double rate[4];
+		for (size_t t = 0; t < n_paths; t++)
+			if ((rate[t] = throughput(targets[t], list, concurrency[i], seconds)) < 0)
+				return 1;
+		printf("%2u callers       direct %8.0f calls/s", concurrency[i], rate[0]);
+		for (size_t t = 1; t < n_paths; t++)
+			printf("  %s %8.0f calls/s (%.0f%%)", targets[t]->label, rate[t],
+			       100 * rate[t] / rate[0]);
 		printf("\n");
 	}
+	metrics_cost();
 	if (pid > 0)
 		printf("# crimuxd RSS     %.1f MiB\n", (double)rss_kib(pid) / 1024);
 
 	for (size_t i = 0; i < n_paths; i++)
-		rpc_channel_free(paths[i].t->channel);
+		rpc_channel_free(targets[i]->channel);
 	return 0;
 }

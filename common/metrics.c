@@ -101,6 +101,18 @@ static const struct family families[CRX_M_COUNT] = {
 				  0,
 				  {0},
 				  true},
+	[CRX_M_PODS] = {"crimux_pod_sandboxes",
+			"Pod sandboxes on the backends, by RuntimeClass handler and state "
+			"(counted with each health check).",
+			GAUGE,
+			2,
+			{"handler", "state"}},
+	[CRX_M_CONTAINERS] = {"crimux_containers",
+			      "Containers on the backends, by their pod's RuntimeClass handler "
+			      "and state (counted with each health check).",
+			      GAUGE,
+			      2,
+			      {"handler", "state"}},
 	[CRX_M_RELOADS] = {"crimux_reloads_total",
 			   "Configuration reloads (SIGHUP, systemctl reload), by result.",
 			   COUNTER,
@@ -110,10 +122,11 @@ static const struct family families[CRX_M_COUNT] = {
 
 /* ------------------------------------------------------------ label values */
 
-#define LABEL_SLOTS 2048u /* a power of two */
-#define LABEL_MAX   1536u /* then new values become "_other" */
-#define LABEL_OTHER (LABEL_SLOTS + 1)
-#define LABEL_BITS  12
+#define LABEL_SLOTS    2048u /* a power of two */
+#define LABEL_MAX      1536u /* then new values become "_other" */
+#define LABEL_OTHER    (LABEL_SLOTS + 1)
+#define LABEL_BITS     12
+#define LABEL_SHIFT(i) (6 + LABEL_BITS * (i)) /* label i's place in a series key */
 
 static _Atomic(char *) label_table[LABEL_SLOTS];
 static atomic_uint n_labels;
@@ -185,8 +198,7 @@ static uint64_t series_key(enum crx_metric m, const char *const *labels, bool cr
 {
 	uint64_t key = (uint64_t)m + 1;
 	for (unsigned i = 0; i < families[m].n_labels; i++)
-		key |= (uint64_t)label_id(labels ? labels[i] : NULL, create)
-		       << (6 + LABEL_BITS * i);
+		key |= (uint64_t)label_id(labels ? labels[i] : NULL, create) << LABEL_SHIFT(i);
 	return key;
 }
 
@@ -197,7 +209,7 @@ static enum crx_metric key_family(uint64_t key)
 
 static unsigned key_label(uint64_t key, unsigned i)
 {
-	return (unsigned)(key >> (6 + LABEL_BITS * i)) & ((1u << LABEL_BITS) - 1);
+	return (unsigned)(key >> LABEL_SHIFT(i)) & ((1u << LABEL_BITS) - 1);
 }
 
 #define SERIES_SLOTS 8192u
@@ -308,18 +320,22 @@ static struct hist *hist_get(enum crx_metric m, const char *const *labels, bool 
 	return slot < 0 ? NULL : &hist_table[slot];
 }
 
-void crx_metric_observe(enum crx_metric m, uint64_t ns, const char *const *labels)
+static void hist_add(struct hist *h, uint64_t ns)
 {
-	if (!on())
-		return;
-	struct hist *h = hist_get(m, labels, true);
-	if (!h)
-		return;
 	size_t b = 0;
 	while (b < N_BUCKETS && (double)ns > buckets[b] * 1e9)
 		b++;
 	atomic_fetch_add_explicit(&h->counts[b], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
+}
+
+void crx_metric_observe(enum crx_metric m, uint64_t ns, const char *const *labels)
+{
+	if (!on())
+		return;
+	struct hist *h = hist_get(m, labels, true);
+	if (h)
+		hist_add(h, ns);
 }
 
 int64_t crx_metric_get(enum crx_metric m, const char *const *labels)
@@ -340,12 +356,27 @@ void crx_metrics_cri_call(const char *method, const char *handler, const char *b
 {
 	if (!on())
 		return;
-	crx_metric_add(CRX_M_CRI_CALLS, 1, (const char *[]){method, handler, backend, code});
-	const char *mb[] = {method, backend};
-	crx_metric_observe(CRX_M_CRI_DURATION, duration_ns, mb);
-	if (backend_ns)
-		crx_metric_observe(CRX_M_CRI_OVERHEAD,
-				   duration_ns > backend_ns ? duration_ns - backend_ns : 0, mb);
+	/* Each label value is looked up once for the three families. */
+	uint64_t m = label_id(method, true), b = label_id(backend, true);
+	uint64_t calls = (CRX_M_CRI_CALLS + 1) | m << LABEL_SHIFT(0) |
+			 (uint64_t)label_id(handler, true) << LABEL_SHIFT(1) | b << LABEL_SHIFT(2) |
+			 (uint64_t)label_id(code, true) << LABEL_SHIFT(3);
+	bool created = false;
+	long slot = FIND_SLOT(series_table, SERIES_SLOTS, calls, true, &created);
+	if (slot >= 0)
+		atomic_fetch_add_explicit(&series_table[slot].value, 1, memory_order_relaxed);
+	uint64_t mb = m << LABEL_SHIFT(0) | b << LABEL_SHIFT(1);
+	uint64_t key = (CRX_M_CRI_DURATION + 1) | mb;
+	slot = FIND_SLOT(hist_table, HIST_SLOTS, key, true, &created);
+	if (slot >= 0)
+		hist_add(&hist_table[slot], duration_ns);
+	if (!backend_ns)
+		return;
+	key = (CRX_M_CRI_OVERHEAD + 1) | mb;
+	slot = FIND_SLOT(hist_table, HIST_SLOTS, key, true, &created);
+	if (slot >= 0)
+		hist_add(&hist_table[slot],
+			 duration_ns > backend_ns ? duration_ns - backend_ns : 0);
 }
 
 void crx_metrics_backend_health(const char *backend, bool up)
@@ -360,16 +391,45 @@ void crx_metrics_backend_health(const char *backend, bool up)
 
 /* --------------------------------------------------------------- rendering */
 
-/* A label value as the text format wants it: \, " and newline escaped. */
-static void put_escaped(FILE *out, const char *s)
+/* The length of the valid UTF-8 sequence at s, 0 if there is none. */
+static size_t utf8_len(const unsigned char *s)
 {
-	for (; *s; s++) {
+	size_t n = s[0] < 0x80                    ? 1
+		   : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+		   : (s[0] & 0xf0) == 0xe0        ? 3
+		   : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
+						  : 0;
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	/* No overlong three-byte forms, surrogates or code points past U+10FFFF. */
+	if ((n == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0))) ||
+	    (n == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))))
+		return 0;
+	return n;
+}
+
+/* A label value as the text format wants it: \, " and newline escaped, and
+ * UTF-8. Some values come from clients (a handler name crimux does not
+ * know): a byte that is not UTF-8 becomes U+FFFD rather than break every
+ * scrape. */
+static void put_escaped(FILE *out, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	while (*s) {
+		size_t n = utf8_len(s);
+		if (n == 0) {
+			fputs("\xef\xbf\xbd", out);
+			s++;
+			continue;
+		}
 		if (*s == '\\' || *s == '"')
 			fputc('\\', out);
 		if (*s == '\n')
 			fputs("\\n", out);
 		else
-			fputc(*s, out);
+			fwrite(s, 1, n, out);
+		s += n;
 	}
 }
 

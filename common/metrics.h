@@ -29,6 +29,8 @@ enum crx_metric {
 	CRX_M_OWNERS,             /* gauge {kind}: sandbox, container */
 	CRX_M_OWNERS_REBUILD,     /* gauge, nanoseconds: the last rebuild of the owner table */
 	CRX_M_RELOADS,            /* {result}: success, failure */
+	CRX_M_PODS,               /* gauge {handler, state} */
+	CRX_M_CONTAINERS,         /* gauge {handler, state} */
 	CRX_M_COUNT
 };
 

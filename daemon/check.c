@@ -938,6 +938,15 @@ int crx_check(const char *config_path, FILE *out)
 			"with its RuntimeClass handler unchanged",
 			cfg.backends[0].name);
 
+	struct crx_metrics_address metrics;
+	if (cfg.metrics_address &&
+	    crx_metrics_address_parse(cfg.metrics_address, &metrics, NULL) == 0)
+		finding(&c, metrics.loopback ? CHECK_OK : CHECK_WARN,
+			"metrics: served on %s at /metrics%s", cfg.metrics_address,
+			metrics.loopback ? ", on this node only"
+					 : " to other machines, without authentication "
+					   "(metrics_allow_remote = true)");
+
 	struct probe *probes = calloc(cfg.n_backends, sizeof(*probes));
 	if (!probes) {
 		finding(&c, CHECK_FAIL, "out of memory");

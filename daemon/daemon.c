@@ -18,6 +18,7 @@
 
 #include "common/metrics.h"
 #include "common/util.h"
+#include "router/census.h"
 #include "router/router.h"
 #include "cri/methods.h"
 #include "cri/rpc.h"
@@ -152,10 +153,13 @@ static void dispatch(struct rpc_call *call, void *userdata)
  * not; in the journal with fields to search by (CRI_HANDLER=kata, ...). */
 static void log_call(const struct rpc_call_summary *s, void *userdata)
 {
-	/* Method names come from clients: only the schema's are labels. */
-	const struct cri_method *m = cri_method_find(s->method);
-	crx_metrics_cri_call(m ? m->name : "unknown", s->handler, s->backend,
-			     rpc_code_name(s->code), s->duration_ns, s->backend_ns);
+	const struct daemon *d = userdata;
+	if (d->metrics) {
+		/* Method names come from clients: only the schema's are labels. */
+		const struct cri_method *m = cri_method_find(s->method);
+		crx_metrics_cri_call(m ? m->name : "unknown", s->handler, s->backend,
+				     rpc_code_name(s->code), s->duration_ns, s->backend_ns);
+	}
 	int level = s->code == RPC_OK || s->code == RPC_NOT_FOUND ? LOG_DEBUG : LOG_INFO;
 	if (!log_enabled(level))
 		return;
@@ -271,6 +275,8 @@ static void check_health(struct daemon *d)
 	struct generation *g = generation_get(d);
 	_cleanup_free_ char *summary = NULL;
 	bool up = router_health(g->router, 2000, &summary);
+	if (d->metrics)
+		router_count_objects(g->router, 2000);
 	if (up && !d->ready) {
 		d->ready = true;
 		sd_notify(0, "READY=1");

@@ -42,6 +42,7 @@ struct crx_metrics_server {
 	int listen_fd;
 	int stop[2];
 	char *unix_path;
+	uint64_t accept_paused_until; /* out of descriptors: do not spin on accept */
 	struct conn conns[MAX_CONNS];
 };
 
@@ -272,8 +273,12 @@ static void accept_conns(struct crx_metrics_server *s)
 {
 	for (;;) {
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				s->accept_paused_until = now_ms() + 100;
 			return;
+		}
 		struct conn *slot = NULL;
 		for (size_t i = 0; i < MAX_CONNS && !slot; i++)
 			if (s->conns[i].fd < 0)
@@ -294,9 +299,12 @@ static void *serve(void *arg)
 		struct pollfd fds[MAX_CONNS + 2];
 		struct conn *of[MAX_CONNS + 2];
 		size_t n = 0;
-		fds[n++] = (struct pollfd){.fd = s->stop[0], .events = POLLIN};
-		fds[n++] = (struct pollfd){.fd = s->listen_fd, .events = POLLIN};
 		uint64_t now = now_ms(), next = now + CONN_DEADLINE;
+		bool paused = now < s->accept_paused_until;
+		if (paused)
+			next = s->accept_paused_until;
+		fds[n++] = (struct pollfd){.fd = s->stop[0], .events = POLLIN};
+		fds[n++] = (struct pollfd){.fd = paused ? -1 : s->listen_fd, .events = POLLIN};
 		for (size_t i = 0; i < MAX_CONNS; i++) {
 			struct conn *c = &s->conns[i];
 			if (c->fd < 0)

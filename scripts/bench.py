@@ -1,12 +1,16 @@
 """Runs bench/crimux-bench against a lab containerd, a crimuxd in front of
-it, and a crimuxd merging it with a second containerd, with a few pods on
-each so that ListContainers has something to list."""
+it, the same with metrics served and scraped every second, and a crimuxd
+merging it with a second containerd, with a few pods on each so that
+ListContainers has something to list."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -26,9 +30,28 @@ runtime_handler = runc
 """
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_every_second(port, stop):
+    """What a Prometheus server would do, a little more often than usual."""
+    while not stop.wait(1):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            r.read()
+
+
 def run(lab, second):
     crimux = os.path.join(BUILD, "crimuxd")
     single = lab.crimuxd(crimux, log_level="info")
+    port = free_port()
+    metrics = lab.crimuxd(crimux, extra_config=f"[crimux]\nmetrics_address = 127.0.0.1:{port}\n",
+                          log_level="info")
+    stop = threading.Event()
+    scraper = threading.Thread(target=scrape_every_second, args=(port, stop), daemon=True)
+    scraper.start()
     merged = lab.crimuxd(crimux, {"one": lab.containerd.endpoint, "two": second.endpoint},
                          MERGED, log_level="info")
     with lab_cri.CRI(merged.endpoint) as cri:
@@ -41,9 +64,13 @@ def run(lab, second):
         sys.stdout.flush()
         code = subprocess.call([os.path.join(BUILD, "bench", "crimux-bench"),
                                 "--direct", lab.containerd.endpoint,
-                                "--crimux", single.endpoint, "--merged", merged.endpoint,
+                                "--crimux", single.endpoint, "--metrics", metrics.endpoint,
+                                "--merged", merged.endpoint,
                                 "--pid", str(single.pid)] + sys.argv[1:])
         cri.remove_all_pods()
+    stop.set()
+    scraper.join()
+    metrics.stop()
     single.stop()
     merged.stop()
     return code
@@ -51,8 +78,10 @@ def run(lab, second):
 
 def main():
     workdir = tempfile.mkdtemp(prefix="crimux-bench-")
+    # Where several people share a machine, each lab needs its own network.
     lab = env.Lab(workdir, os.path.join(BUILD, "images", "crimux-pause"),
-                  bridge="crxbench0", subnet="198.18.101.0/24")
+                  bridge=os.environ.get("CRIMUX_TEST_BRIDGE", "crxbench0"),
+                  subnet=os.environ.get("CRIMUX_TEST_SUBNET", "198.18.101.0/24"))
     with lab:
         second = env.Containerd(os.path.join(workdir, "containerd2"), lab.registry.host,
                                 lab.net.conf_dir).start()

@@ -249,8 +249,71 @@ def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_pa
     assert delta("crimux_streaming_sessions_total") == 1
 
 
+def test_pods_and_containers_by_handler_and_state(daemon, mux, lab):
+    """Counted from the backends' lists with each health check (every 10 s):
+    the figures must come to what crimux lists."""
+    runc = sandbox_config("metrics-census-runc-" + RUN, labels=LABELS)
+    docker = sandbox_config("metrics-census-docker-" + RUN, labels=LABELS)
+    runc_id = mux.run_pod(runc, "runc")
+    docker_id = mux.run_pod(docker, "docker")
+    try:
+        mux.pull(lab.busybox_ref, sandbox=runc)
+        cid = mux.start_container(runc_id, runc, container_config(
+            "main", lab.busybox_ref, ["sleep", "3600"]))
+        mux.StopPodSandbox(pod_sandbox_id=docker_id)
+
+        def listed():
+            """{(metric, handler, state): n} from crimux's own lists."""
+            api = pb()
+            counts = collections.Counter()
+            handler_of = {}
+            for p in mux.ListPodSandbox().items:
+                handler_of[p.id] = p.runtime_handler
+                state = "ready" if p.state == api.SANDBOX_READY else "notready"
+                counts[("crimux_pod_sandboxes", p.runtime_handler, state)] += 1
+            names = {api.CONTAINER_CREATED: "created", api.CONTAINER_RUNNING: "running",
+                     api.CONTAINER_EXITED: "exited", api.CONTAINER_UNKNOWN: "unknown"}
+            for c in mux.ListContainers().containers:
+                counts[("crimux_containers", handler_of.get(c.pod_sandbox_id),
+                        names[c.state])] += 1
+            return counts
+
+        def agree():
+            want = listed()
+            got = scrape(daemon)
+            for name in ("crimux_pod_sandboxes", "crimux_containers"):
+                for (n, labels), v in got.items():
+                    if n != name:
+                        continue
+                    d = dict(labels)
+                    if v != want.get((name, d["handler"], d["state"]), 0):
+                        return False
+            return (want[("crimux_pod_sandboxes", "runc", "ready")] >= 1 and
+                    want[("crimux_pod_sandboxes", "docker", "notready")] >= 1 and
+                    want[("crimux_containers", "runc", "running")] >= 1)
+
+        wait_for(agree, 60, "the pod and container figures to match crimux's lists")
+        after = scrape(daemon)
+        for handler in ("runc", "kata", "docker"):  # every handler, every state
+            for state in ("ready", "notready"):
+                assert ("crimux_pod_sandboxes",
+                        frozenset({("handler", handler), ("state", state)})) in after
+        assert cid
+    finally:
+        mux.remove_pod(runc_id)
+        mux.remove_pod(docker_id)
+
+
 def test_promtool_checks_a_live_scrape(daemon, mux, lab):
     calls_for_every_handler(mux, lab)
+    # A client may name a handler that is not configured, and not even UTF-8
+    # (protobuf-c does not check): it is refused and counted, without
+    # becoming a label value, and must not spoil the exposition.
+    refused = total(scrape(daemon), "crimux_cri_calls_total", method="RunPodSandbox",
+                    handler="", code="INVALID_ARGUMENT")
+    with pytest.raises(grpc.RpcError) as bad:
+        mux.raw("/runtime.v1.RuntimeService/RunPodSandbox", b"\x0a\x00\x12\x05bad\xff!")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     text = scrape_text(daemon.metrics_port)
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60)
@@ -260,6 +323,9 @@ def test_promtool_checks_a_live_scrape(daemon, mux, lab):
     samples = parse(text)
     for handler in ("runc", "kata", "docker"):
         assert total(samples, "crimux_cri_calls_total", handler=handler) > 0, handler
+    assert total(samples, "crimux_cri_calls_total", method="RunPodSandbox", handler="",
+                 code="INVALID_ARGUMENT") == refused + 1
+    assert "bad" not in text
 
 
 def test_a_reload_is_counted(daemon):
@@ -350,3 +416,22 @@ endpoint = {lab.containerd.endpoint}
     assert "metrics_address 0.0.0.0:" in proc.stderr and "not a loopback address" in \
         proc.stderr, proc.stderr
     assert not os.path.exists(f"{tmp_path}/crimux.sock")
+
+
+def test_check_names_the_endpoint(lab, crimuxd_binary, tmp_path):
+    port = free_port()
+    for address, extra, verdict, says in (
+            (f"127.0.0.1:{port}", "", "OK", "on this node only"),
+            (f"0.0.0.0:{port}", "metrics_allow_remote = true\n", "WARN",
+             "to other machines, without authentication")):
+        config = tmp_path / "crimux.conf"
+        config.write_text(f"""[crimux]
+socket = {tmp_path}/crimux.sock
+metrics_address = {address}
+{extra}[backend "one"]
+endpoint = {lab.containerd.endpoint}
+""")
+        proc = subprocess.run([crimuxd_binary, "--config", str(config), "--check"],
+                              capture_output=True, text=True, timeout=120)
+        line = f"{verdict:<6}metrics: served on {address} at /metrics"
+        assert line in proc.stdout and says in proc.stdout, proc.stdout

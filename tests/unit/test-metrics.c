@@ -165,6 +165,10 @@ static void test_exposition(void)
 	ok(!strstr(text, "crimux_cri_relay_overhead_seconds_count{method=\"Version\""),
 	   "no overhead for calls crimux answered");
 	has_str(text, "handler=\"we\\\"ird\\\\\\nname\"", "label values escaped");
+	crx_metric_add(CRX_M_KATA_REFUSALS, 1, (const char *[]){"caf\xc3\xa9\xff!", "r"});
+	free(text);
+	text = render();
+	has_str(text, "handler=\"caf\xc3\xa9\xef\xbf\xbd!\"", "UTF-8 kept, a stray byte replaced");
 	has_str(text, "crimux_docker_log_bytes_total 0\n", "an untouched counter shows 0");
 	has_str(text, "crimux_owner_rebuild_duration_seconds 0.000000000\n", "seconds gauges");
 	is_int(crx_metric_get(CRX_M_CRI_DURATION, (const char *[]){"RunPodSandbox", "containerd"}),

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "router/policy.h"
 #include "tap.h"
@@ -52,14 +53,33 @@ static int check(const struct kata_policy *k, struct pod *p, bool *changed, stru
 	return kata_check_sandbox(k, "kata", &p->config, changed, err);
 }
 
+/* Refusals are counted for the metrics, by handler and rule. */
+static const char *const rules[] = {
+	"host_namespace",    "reserved_annotation",   "resources_missing",
+	"cpu_limit_missing", "cpu_request_not_limit", "memory_limit_missing",
+	"below_minimum",     "memory_cpu_ratio",      "overhead_below_minimum",
+};
+
+static int64_t refusals(const char *rule)
+{
+	int64_t n = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(rules); i++)
+		if (!rule || streq(rule, rules[i]))
+			n += crx_metric_get(CRX_M_KATA_REFUSALS,
+					    (const char *[]){"kata", rules[i]});
+	return n;
+}
+
 static void refused(const struct kata_policy *k, struct pod *p, const char *needle,
 		    const char *name)
 {
 	bool changed;
 	struct crx_err err;
+	int64_t before = refusals(NULL);
 	int r = check(k, p, &changed, &err);
 	ok(r == -EINVAL, "%s: refused", name);
 	has_str(err.msg, needle, name);
+	is_int(refusals(NULL), before + 1, "and counted once");
 }
 
 int main(void)
@@ -67,6 +87,7 @@ int main(void)
 	struct kata_policy k;
 	if (kata_policy_init(&k) < 0)
 		return 99;
+	crx_metrics_enable();
 	struct pod p;
 	bool changed;
 	struct crx_err err;
@@ -217,9 +238,11 @@ int main(void)
 	clinux.resources = &cres;
 	resources(&cres, 500, 500, 256 * MIB);
 	is_int(kata_check_container(&k, "kata", &c, &err), 0, "an equal container: accepted");
+	int64_t unequal = refusals("cpu_request_not_limit"), all = refusals(NULL);
 	resources(&cres, 250, 500, 256 * MIB);
 	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
 	       "an unequal container: refused");
+	is_int(refusals("cpu_request_not_limit"), unequal + 1, "counted under its rule");
 	has_str(err.msg, "container \"app\" CPU request (250m) must equal its CPU limit (500m)",
 		"naming the container and the numbers");
 	resources(&cres, 500, 500, 0);
@@ -229,6 +252,9 @@ int main(void)
 	clinux.resources = NULL;
 	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL,
 	       "a container without resources: refused");
+	is_int(refusals(NULL), all + 3, "three container refusals counted");
+	is_int(refusals("resources_missing") > 0 && refusals("memory_limit_missing") > 0, 1,
+	       "each under its own rule");
 
 	/* A container in the host's namespaces. */
 	Runtime__V1__LinuxContainerSecurityContext csec =
