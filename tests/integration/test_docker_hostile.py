@@ -172,6 +172,9 @@ def test_image_labels_cannot_choose_log_path(docker_crimuxd_factory, dockerd, la
                  "the log followed again after the restart")
         assert not outside.exists()
         cri.remove_pod(pod)
+    # The lab's dockerd is shared: an image left here is a child of busybox,
+    # and busybox could no longer be removed by later tests.
+    dockerd.request("DELETE", "/images/" + image + "?force=1")
 
 
 def test_symlinks_in_log_directory(dcri, lab, log_dir, tmp_path):

@@ -135,7 +135,7 @@ static void confinement(void)
 	is_int(dk_log_open(top, "fifo.log", &fd, &err), -EBUSY, "not a regular file, no hang");
 	f = fopen(victim, "r");
 	char buf[64] = {0};
-	fgets(buf, sizeof(buf), f);
+	ok(fgets(buf, sizeof(buf), f) != NULL, "the file outside reads back");
 	fclose(f);
 	is_str(buf, "precious\n", "the file outside is untouched");
 
