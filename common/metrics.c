@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 
 /* Latency buckets, in seconds: 100 µs (a relayed Version) to 2 min (an image
@@ -391,24 +392,6 @@ void crx_metrics_backend_health(const char *backend, bool up)
 
 /* --------------------------------------------------------------- rendering */
 
-/* The length of the valid UTF-8 sequence at s, 0 if there is none. */
-static size_t utf8_len(const unsigned char *s)
-{
-	size_t n = s[0] < 0x80                    ? 1
-		   : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
-		   : (s[0] & 0xf0) == 0xe0        ? 3
-		   : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
-						  : 0;
-	for (size_t i = 1; i < n; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	/* No overlong three-byte forms, surrogates or code points past U+10FFFF. */
-	if ((n == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0))) ||
-	    (n == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))))
-		return 0;
-	return n;
-}
-
 /* A label value as the text format wants it: \, " and newline escaped, and
  * UTF-8. Some values come from clients (a handler name crimux does not
  * know): a byte that is not UTF-8 becomes U+FFFD rather than break every
@@ -416,8 +399,9 @@ static size_t utf8_len(const unsigned char *s)
 static void put_escaped(FILE *out, const char *str)
 {
 	const unsigned char *s = (const unsigned char *)str;
+	const unsigned char *end = s + strlen(str);
 	while (*s) {
-		size_t n = utf8_len(s);
+		size_t n = utf8_char_len(s, (size_t)(end - s));
 		if (n == 0) {
 			fputs("\xef\xbf\xbd", out);
 			s++;

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 #include "common/workers.h"
 
@@ -637,6 +638,13 @@ static void call_failv(struct rpc_call *call, int code, const char *fmt, va_list
 	char *details = NULL;
 	if (vasprintf(&details, fmt, ap) < 0)
 		details = NULL;
+	/* Messages quote what clients sent (a handler name, an ID); gRPC
+	 * clients refuse a status message that is not UTF-8. */
+	if (details && !utf8_valid((const uint8_t *)details, strlen(details))) {
+		char *repaired = utf8_repair(details);
+		free(details);
+		details = repaired;
+	}
 	free(call->message);
 	call->message = details;
 	send_final(call, NULL, NULL, code,

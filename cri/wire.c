@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 
 enum { WIRE_VARINT = 0, WIRE_FIXED64 = 1, WIRE_BYTES = 2, WIRE_FIXED32 = 5 };
@@ -141,41 +142,6 @@ static int strict_fail(struct strict *s, const char *fmt, ...)
 	return crx_err_set(s->err, -EINVAL, "%s", what);
 }
 
-/* What Go's protobuf accepts as a proto3 string: UTF-8 without overlong
- * forms, surrogates or code points past U+10FFFF. */
-static bool valid_utf8(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-	while (i < n) {
-		uint8_t c = p[i];
-		size_t more;
-		uint32_t cp, min;
-		if (c < 0x80) {
-			i++;
-			continue;
-		} else if ((c & 0xe0) == 0xc0) {
-			more = 1, cp = c & 0x1f, min = 0x80;
-		} else if ((c & 0xf0) == 0xe0) {
-			more = 2, cp = c & 0x0f, min = 0x800;
-		} else if ((c & 0xf8) == 0xf0) {
-			more = 3, cp = c & 0x07, min = 0x10000;
-		} else {
-			return false;
-		}
-		if (n - i <= more)
-			return false;
-		for (size_t k = 1; k <= more; k++) {
-			if ((p[i + k] & 0xc0) != 0x80)
-				return false;
-			cp = cp << 6 | (p[i + k] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		i += more + 1;
-	}
-	return true;
-}
-
 static unsigned wire_type_of(ProtobufCType type)
 {
 	switch (type) {
@@ -276,7 +242,7 @@ static int check_field(struct strict *s, const ProtobufCMessageDescriptor *d,
 	case PROTOBUF_C_TYPE_STRING:
 		if (memchr(data, '\0', n))
 			return strict_fail(s, "%s contains a NUL byte", s->path);
-		if (!valid_utf8(data, n))
+		if (!utf8_valid(data, n))
 			return strict_fail(s, "%s is not valid UTF-8", s->path);
 		return 0;
 	case PROTOBUF_C_TYPE_MESSAGE: {

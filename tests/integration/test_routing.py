@@ -238,6 +238,20 @@ def test_unknown_handler_is_refused_with_the_handler_list(mux, direct):
         assert sandboxes(client, label_selector=suite_filter(case="unknown-handler")) == []
 
 
+def test_a_handler_name_that_is_not_utf8_gets_a_readable_error(mux, direct):
+    # The name is quoted in the error: gRPC clients drop a status message
+    # that is not UTF-8 (Python's fails to decode the whole status).
+    config = pod_config(labels={"case": "unknown-handler-bytes"})
+    good = pb().RunPodSandboxRequest(config=config, runtime_handler="gold\x7f").SerializeToString()
+    request = good.replace(b"gold\x7f", b"gold\xff")
+    with pytest.raises(grpc.RpcError) as err:
+        mux.raw("/runtime.v1.RuntimeService/RunPodSandbox", request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith('RunPodSandbox: RuntimeClass handler "gold\ufffd" ')
+    for client in direct.values():
+        assert sandboxes(client, label_selector=suite_filter(case="unknown-handler-bytes")) == []
+
+
 # ------------------------------------------------------------------ calls that name an object
 
 def url_parts(url):
