@@ -460,12 +460,18 @@ int dk_exec_sync(const char *sock, const char *id, char *const *argv, size_t arg
 			r = dk_http_read_full(c, chunk, want, err);
 			if (r < 0)
 				break;
+			/* cap holds for both streams together, as CRI-O's: each
+			 * may grow by what the other left. */
+			size_t used = out.out_len + out.err_len;
+			size_t room = cap > used ? cap - used : 0;
 			if (stream == 1)
 				r = append_capped(&out.out, &out.out_len, &out.out_cap,
-						  &out.out_truncated, cap, chunk, want);
+						  &out.out_truncated, out.out_len + room, chunk,
+						  want);
 			else if (stream == 2)
 				r = append_capped(&out.err, &out.err_len, &out.err_cap,
-						  &out.err_truncated, cap, chunk, want);
+						  &out.err_truncated, out.err_len + room, chunk,
+						  want);
 			if (r == -ENOMEM)
 				crx_err_set(err, r, "out of memory");
 			left -= want;
