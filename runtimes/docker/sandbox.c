@@ -135,11 +135,10 @@ static int write_resolv_conf(const char *path, const Runtime__V1__DNSConfig *dns
 	}
 	if (fclose(f) != 0)
 		return crx_err_set(err, -ENOMEM, "out of memory");
-	/* In place: the file is bind-mounted into the containers. */
-	_cleanup_fclose_ FILE *out = fopen(path, "we");
-	if (!out || fwrite(text, 1, len, out) != len || fflush(out) != 0)
-		return crx_err_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
-	return 0;
+	/* Replaced whole, never rewritten in place: a container starting
+	 * meanwhile binds the old file or the new one, never a torn one (the
+	 * pod's containers are created after this; the pause does not care). */
+	return crx_write_file_atomic(path, text, len, 0644, err);
 }
 
 int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_checkpoint *cp,
