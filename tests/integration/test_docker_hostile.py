@@ -270,3 +270,36 @@ def test_torn_checkpoint_on_start(docker_crimuxd_factory, lab, log_dir, tmp_path
         cri.StopPodSandbox(pod_sandbox_id=pod)
         cri.RemovePodSandbox(pod_sandbox_id=pod)
         assert pod not in {p.id for p in cri.ListPodSandbox().items}
+
+
+# --- item 8: sysctls -----------------------------------------------------------
+
+def test_sysctls_checked(dcri, lab, log_dir):
+    dcri.pull(lab.busybox_ref)
+    cases = [({"kernel.core_pattern": "|/tmp/crimux-pwn"}, False, "not namespaced"),
+             ({"kernel.shm_rmid_forced": "1+kernel.core_pattern=|/tmp/crimux-pwn"}, False,
+              "'+'"),
+             ({"net.ipv4.ip_forward": "1\nx"}, False, "control"),
+             ({"net.ipv4.ip_unprivileged_port_start": "0"}, True, "host network"),
+             ({"Net.IPv4.x": "1"}, False, "not valid")]
+    for sysctls, host_net, words in cases:
+        sb = sandbox_config("sysctl-" + uuid.uuid4().hex[:6], log_directory=log_dir,
+                            host_network=host_net)
+        for k, v in sysctls.items():
+            sb.linux.sysctls[k] = v
+        err = rpc_error(dcri.RunPodSandbox, config=sb)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (sysctls, err.details())
+        assert words in err.details(), err.details()
+    with open("/proc/sys/kernel/core_pattern") as f:
+        assert "crimux-pwn" not in f.read()
+    # A namespaced one in a pod of its own network: set, in the pod only.
+    sb = sandbox_config("sysctl-ok-" + uuid.uuid4().hex[:6], log_directory=log_dir)
+    sb.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "77"
+    pod = dcri.run_pod(sb)
+    cid = dcri.start_container(pod, sb, container_config("s", lab.busybox_ref,
+                                                         ["sleep", "1000"]))
+    r = dcri.ExecSync(container_id=cid, cmd=["cat",
+                                             "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+                      timeout=10)
+    assert r.stdout.strip() == b"77"
+    dcri.remove_pod(pod)
