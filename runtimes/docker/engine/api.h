@@ -74,6 +74,10 @@ int dk_exec_exit_code(const char *sock, const char *exec_id, const struct dk_dea
 		      int *code, struct crx_err *err);
 /* Kills the exec'd process and everything below it. */
 void dk_exec_kill(const char *sock, const char *exec_id);
+/* Kills pid and everything below it through pidfds. still_ours (if given)
+ * is asked after pid's pidfd is open whether pid is still the process
+ * meant; nothing is signalled when it says no (-ESRCH). */
+int dk_kill_tree(int pid, bool (*still_ours)(int pid, void *arg), void *arg);
 
 /* The exec'd process of ExecSync, multiplexed stream headers and all. */
 struct dk_exec_result {
