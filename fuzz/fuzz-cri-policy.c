@@ -18,7 +18,7 @@
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
-#include "cri/policy.h"
+#include "router/policy.h"
 #include "cri/wire.h"
 #include "fuzz/message-equal.h"
 
