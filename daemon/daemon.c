@@ -414,6 +414,26 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	r = lock_socket(d.socket_path, &lock_fd, err);
 	if (r < 0)
 		goto out;
+	if (!d.activated && asprintf(&address, "unix://%s", d.socket_path) < 0) {
+		r = crx_err_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	struct rpc_server_options opts = {
+		.address = address,
+		.max_message = 16 * MIB,
+		.dispatch = dispatch,
+		.finished = log_call,
+		.userdata = &d,
+	};
+	/* Created without group or world access, then opened up to socket_mode.
+	 * umask is the process's: changed only here, before any backend starts
+	 * a thread that creates files (the dockershim's logs, state and CNI
+	 * plugins would get 0600 otherwise). */
+	mode_t old_umask = umask(0177);
+	r = rpc_server_new(&opts, &server, err);
+	umask(old_umask);
+	if (r < 0)
+		goto out;
 	/* Before the backends are asked anything: their first answers count. */
 	if (cfg->metrics_address) {
 		crx_metrics_enable();
@@ -430,24 +450,6 @@ int crx_daemon_run(const char *config_path, struct crx_config *cfg, struct crx_e
 	}
 	notify_status(&d, "Finding the pods on the backends");
 	r = generation_new(cfg, NULL, &d.current, err);
-	if (r < 0)
-		goto out;
-
-	if (!d.activated && asprintf(&address, "unix://%s", d.socket_path) < 0) {
-		r = crx_err_set(err, -ENOMEM, "out of memory");
-		goto out;
-	}
-	struct rpc_server_options opts = {
-		.address = address,
-		.max_message = 16 * MIB,
-		.dispatch = dispatch,
-		.finished = log_call,
-		.userdata = &d,
-	};
-	/* Created without group or world access, then opened up to socket_mode. */
-	mode_t old_umask = umask(0177);
-	r = rpc_server_new(&opts, &server, err);
-	umask(old_umask);
 	if (r == 0 && d.activated)
 		r = rpc_server_adopt_listener(server, listen_fd, err);
 	if (r == 0 && !d.activated && chmod(d.socket_path, socket_mode) < 0)

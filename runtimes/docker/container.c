@@ -19,7 +19,9 @@
 #include "runtimes/docker/model/state.h"
 #include "runtimes/docker/model/stats.h"
 
-/* ExecSync keeps this much of each stream (CVE-2022-1708). */
+/* ExecSync keeps this much of stdout and stderr together, as CRI-O does
+ * (CVE-2022-1708): with the arena copy and the encoded reply, a call holds
+ * about three times this, not the ~96 MiB of 16 MiB per stream. */
 #define EXEC_OUTPUT_CAP (16 * MIB)
 
 int dk_follow_log(struct dk_ctx *c, json_object *inspect, struct crx_err *err)

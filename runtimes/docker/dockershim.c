@@ -224,6 +224,8 @@ static void shim_free(struct dk_shim *ds)
 	dk_state_free(ds->state);
 	stream_server_free(ds->stream);
 	dk_logs_free(ds->logs);
+	if (ds->corrupt)
+		json_object_put(ds->corrupt);
 	dk_stats_cache_free(ds->stats);
 	free(ds->name);
 	free(ds->sock);
@@ -372,6 +374,7 @@ static void recover(struct dk_ctx *c)
 	struct dk_deadline dl = dk_deadline_in(&c->dl, 10000);
 	if (!filters || dk_container_list(ds->sock, filters, &dl, &list, NULL) < 0)
 		return; /* dockerd is not there: the next call tries again */
+	dk_sandbox_recover_checkpoints(c);
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		json_object *e = json_object_array_get_idx(list, i);
 		const char *id = dk_json_str(e, "Id");

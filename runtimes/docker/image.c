@@ -198,14 +198,67 @@ static char *b64(const void *data, size_t len, bool url)
 	return out;
 }
 
-/* X-Registry-Auth: Docker's AuthConfig as base64url JSON. The credentials
- * go to dockerd and nowhere else (not into errors, not into logs). */
-static int auth_header(const Runtime__V1__AuthConfig *auth, char **out)
+/* Appends "key":"value" (JSON-escaped) to buf at *o, or only counts when
+ * buf is NULL. */
+static void put_field(char *buf, size_t *o, const char *key, const char *value)
+{
+	if (!value)
+		return;
+	const char *parts[] = {*o > 1 ? ",\"" : "\"", key, "\":\""};
+	for (size_t i = 0; i < 3; i++)
+		for (const char *p = parts[i]; *p; p++, (*o)++)
+			if (buf)
+				buf[*o] = *p;
+	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+		char esc[8];
+		int n;
+		if (*p == '"' || *p == '\\')
+			n = snprintf(esc, sizeof(esc), "\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			n = snprintf(esc, sizeof(esc), "\\u%04x", *p);
+		else
+			n = snprintf(esc, sizeof(esc), "%c", *p);
+		for (int i = 0; i < n; i++, (*o)++)
+			if (buf)
+				buf[*o] = esc[i];
+		explicit_bzero(esc, sizeof(esc));
+	}
+	if (buf)
+		buf[*o] = '"';
+	(*o)++;
+}
+
+/* The AuthConfig JSON, built in one buffer crimux owns so that it can be
+ * wiped: json-c would leave copies of the password in buffers it frees. */
+static char *auth_json(const char *user, const char *pass, const Runtime__V1__AuthConfig *a)
+{
+	for (char *buf = NULL;;) {
+		size_t o = 0;
+		if (buf)
+			buf[o] = '{';
+		o++;
+		put_field(buf, &o, "username", user);
+		put_field(buf, &o, "password", pass);
+		put_field(buf, &o, "serveraddress", a->server_address);
+		put_field(buf, &o, "identitytoken", a->identity_token);
+		put_field(buf, &o, "registrytoken", a->registry_token);
+		if (buf) {
+			buf[o] = '}';
+			buf[o + 1] = '\0';
+			return buf;
+		}
+		if (!(buf = malloc(o + 2)))
+			return NULL;
+	}
+}
+
+int dk_registry_auth_header(const Runtime__V1__AuthConfig *auth, char **out)
 {
 	*out = NULL;
 	if (!auth)
 		return 0;
 	_cleanup_free_ char *user = NULL, *pass = NULL;
+	size_t pass_len = 0;
 	if ((!auth->username || !*auth->username) && auth->auth && *auth->auth) {
 		/* "auth" is base64 of "user:password". */
 		size_t n = strlen(auth->auth);
@@ -213,40 +266,45 @@ static int auth_header(const Runtime__V1__AuthConfig *auth, char **out)
 		if (!dec)
 			return -ENOMEM;
 		int len = EVP_DecodeBlock(dec, (const unsigned char *)auth->auth, (int)n);
-		if (len < 0)
+		if (len < 0) {
+			explicit_bzero(dec, n + 1);
 			return -EINVAL;
+		}
 		while (len > 0 && dec[len - 1] == '\0')
 			len--; /* padding decodes to zero bytes */
 		dec[len] = '\0';
 		char *colon = strchr((char *)dec, ':');
+		if (colon) {
+			*colon = '\0';
+			user = strdup((char *)dec);
+			pass = strdup(colon + 1);
+			pass_len = pass ? strlen(pass) : 0;
+		}
+		explicit_bzero(dec, n + 1);
 		if (!colon)
 			return -EINVAL;
-		*colon = '\0';
-		user = strdup((char *)dec);
-		pass = strdup(colon + 1);
-		OPENSSL_cleanse(dec, n + 1);
-		if (!user || !pass)
+		if (!user || !pass) {
+			if (pass)
+				explicit_bzero(pass, pass_len);
 			return -ENOMEM;
+		}
 	}
-	_cleanup_json_ json_object *o = json_object_new_object();
-	int r = o ? 0 : -ENOMEM;
-	r |= dk_json_add_str(o, "username", user ? user : auth->username);
-	r |= dk_json_add_str(o, "password", pass ? pass : auth->password);
-	r |= dk_json_add_str(o, "serveraddress", auth->server_address);
-	r |= dk_json_add_str(o, "identitytoken", auth->identity_token);
-	r |= dk_json_add_str(o, "registrytoken", auth->registry_token);
+	char *text = auth_json(user ? user : auth->username, pass ? pass : auth->password, auth);
 	if (pass)
-		OPENSSL_cleanse(pass, strlen(pass));
-	if (r)
+		explicit_bzero(pass, pass_len);
+	if (!text)
 		return -ENOMEM;
-	const char *text = dk_json_text(o);
-	_cleanup_free_ char *enc = b64(text, strlen(text), true);
+	size_t tlen = strlen(text);
+	char *enc = b64(text, tlen, true);
+	explicit_bzero(text, tlen);
+	free(text);
 	if (!enc)
 		return -ENOMEM;
-	if (asprintf(out, "X-Registry-Auth: %s", enc) < 0)
-		return -ENOMEM;
-	OPENSSL_cleanse(enc, strlen(enc));
-	return 0;
+	size_t elen = strlen(enc);
+	int r = asprintf(out, "X-Registry-Auth: %s", enc) < 0 ? -ENOMEM : 0;
+	explicit_bzero(enc, elen);
+	free(enc);
+	return r;
 }
 
 static int pull(struct dk_ctx *c, const char *ref, const Runtime__V1__AuthConfig *auth,
@@ -255,7 +313,7 @@ static int pull(struct dk_ctx *c, const char *ref, const Runtime__V1__AuthConfig
 	_cleanup_free_ char *repo = NULL, *tag = NULL, *hdr = NULL, *target = NULL;
 	if (split_ref(ref, &repo, &tag) < 0)
 		return crx_err_set(err, -ENOMEM, "out of memory");
-	int r = auth_header(auth, &hdr);
+	int r = dk_registry_auth_header(auth, &hdr);
 	if (r < 0)
 		return crx_err_set(err, r, "the registry credentials for %s are malformed", ref);
 	_cleanup_free_ char *erepo = dk_http_escape(repo, false),
@@ -264,7 +322,7 @@ static int pull(struct dk_ctx *c, const char *ref, const Runtime__V1__AuthConfig
 	    asprintf(&target, DK_API_PREFIX "/images/create?fromImage=%s&tag=%s", erepo, etag) <
 		    0) {
 		if (hdr)
-			OPENSSL_cleanse(hdr, strlen(hdr));
+			explicit_bzero(hdr, strlen(hdr));
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
 	const char *headers[] = {hdr, NULL};
@@ -278,7 +336,7 @@ static int pull(struct dk_ctx *c, const char *ref, const Runtime__V1__AuthConfig
 	_cleanup_http_ struct dk_http_conn *conn = NULL;
 	r = dk_http_open(c->ds->sock, &req, &c->dl, &conn, err);
 	if (hdr)
-		OPENSSL_cleanse(hdr, strlen(hdr));
+		explicit_bzero(hdr, strlen(hdr));
 	if (r < 0)
 		return crx_err_prefix(err, "pulling %s", ref);
 	int status = dk_http_status(conn);

@@ -4,6 +4,7 @@
 #include "runtimes/docker/runtime.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,6 +96,15 @@ int dk_status(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **
 		    dk_json_add_str(info, "stateDir", c->ds->state_dir) < 0 ||
 		    DK_MAP_ADD(a, &runtime__v1__status_response__info_entry__descriptor,
 			       &out->n_info, &out->info, "config", dk_json_text(info)) < 0)
+			return -ENOMEM;
+		_cleanup_json_ json_object *rec = json_object_new_object();
+		pthread_mutex_lock(&c->ds->lock);
+		json_object *corrupt =
+			c->ds->corrupt ? json_object_get(c->ds->corrupt) : json_object_new_array();
+		pthread_mutex_unlock(&c->ds->lock);
+		if (!rec || dk_json_add(rec, "corruptCheckpoints", corrupt) < 0 ||
+		    DK_MAP_ADD(a, &runtime__v1__status_response__info_entry__descriptor,
+			       &out->n_info, &out->info, "recovery", dk_json_text(rec)) < 0)
 			return -ENOMEM;
 	}
 	*resp = &out->base;

@@ -7,12 +7,16 @@
 
 #include "runtimes/docker/sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "common/file.h"
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
@@ -132,11 +136,10 @@ static int write_resolv_conf(const char *path, const Runtime__V1__DNSConfig *dns
 	}
 	if (fclose(f) != 0)
 		return crx_err_set(err, -ENOMEM, "out of memory");
-	/* In place: the file is bind-mounted into the containers. */
-	_cleanup_fclose_ FILE *out = fopen(path, "we");
-	if (!out || fwrite(text, 1, len, out) != len || fflush(out) != 0)
-		return crx_err_set(err, -errno, "cannot write %s: %s", path, strerror(errno));
-	return 0;
+	/* Replaced whole, never rewritten in place: a container starting
+	 * meanwhile binds the old file or the new one, never a torn one (the
+	 * pod's containers are created after this; the pause does not care). */
+	return crx_write_file_atomic(path, text, len, 0644, err);
 }
 
 int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_checkpoint *cp,
@@ -549,9 +552,13 @@ int dk_pod_sandbox_status(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 	_cleanup_json_ json_object *inspect = NULL;
 	int r = dk_inspect_typed(c, in->pod_sandbox_id, DK_TYPE_SANDBOX, &inspect, err);
 	const char *id = inspect ? dk_json_str(inspect, "Id") : in->pod_sandbox_id;
+	bool running = true;
 	struct dk_checkpoint cp = {0};
-	bool have_cp =
-		dk_valid_id(id) && dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+	int cpr = dk_valid_id(id) ? dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL)
+				  : -ENOENT;
+	bool have_cp = cpr == 0;
+	if (cpr < 0 && cpr != -ENOENT)
+		running = false; /* a checkpoint that does not read is no ready network */
 	if (r < 0 && !(r == -ENOENT && have_cp)) {
 		dk_checkpoint_clear(&cp);
 		return r; /* a checkpoint alone is a sandbox whose container vanished */
@@ -575,7 +582,7 @@ int dk_pod_sandbox_status(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 	json_object *labels = inspect ? dk_json_get(inspect, "Config", "Labels", NULL) : cp.labels;
 	st->runtime_handler = sandbox_handler(c, labels);
 	json_object *host = dk_json_get(inspect, "HostConfig", NULL);
-	bool running = dk_json_bool(dk_json_get(inspect, "State", NULL), "Running");
+	running = running && dk_json_bool(dk_json_get(inspect, "State", NULL), "Running");
 	st->metadata = inspect ? sandbox_meta(c, labels, dk_json_str(inspect, "Name"))
 			       : checkpoint_meta(c, &cp);
 	st->state = sandbox_ready(running, &cp, have_cp)
@@ -693,12 +700,10 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		/* A listed container needs only the checkpoint's flags (cached by
 		 * file); one Docker lost needs the whole checkpoint. */
 		struct dk_checkpoint cp = {0};
-		bool have_cp;
-		if (e)
-			have_cp = dk_state_checkpoint(c->ds->state, id, &cp.host_network,
-						      &cp.network_ready) == 1;
-		else
-			have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+		int cpr = e ? dk_state_checkpoint(c->ds->state, id, &cp.host_network,
+						  &cp.network_ready)
+			    : dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
+		bool have_cp = e ? cpr == 1 : cpr == 0, cp_bad = cpr < 0 && cpr != -ENOENT;
 		if (!e && !have_cp)
 			continue;
 		json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp.labels;
@@ -715,10 +720,10 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		if (names && json_object_array_length(names))
 			name = json_object_get_string(json_object_array_get_idx(names, 0));
 		p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, &cp);
-		p->state =
-			sandbox_ready(e && streq(dk_json_str(e, "State"), "running"), &cp, have_cp)
-				? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
-				: RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+		p->state = sandbox_ready(e && !cp_bad && streq(dk_json_str(e, "State"), "running"),
+					 &cp, have_cp)
+				   ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+				   : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
 		p->created_at = e ? dk_created_ns(labels, e) : cp.created_ns;
 		if (p->created_at <= 0)
 			p->created_at = 1;
@@ -743,4 +748,115 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		return -ENOMEM;
 	*resp = &out->base;
 	return 0;
+}
+
+static void report_corrupt(struct dk_shim *ds, const char *id, const char *msg)
+{
+	json_object *e = json_object_new_object();
+	if (!e || dk_json_add_str(e, "sandbox", id) < 0 || dk_json_add_str(e, "error", msg) < 0) {
+		if (e)
+			json_object_put(e);
+		return;
+	}
+	pthread_mutex_lock(&ds->lock);
+	if (!ds->corrupt)
+		ds->corrupt = json_object_new_array();
+	if (!ds->corrupt || json_object_array_add(ds->corrupt, e) < 0)
+		json_object_put(e);
+	pthread_mutex_unlock(&ds->lock);
+}
+
+/* Leftovers of writes a crash interrupted (common/file.h's temporaries). */
+static void remove_temporaries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		if (strstr(e->d_name, ".tmp-"))
+			unlinkat(dirfd(d), e->d_name, 0);
+	if (d)
+		closedir(d);
+}
+
+/* Not trusted: torn down from what Docker says, and marked not ready. */
+static void distrust(struct dk_ctx *c, const char *id)
+{
+	_cleanup_json_ json_object *inspect = NULL;
+	if (dk_container_inspect(c->ds->sock, id, &c->dl, &inspect, NULL) < 0)
+		inspect = NULL;
+	json_object *labels = dk_json_get(inspect, "Config", "Labels", NULL);
+	if (inspect && !streq(dk_json_str(labels, DK_LABEL_TYPE), DK_TYPE_SANDBOX)) {
+		json_object_put(inspect);
+		inspect = NULL;
+		labels = NULL;
+	}
+	struct dk_checkpoint cp = {0};
+	struct dk_arena *a = &c->arena;
+	char *name = NULL, *uid = NULL, *ns = NULL;
+	uint32_t attempt = 0;
+	if (inspect)
+		dk_meta_parse(a, labels, dk_json_str(inspect, "Name"), &name, &uid, &ns, &attempt);
+	cp.sandbox_id = strdup(id);
+	cp.name = strdup(name ? name : "");
+	cp.ns = strdup(ns ? ns : "");
+	cp.uid = strdup(uid ? uid : "");
+	cp.attempt = attempt;
+	cp.created_ns = inspect ? dk_created_ns(labels, inspect) : 0;
+	cp.host_network =
+		streq(dk_json_str(dk_json_get(inspect, "HostConfig", NULL), "NetworkMode"), "host");
+	cp.labels = labels ? json_object_get(labels) : NULL;
+	/* DEL is idempotent: run it whether or not ADD had happened. */
+	cp.network_ready = true;
+	if (!cp.sandbox_id || !cp.name || !cp.ns || !cp.uid) {
+		dk_checkpoint_clear(&cp);
+		return;
+	}
+	int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+	struct crx_err err = {0};
+	/* teardown_network saves the checkpoint anew (network_ready false):
+	 * the pod lists NOTREADY until the kubelet removes it. */
+	if (teardown_network(c, &cp, pid, &err) < 0) {
+		report_corrupt(c->ds, id, err.msg);
+		dk_checkpoint_save(c->ds->checkpoint_dir, &cp, NULL); /* DEL again on removal */
+	} else if (cp.host_network) {
+		cp.network_ready = false;
+		dk_checkpoint_save(c->ds->checkpoint_dir, &cp, NULL);
+	}
+	if (!inspect)
+		dk_checkpoint_remove(c->ds->checkpoint_dir, id, NULL);
+	dk_checkpoint_clear(&cp);
+}
+
+void dk_sandbox_recover_checkpoints(struct dk_ctx *c)
+{
+	struct dk_shim *ds = c->ds;
+	remove_temporaries(ds->checkpoint_dir);
+	remove_temporaries(ds->log_state_dir);
+	char **ids = NULL;
+	size_t n = 0;
+	if (dk_checkpoint_list(ds->checkpoint_dir, &ids, &n, NULL) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		const char *id = ids[i];
+		struct dk_checkpoint cp = {0};
+		struct crx_err err = {0};
+		dk_sandbox_lock(ds, id);
+		int r = dk_checkpoint_load(ds->checkpoint_dir, id, &cp, &err);
+		dk_checkpoint_clear(&cp);
+		if (r == 0 || r == -ENOENT || r == -ENOMEM) {
+			dk_sandbox_unlock(ds, id);
+			continue;
+		}
+		report_corrupt(ds, id, err.msg);
+		/* Kept aside for a post-mortem, out of the way of the listing. */
+		_cleanup_free_ char *from = NULL, *to = NULL;
+		if (asprintf(&from, "%s/%s.json", ds->checkpoint_dir, id) >= 0 &&
+		    asprintf(&to, "%s/%s.json.corrupt", ds->checkpoint_dir, id) >= 0 &&
+		    rename(from, to) == 0)
+			crx_fsync_parent(to);
+		if (dk_valid_id(id))
+			distrust(c, id);
+		dk_sandbox_unlock(ds, id);
+	}
+	dk_strv_free(ids, n);
 }

@@ -19,3 +19,11 @@ int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_check
 		   char ***ips, size_t *n);
 /* Loads the CNI configuration: 0 when a valid one exists. */
 int dk_cni_ready(struct dk_shim *ds, struct crx_err *err);
+
+/* At start, once dockerd answers: every checkpoint that does not read
+ * back (torn by a power loss, corrupt) is reported (ds->corrupt), kept
+ * aside as <id>.json.corrupt, and not trusted: the pod's network is torn
+ * down with the current CNI configuration (DEL by sandbox ID) and, if its
+ * container still exists, a fresh checkpoint says NOTREADY. Temporary
+ * files a crash left behind are removed. */
+void dk_sandbox_recover_checkpoints(struct dk_ctx *c);

@@ -45,6 +45,9 @@ struct dk_shim {
 	char *pod_cidr;
 	bool recovered;
 	bool closing;
+	/* Checkpoints found torn or corrupt at start: [{"sandbox","error"}],
+	 * reported in the verbose Status. */
+	json_object *corrupt;
 	pthread_cond_t wake; /* for the recovery thread */
 	pthread_t recovery;
 	bool recovery_started;

@@ -221,3 +221,88 @@ def test_symlinks_in_log_directory(dcri, lab, log_dir, tmp_path):
     import time
     time.sleep(0.5)
     assert victim.read_text() == "precious\n"
+
+
+# --- issue 10 item 5: a torn checkpoint on start -----------------------------
+
+def ipam_ips(net):
+    d = os.path.join(net.ipam_dir, net.name)
+    return {f for f in os.listdir(d) if f[0].isdigit()} if os.path.isdir(d) else set()
+
+
+def test_torn_checkpoint_on_start(docker_crimuxd_factory, lab, log_dir, tmp_path):
+    import json
+    state = str(tmp_path / "state")
+    first = docker_crimuxd_factory(state_dir=state)
+    with CRI(first.endpoint) as cri:
+        pod, sb = run_pod(cri, lab, log_dir, name="torn")
+        ip = cri.PodSandboxStatus(pod_sandbox_id=pod).status.network.ip
+        assert ip in ipam_ips(lab.net)
+    first.kill()
+    cpdir = os.path.join(state, "sandboxes")
+    path = os.path.join(cpdir, pod + ".json")
+    with open(path, "rb") as f:
+        text = f.read()
+    with open(path, "wb") as f:  # torn by a power loss half-way
+        f.write(text[:len(text) // 2])
+    ghost = "0" * 64  # no container left, and garbage for a checkpoint
+    with open(os.path.join(cpdir, ghost + ".json"), "w") as f:
+        f.write('{"version": 1, "sandbox_id": ')
+    with open(os.path.join(cpdir, pod + ".json.tmp-AbCdEf"), "w") as f:
+        f.write("{")  # a temporary file a crash left behind
+
+    second = docker_crimuxd_factory(state_dir=state)
+    with CRI(second.endpoint) as cri:
+        cri.wait_ready()
+        # Not trusted: the pod is not ready, its network was torn down (the
+        # address is free again), and the problem is reported.
+        wait_for(lambda: ip not in ipam_ips(lab.net), 20, "CNI DEL of the torn pod")
+        pods = {p.id: p for p in cri.ListPodSandbox().items}
+        assert pod in pods and pods[pod].state == pb().SANDBOX_NOTREADY
+        assert ghost not in pods
+        st = cri.PodSandboxStatus(pod_sandbox_id=pod).status
+        assert st.state == pb().SANDBOX_NOTREADY
+        info = json.loads(next(v for k, v in cri.Status(verbose=True).info.items()
+                               if k == "recovery" or k.endswith("/recovery")))
+        reported = {e["sandbox"] for e in info["corruptCheckpoints"]}
+        assert reported == {pod, ghost}
+        left = sorted(os.listdir(cpdir))
+        assert not any(".tmp-" in f for f in left), left
+        assert pod + ".json.corrupt" in left and ghost + ".json.corrupt" in left
+        # The kubelet's answer to a NOTREADY pod works: stop and remove.
+        cri.StopPodSandbox(pod_sandbox_id=pod)
+        cri.RemovePodSandbox(pod_sandbox_id=pod)
+        assert pod not in {p.id for p in cri.ListPodSandbox().items}
+
+
+# --- item 8: sysctls -----------------------------------------------------------
+
+def test_sysctls_checked(dcri, lab, log_dir):
+    dcri.pull(lab.busybox_ref)
+    cases = [({"kernel.core_pattern": "|/tmp/crimux-pwn"}, False, "not namespaced"),
+             ({"kernel.shm_rmid_forced": "1+kernel.core_pattern=|/tmp/crimux-pwn"}, False,
+              "'+'"),
+             ({"net.ipv4.ip_forward": "1\nx"}, False, "control"),
+             ({"net.ipv4.ip_unprivileged_port_start": "0"}, True, "host network"),
+             ({"Net.IPv4.x": "1"}, False, "not valid")]
+    for sysctls, host_net, words in cases:
+        sb = sandbox_config("sysctl-" + uuid.uuid4().hex[:6], log_directory=log_dir,
+                            host_network=host_net)
+        for k, v in sysctls.items():
+            sb.linux.sysctls[k] = v
+        err = rpc_error(dcri.RunPodSandbox, config=sb)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (sysctls, err.details())
+        assert words in err.details(), err.details()
+    with open("/proc/sys/kernel/core_pattern") as f:
+        assert "crimux-pwn" not in f.read()
+    # A namespaced one in a pod of its own network: set, in the pod only.
+    sb = sandbox_config("sysctl-ok-" + uuid.uuid4().hex[:6], log_directory=log_dir)
+    sb.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "77"
+    pod = dcri.run_pod(sb)
+    cid = dcri.start_container(pod, sb, container_config("s", lab.busybox_ref,
+                                                         ["sleep", "1000"]))
+    r = dcri.ExecSync(container_id=cid, cmd=["cat",
+                                             "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+                      timeout=10)
+    assert r.stdout.strip() == b"77"
+    dcri.remove_pod(pod)

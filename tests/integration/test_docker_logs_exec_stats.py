@@ -134,13 +134,18 @@ def test_exec_sync(dcri, lab, log_dir, docker_crimuxd):
     wait_for(lambda: "sleep 77" not in ps() and "sleep 78" not in ps(), 5,
              "the timed-out command to be killed")
 
-    # A flood: 16 MiB per stream are kept, the rest is read and dropped.
+    # A flood: 16 MiB of both streams together are kept (as CRI-O), the
+    # rest is read and dropped.
     before = hwm_kib(docker_crimuxd.pid)
     r = dcri.ExecSync(container_id=cid, cmd=["sh", "-c", "head -c 200000000 /dev/zero; "
                                                          "head -c 17000000 /dev/zero >&2"],
                       timeout=60)
     assert r.exit_code == 0
-    assert len(r.stdout) == 16 << 20 and len(r.stderr) == 16 << 20
+    assert len(r.stdout) == 16 << 20 and len(r.stderr) == 0
+    r = dcri.ExecSync(container_id=cid, cmd=["sh", "-c", "head -c 1000000 /dev/zero >&2; "
+                                                         "head -c 20000000 /dev/zero"],
+                      timeout=60)
+    assert len(r.stderr) == 1000000 and len(r.stdout) == (16 << 20) - 1000000
     with open(f"/proc/{docker_crimuxd.pid}/maps") as f:
         sanitized = "libasan" in f.read()  # ASan keeps freed memory aside
     if not sanitized:

@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,6 +145,11 @@ static void times(void)
 	       "nanoseconds");
 	is_int(dk_parse_time("2026-11-22T15:38:48.07Z"), 1795361928070000000LL, "short fraction");
 	is_int(dk_parse_time("2026-11-22T15:38:48Z"), 1795361928000000000LL, "no fraction");
+	/* Found by fuzz-docker-json: nanoseconds since 1970 end in 2262. */
+	is_int(dk_parse_time("7050-11-22T15:38:48Z"), 0, "past int64 nanoseconds: none");
+	is_int(dk_parse_time("2262-04-11T23:47:16.854775807Z"), INT64_MAX, "the last one");
+	is_int(dk_parse_time("2262-04-11T23:47:17Z"), 0, "one past");
+	is_int(dk_parse_time("1970-01-01T00:00:00-23:59"), 86340000000000LL, "an offset");
 	is_int(dk_parse_time("2026-11-22T16:38:48+01:00"), 1795361928000000000LL, "offset");
 	is_int(dk_parse_time("0001-01-01T00:00:00Z"), 0, "Docker's zero time");
 	is_int(dk_parse_time("garbage"), 0, "garbage");

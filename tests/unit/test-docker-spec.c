@@ -48,6 +48,33 @@ static json_object *hget(json_object *spec, const char *key)
 	return dk_json_get(spec, "HostConfig", key, NULL);
 }
 
+static void sysctls(void)
+{
+	struct crx_err err = {0};
+	is_int(dk_sysctl_check("net.ipv4.ip_forward", "1", false, false, &err), 0, "net.*");
+	is_int(dk_sysctl_check("net/ipv4/conf/eth0.100/forwarding", "1", false, false, &err), 0,
+	       "slash form");
+	is_int(dk_sysctl_check("kernel.shm_rmid_forced", "1", false, false, &err), 0, "IPC");
+	is_int(dk_sysctl_check("net.ipv4.ip_local_port_range", "1024 65000", false, false, &err), 0,
+	       "a value with a space");
+	is_int(dk_sysctl_check("kernel.shm_rmid_forced", "1+kernel.core_pattern=|/x", false, false,
+			       &err),
+	       -EINVAL, "CVE-2022-0811: '+' and '='");
+	is_int(dk_sysctl_check("net.ipv4.ip_forward", "1\nx", false, false, &err), -EINVAL,
+	       "a newline");
+	is_int(dk_sysctl_check("kernel.core_pattern", "|/tmp/x", false, false, &err), -EINVAL,
+	       "not namespaced");
+	ok(strstr(err.msg, "kernel.core_pattern") != NULL, "named: %s", err.msg);
+	is_int(dk_sysctl_check("net.ipv4.ip_forward", "1", true, false, &err), -EINVAL,
+	       "net.* with the host network");
+	is_int(dk_sysctl_check("kernel.msgmax", "1", false, true, &err), -EINVAL,
+	       "IPC with the host IPC");
+	is_int(dk_sysctl_check("Net.ipv4", "1", false, false, &err), -EINVAL, "upper case");
+	is_int(dk_sysctl_check("net..x", "1", false, false, &err), -EINVAL, "empty part");
+	is_int(dk_sysctl_check("net.x=y", "1", false, false, &err), -EINVAL, "'=' in the name");
+	is_int(dk_sysctl_check("", "1", false, false, &err), -EINVAL, "empty");
+}
+
 static void sandbox(void)
 {
 	Runtime__V1__PodSandboxConfig cfg = RUNTIME__V1__POD_SANDBOX_CONFIG__INIT;
@@ -97,6 +124,9 @@ static void sandbox(void)
 	struct dk_spec_opts unclamped = opts;
 	unclamped.oom_score_adj_min = INT_MIN;
 	unclamped.cgroup_driver = "systemd";
+	is_int(dk_sandbox_spec(&cfg, "pause:1", &unclamped, &spec, &err), -EINVAL,
+	       "a net.* sysctl with the host network is the node's");
+	lc.n_sysctls = 0;
 	is_int(dk_sandbox_spec(&cfg, "pause:1", &unclamped, &spec, &err), 0, "host-network spec");
 	is_str(hstr(spec, "NetworkMode"), "host", "host network");
 	is_str(hstr(spec, "PidMode"), "host", "host PID");
@@ -381,6 +411,7 @@ static void refusals(void)
 
 int main(void)
 {
+	sysctls();
 	sandbox();
 	cgroups();
 	container();

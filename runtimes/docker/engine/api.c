@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "runtimes/docker/engine/json.h"
@@ -271,12 +273,26 @@ static int append_capped(char **buf, size_t *len, size_t *alloc, bool *truncated
 	return 0;
 }
 
-/* Kills pid and every process below it: a shell's children too. */
-static void kill_tree(int pid, int depth)
+static int pidfd_open_(int pid)
 {
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_signal(int pidfd, int sig)
+{
+	return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+/* Kills the process of pidfd (whose PID is pid) and every process below
+ * it. Signals go through pidfds, never to a bare PID that may have been
+ * recycled: the process is stopped first, so its children cannot be
+ * reaped (a dead child stays a zombie with its PID), and each child's
+ * pidfd is opened while that holds. */
+static void kill_tree_fd(int pidfd, int pid, int depth)
+{
+	pidfd_signal(pidfd, SIGSTOP); /* no new children, no reaping */
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/task", pid);
-	kill(pid, SIGSTOP); /* no new children while we look */
 	DIR *d = depth < 16 ? opendir(path) : NULL;
 	struct dirent *e;
 	while (d && (e = readdir(d))) {
@@ -286,12 +302,30 @@ static void kill_tree(int pid, int depth)
 		snprintf(cpath, sizeof(cpath), "/proc/%d/task/%s/children", pid, e->d_name);
 		_cleanup_fclose_ FILE *f = fopen(cpath, "re");
 		int child;
-		while (f && fscanf(f, "%d", &child) == 1)
-			kill_tree(child, depth + 1);
+		while (f && fscanf(f, "%d", &child) == 1) {
+			_cleanup_close_ int cfd = pidfd_open_(child);
+			if (cfd >= 0)
+				kill_tree_fd(cfd, child, depth + 1);
+		}
 	}
 	if (d)
 		closedir(d);
-	kill(pid, SIGKILL);
+	pidfd_signal(pidfd, SIGKILL);
+}
+
+int dk_kill_tree(int pid, bool (*still_ours)(int pid, void *arg), void *arg)
+{
+	if (pid <= 0)
+		return -ESRCH;
+	_cleanup_close_ int pidfd = pidfd_open_(pid);
+	if (pidfd < 0)
+		return -errno;
+	/* The PID named the right process when it was read; it still does if
+	 * that process is alive now, after the pidfd pins whatever has it. */
+	if (still_ours && !still_ours(pid, arg))
+		return -ESRCH;
+	kill_tree_fd(pidfd, pid, 0);
+	return 0;
 }
 
 /* Docker sets ExitCode a moment after the stream ends: ask until it is. */
@@ -325,12 +359,28 @@ int dk_exec_exit_code(const char *sock, const char *exec_id, const struct dk_dea
 	return exec_inspect(sock, exec_id, dl, code, NULL, err);
 }
 
+struct exec_ref {
+	const char *sock, *exec_id;
+};
+
+/* Docker still has the exec running under that PID. */
+static bool exec_still_runs(int pid, void *arg)
+{
+	const struct exec_ref *ref = arg;
+	struct dk_deadline quick = dk_deadline_in(NULL, 5000);
+	_cleanup_json_ json_object *o = NULL;
+	return dk_callf(ref->sock, "GET", NULL, &quick, &o, NULL, NULL, "/exec/%s/json",
+			ref->exec_id) == 0 &&
+	       dk_json_bool(o, "Running") && dk_json_int(o, "Pid", 0) == pid;
+}
+
 void dk_exec_kill(const char *sock, const char *exec_id)
 {
 	int pid = 0;
 	struct dk_deadline quick = dk_deadline_in(NULL, 5000);
+	struct exec_ref ref = {sock, exec_id};
 	if (exec_inspect(sock, exec_id, &quick, NULL, &pid, NULL) == 0 && pid > 0)
-		kill_tree(pid, 0);
+		dk_kill_tree(pid, exec_still_runs, &ref);
 }
 
 int dk_exec_create(const char *sock, const char *id, char *const *argv, size_t argc,
@@ -460,12 +510,18 @@ int dk_exec_sync(const char *sock, const char *id, char *const *argv, size_t arg
 			r = dk_http_read_full(c, chunk, want, err);
 			if (r < 0)
 				break;
+			/* cap holds for both streams together, as CRI-O's: each
+			 * may grow by what the other left. */
+			size_t used = out.out_len + out.err_len;
+			size_t room = cap > used ? cap - used : 0;
 			if (stream == 1)
 				r = append_capped(&out.out, &out.out_len, &out.out_cap,
-						  &out.out_truncated, cap, chunk, want);
+						  &out.out_truncated, out.out_len + room, chunk,
+						  want);
 			else if (stream == 2)
 				r = append_capped(&out.err, &out.err_len, &out.err_cap,
-						  &out.err_truncated, cap, chunk, want);
+						  &out.err_truncated, out.err_len + room, chunk,
+						  want);
 			if (r == -ENOMEM)
 				crx_err_set(err, r, "out of memory");
 			left -= want;

@@ -74,10 +74,14 @@ int dk_exec_exit_code(const char *sock, const char *exec_id, const struct dk_dea
 		      int *code, struct crx_err *err);
 /* Kills the exec'd process and everything below it. */
 void dk_exec_kill(const char *sock, const char *exec_id);
+/* Kills pid and everything below it through pidfds. still_ours (if given)
+ * is asked after pid's pidfd is open whether pid is still the process
+ * meant; nothing is signalled when it says no (-ESRCH). */
+int dk_kill_tree(int pid, bool (*still_ours)(int pid, void *arg), void *arg);
 
 /* The exec'd process of ExecSync, multiplexed stream headers and all. */
 struct dk_exec_result {
-	char *out, *err; /* malloc'd, at most the cap each */
+	char *out, *err; /* malloc'd, at most the cap together */
 	size_t out_len, err_len;
 	size_t out_cap, err_cap; /* allocated */
 	bool out_truncated, err_truncated;
@@ -85,8 +89,8 @@ struct dk_exec_result {
 	bool timed_out;
 };
 void dk_exec_result_clear(struct dk_exec_result *r);
-/* Runs argv in container id and collects its output up to cap bytes per
- * stream (the rest is read and dropped). timeout_ms 0: only dl bounds it;
+/* Runs argv in container id and collects its output up to cap bytes for
+ * both streams together (the rest is read and dropped). timeout_ms 0: only dl bounds it;
  * when it expires the process is killed and timed_out set. */
 int dk_exec_sync(const char *sock, const char *id, char *const *argv, size_t argc,
 		 int64_t timeout_ms, size_t cap, const struct dk_deadline *dl,

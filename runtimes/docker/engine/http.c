@@ -260,27 +260,42 @@ int dk_http_open(const char *socket_path, const struct dk_http_request *req,
 	if (dl)
 		c->dl = *dl;
 
-	_cleanup_free_ char *head = NULL;
+	/* One allocation of the exact size, wiped before it is freed: extra
+	 * headers carry registry credentials, and a growing memstream would
+	 * leave copies of them in the buffers it frees. */
+	char *head = NULL;
 	size_t hlen = 0;
-	FILE *f = open_memstream(&head, &hlen);
-	int r = f ? 0 : -ENOMEM;
-	if (f) {
-		fprintf(f, "%s %s HTTP/1.1\r\nHost: docker\r\nUser-Agent: crimux/%s\r\n",
-			req->method, req->target, PACKAGE_VERSION);
-		if (req->upgrade)
-			fputs("Connection: Upgrade\r\nUpgrade: tcp\r\n", f);
-		else
-			fputs("Connection: close\r\n", f);
+	int r = 0;
+	for (;;) {
+		size_t o = 0, cap = head ? hlen + 1 : 0;
+#define PUT(...)                                                                            \
+	do {                                                                                \
+		int n_ = snprintf(head ? head + o : NULL, head ? cap - o : 0, __VA_ARGS__); \
+		if (n_ < 0)                                                                 \
+			r = -ENOMEM;                                                        \
+		else                                                                        \
+			o += (size_t)n_;                                                    \
+	} while (0)
+		PUT("%s %s HTTP/1.1\r\nHost: docker\r\nUser-Agent: crimux/%s\r\n", req->method,
+		    req->target, PACKAGE_VERSION);
+		PUT("%s", req->upgrade ? "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+				       : "Connection: close\r\n");
 		if (req->content_type)
-			fprintf(f, "Content-Type: %s\r\nContent-Length: %zu\r\n", req->content_type,
-				req->body_len);
+			PUT("Content-Type: %s\r\nContent-Length: %zu\r\n", req->content_type,
+			    req->body_len);
 		else if (!streq(req->method, "GET") && !streq(req->method, "HEAD"))
-			fputs("Content-Length: 0\r\n", f);
+			PUT("Content-Length: 0\r\n");
 		for (const char *const *h = req->headers; h && *h; h++)
-			fprintf(f, "%s\r\n", *h);
-		fputs("\r\n", f);
-		if (fclose(f) != 0)
+			PUT("%s\r\n", *h);
+		PUT("\r\n");
+#undef PUT
+		if (r < 0 || head)
+			break;
+		hlen = o;
+		if (!(head = malloc(hlen + 1))) {
 			r = -ENOMEM;
+			break;
+		}
 	}
 	if (r < 0)
 		r = crx_err_set(err, r, "out of memory");
@@ -290,6 +305,10 @@ int dk_http_open(const char *socket_path, const struct dk_http_request *req,
 		r = send_all(c, head, hlen, err);
 	if (r == 0 && req->content_type && req->body_len)
 		r = send_all(c, req->body, req->body_len, err);
+	if (head) {
+		explicit_bzero(head, hlen);
+		free(head);
+	}
 	if (r == 0)
 		r = read_head(c, req, err);
 	if (r < 0) {

@@ -83,7 +83,12 @@ int64_t dk_parse_time(const char *s)
 	time_t t = timegm(&tm);
 	if (t == (time_t)-1)
 		return 0;
-	return ((int64_t)t - offset) * 1000000000 + frac;
+	/* int64 nanoseconds end in 2262: later is no time crimux can give. */
+	int64_t secs = (int64_t)t - offset;
+	if (secs < 0 || secs > INT64_MAX / 1000000000 ||
+	    (secs == INT64_MAX / 1000000000 && frac > INT64_MAX % 1000000000))
+		return 0;
+	return secs * 1000000000 + frac;
 }
 
 void dk_format_time(int64_t ns, char *buf, size_t size)

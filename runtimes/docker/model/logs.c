@@ -20,9 +20,10 @@
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/checkpoint.h"
 
-#define READ_CHUNK  (256 * 1024)
-#define MAX_ROTATED 9 /* Docker's rotated files: <log>.1 .. <log>.9 */
-#define STATE_MAX   (64 * 1024)
+#define READ_CHUNK    (256 * 1024)
+#define MAX_ROTATED   9 /* Docker's rotated files: <log>.1 .. <log>.9 */
+#define STATE_MAX     (64 * 1024)
+#define STATE_SAVE_MS 1000
 /* The size of the parts Docker's log copier cuts long lines into. */
 #define DOCKER_MAX_MSG (16 * 1024)
 
@@ -171,7 +172,8 @@ struct entry {
 	ino_t src_ino; /* the Docker file being read; 0: not known yet */
 	off_t offset;
 	bool dirty;
-	bool gone; /* Docker deleted the file (its container was removed) */
+	bool gone;         /* Docker deleted the file (its container was removed) */
+	uint64_t saved_ms; /* when the position was last made durable */
 };
 
 struct dk_logs {
@@ -210,8 +212,10 @@ static void save_state(struct dk_logs *l, struct entry *e)
 	const char *text = dk_json_text(o);
 	/* Written after the lines: a crash in between repeats lines, never
 	 * loses them. */
-	if (dk_write_file_atomic(path, text, strlen(text), NULL) == 0)
+	if (dk_write_file_atomic(path, text, strlen(text), NULL) == 0) {
 		e->dirty = false;
+		e->saved_ms = monotonic_ms();
+	}
 }
 
 static void entry_free(struct entry *e)
@@ -366,7 +370,9 @@ static void copy_entry(struct dk_logs *l, struct entry *e)
 		if (open_src(e, next, 0) < 0)
 			break;
 	}
-	if (e->dirty)
+	/* Each save is fsynced: at most one a second per container, so a
+	 * chatty one costs no more; a crash repeats at most that much. */
+	if (e->dirty && monotonic_ms() - e->saved_ms >= STATE_SAVE_MS)
 		save_state(l, e);
 	/* Removed behind crimux's back: let go of the deleted file. */
 	struct stat st, path_st;
@@ -507,6 +513,8 @@ static void logs_destroy(struct dk_logs *l)
 		struct entry *e = l->entries;
 		l->entries = e->next;
 		copy_entry(l, e);
+		if (e->dirty)
+			save_state(l, e);
 		entry_free(e);
 	}
 	pthread_cond_destroy(&l->wake);
@@ -577,9 +585,8 @@ char *dk_logs_path(struct dk_logs *l, const char *id)
 	char *dir = NULL, *rel = NULL, *docker = NULL, *p = NULL;
 	ino_t ino;
 	off_t off;
-	pthread_mutex_lock(&l->lock);
+	/* No lock: the file is replaced whole, and the pump may be syncing. */
 	int r = load_state(l, id, &dir, &rel, &docker, &ino, &off);
-	pthread_mutex_unlock(&l->lock);
 	if (r == 0 && asprintf(&p, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", rel) < 0)
 		p = NULL;
 	free(dir);
@@ -651,8 +658,11 @@ int dk_logs_drain(struct dk_logs *l, const char *id)
 {
 	pthread_mutex_lock(&l->lock);
 	struct entry *e = find(l, id);
-	if (e)
+	if (e) {
 		copy_entry(l, e);
+		if (e->dirty)
+			save_state(l, e);
+	}
 	pthread_mutex_unlock(&l->lock);
 	return e ? 0 : -ENOENT;
 }

@@ -447,6 +447,73 @@ static int user_fields(json_object *config, json_object *host, const Runtime__V1
 	return 0;
 }
 
+/* A name as the kubelet allows it: dot- or slash-separated parts of
+ * [a-z0-9] with inner '-' and '_'. */
+static bool sysctl_name_ok(const char *k)
+{
+	size_t n = strlen(k);
+	if (n == 0 || n > 253)
+		return false;
+	for (const char *p = k;;) {
+		size_t len = strcspn(p, "./");
+		if (len == 0)
+			return false;
+		for (size_t i = 0; i < len; i++) {
+			char c = p[i];
+			bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+			if (!alnum && ((c != '-' && c != '_') || i == 0 || i == len - 1))
+				return false;
+		}
+		if (!p[len])
+			return true;
+		p += len + 1;
+	}
+}
+
+static bool has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+int dk_sysctl_check(const char *key, const char *value, bool host_net, bool host_ipc,
+		    struct crx_err *err)
+{
+	if (!key || !sysctl_name_ok(key))
+		return crx_err_set(err, -EINVAL, "sysctl name \"%s\" is not valid", key ? key : "");
+	/* '+' and '=' once let one value set other sysctls (CVE-2022-0811);
+	 * a newline would end the value early. */
+	for (const char *p = value ? value : ""; *p; p++)
+		if (*p == '+' || *p == '=' || (unsigned char)*p < 0x20 || *p == 0x7f)
+			return crx_err_set(err, -EINVAL,
+					   "sysctl %s: the value holds '+', '=' or a control "
+					   "character",
+					   key);
+	/* Only sysctls of the pod's own namespaces: the rest are the node's. */
+	char name[256];
+	snprintf(name, sizeof(name), "%s", key);
+	for (char *p = name; *p; p++)
+		if (*p == '/')
+			*p = '.';
+	if (has_prefix(name, "net.")) {
+		if (host_net)
+			return crx_err_set(err, -EINVAL,
+					   "sysctl %s is the node's: the pod uses the host network",
+					   key);
+		return 0;
+	}
+	if (streq(name, "kernel.sem") || has_prefix(name, "kernel.shm") ||
+	    has_prefix(name, "kernel.msg") || has_prefix(name, "fs.mqueue.")) {
+		if (host_ipc)
+			return crx_err_set(err, -EINVAL,
+					   "sysctl %s is the node's: the pod uses the host IPC "
+					   "namespace",
+					   key);
+		return 0;
+	}
+	return crx_err_set(err, -EINVAL,
+			   "sysctl %s is not namespaced: setting it would change the node", key);
+}
+
 static int add_labels(json_object *config, json_object **labels_out)
 {
 	json_object *labels = json_object_new_object();
@@ -536,9 +603,15 @@ int dk_sandbox_spec(const Runtime__V1__PodSandboxConfig *cfg, const char *image,
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	if (!host_net && dk_json_add_str(sysctls, "net.ipv6.conf.all.disable_ipv6", "0") < 0)
 		return crx_err_set(err, -ENOMEM, "out of memory");
-	for (size_t i = 0; lc && i < lc->n_sysctls; i++)
-		if (dk_json_add_str(sysctls, lc->sysctls[i]->key, lc->sysctls[i]->value) < 0)
+	bool host_ipc = ns && ns->ipc == RUNTIME__V1__NAMESPACE_MODE__NODE;
+	for (size_t i = 0; lc && i < lc->n_sysctls; i++) {
+		const char *k = lc->sysctls[i]->key, *v = lc->sysctls[i]->value;
+		r = dk_sysctl_check(k, v, host_net, host_ipc, err);
+		if (r < 0)
+			return r;
+		if (dk_json_add_str(sysctls, k, v) < 0)
 			return crx_err_set(err, -ENOMEM, "out of memory");
+	}
 	if (sc) {
 		if (sc->supplemental_groups_policy ==
 		    RUNTIME__V1__SUPPLEMENTAL_GROUPS_POLICY__Strict)

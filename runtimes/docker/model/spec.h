@@ -61,3 +61,10 @@ int dk_clamp_oom_score_adj(int64_t value, int min);
  * back. */
 int dk_signal_number(Runtime__V1__Signal s);
 Runtime__V1__Signal dk_signal_from_number(int signo);
+
+/* The kubelet's and CRI-O's rules for a pod sysctl: a valid name, a value
+ * without '+', '=' or control characters, and only namespaced sysctls
+ * (net.* without the host network; kernel.sem, kernel.shm*, kernel.msg*,
+ * fs.mqueue.* without the host IPC namespace). -EINVAL naming the problem. */
+int dk_sysctl_check(const char *key, const char *value, bool host_net, bool host_ipc,
+		    struct crx_err *err);

@@ -664,7 +664,7 @@ int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, 
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (!load_flags(s->checkpoint_dir, id, host_network, network_ready))
-		return 0;
+		return -EIO; /* there, but torn */
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->n_cps && !c; i++)
 		if (streq(s->cps[i].id, id))

@@ -45,7 +45,7 @@ void dk_state_changed(struct dk_state *s, const char *id);
 void dk_state_removed(struct dk_state *s, const char *id);
 
 /* A sandbox's checkpoint flags, read again only when its file changed:
- * 1 found, 0 no checkpoint. */
+ * 1 found, 0 no checkpoint, -EIO one that cannot be read (torn). */
 int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network,
 			bool *network_ready);
 
