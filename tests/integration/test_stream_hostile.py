@@ -377,3 +377,42 @@ def test_unauthenticated_flood_while_a_real_exec_succeeds(node):
             s.close()
     assert node.alive()
     settle(node, base)
+
+
+# ------------------------------------------- containerd pods: its streaming server, our relay
+
+def test_containerd_exec_clients_killed_mid_stream(crimuxd, lab):
+    """For containerd's pods the URL is containerd's own streaming server,
+    reached through crimux's relay of Exec: clients that vanish mid-stream
+    leave crimuxd up, its fds where they were, and exec still working."""
+    with CRI(crimuxd.endpoint) as client:
+        client.pull(lab.busybox_ref)
+        sb = sandbox_config("hostile-ctd-" + uuid.uuid4().hex[:6])
+        pod = client.run_pod(sb)
+        try:
+            cid = client.start_container(pod, sb, container_config(
+                "c", lab.busybox_ref, ["sh", "-c", "sleep 1000"]))
+
+            def fds():
+                return len(os.listdir(f"/proc/{crimuxd.pid}/fd"))
+            client.Exec(container_id=cid, cmd=["true"], stdout=True)
+            base = fds()
+            for i in range(6):
+                url = client.Exec(container_id=cid, cmd=["yes"], stdout=True, stderr=True).url
+                if i % 2:
+                    ws = st.WsConnection(url, ("v4.channel.k8s.io",))
+                    ws.recv_message()
+                    time.sleep(0.05 * i)
+                    kill_socket(ws.sock)
+                else:
+                    conn, streams = spdy_exec_streams(url)
+                    streams["stdout"].wait_for(lambda d: len(d) > 4096)
+                    time.sleep(0.05 * i)
+                    conn.abort()
+                assert crimuxd.daemon.running(), crimuxd.log()[-2000:]
+            res = st.spdy_exec(client.Exec(container_id=cid, cmd=["echo", "ok"],
+                                           stdout=True, stderr=True).url)
+            assert res.stdout == b"ok\n" and res.exit_code == 0
+            wait_for(lambda: fds() <= base, 30, "crimuxd's fds back to where they were")
+        finally:
+            client.remove_pod(pod)
