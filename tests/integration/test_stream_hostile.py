@@ -10,7 +10,6 @@ import os
 import random
 import socket
 import struct
-import threading
 import time
 import uuid
 
@@ -176,17 +175,19 @@ class Chaos:
         node.check_exec(self.exec_cid)
 
     def url(self, kind, rng):
+        """The session's URL, and whether it ends on its own once stdin
+        is closed (`yes` and an attach to `cat` do not)."""
         c = self.node.cri
         if kind.startswith("exec"):
             cmd = rng.choice([["yes"], ["cat"], ["sh", "-c", "echo hi; sleep 3"]])
-            return self.node.exec_url(self.exec_cid, cmd, stdin=True)
+            return self.node.exec_url(self.exec_cid, cmd, stdin=True), cmd == ["yes"]
         if kind == "attach":
             return c.Attach(container_id=self.attach_cid, stdin=True, stdout=True,
-                            stderr=True).url
-        return c.PortForward(pod_sandbox_id=self.node.pod, port=[9000]).url
+                            stderr=True).url, True
+        return c.PortForward(pod_sandbox_id=self.node.pod, port=[9000]).url, False
 
     def session(self, rng, kind, point):
-        url = self.url(kind, rng)
+        url, endless = self.url(kind, rng)
         if point == "request":
             host, port = url.split("//")[1].split("/")[0].split(":")
             s = socket.create_connection((host, int(port)), timeout=5)
@@ -195,11 +196,11 @@ class Chaos:
             kill_socket(s)
             return
         if kind.endswith("ws"):
-            self._ws(rng, kind, point, url)
+            self._ws(rng, kind, point, url, endless)
         else:
-            self._spdy(rng, kind, point, url)
+            self._spdy(rng, kind, point, url, endless)
 
-    def _spdy(self, rng, kind, point, url):
+    def _spdy(self, rng, kind, point, url, endless):
         forward = kind.startswith("forward")
         conn = st.SpdyConnection(url, ("portforward.k8s.io",) if forward else
                                  ("v4.channel.k8s.io",), timeout=10)
@@ -232,8 +233,10 @@ class Chaos:
             stdin.write(os.urandom(rng.randrange(1, 100000)))
             if point == "complete":
                 stdin.close()
-                if kind == "attach":
-                    time.sleep(0.05)
+                if endless:  # a polite goodbye while it still runs
+                    out.wait_for(lambda d: len(d) > 0, 5)
+                    conn.send_goaway()
+                    conn.wait_closed(10)
                     return
                 out.read_all(15)
             else:
@@ -241,7 +244,7 @@ class Chaos:
         finally:
             conn.abort()
 
-    def _ws(self, rng, kind, point, url):
+    def _ws(self, rng, kind, point, url, endless):
         forward = kind.startswith("forward")
         ws = st.WsConnection(url, ("v4.channel.k8s.io",) if forward else
                              ("v5.channel.k8s.io",), timeout=10)
@@ -260,7 +263,10 @@ class Chaos:
                 ch.send(0, os.urandom(rng.randrange(1, 30000)))
             if point == "complete" and not forward:
                 ws.send_frame(st.WS_BINARY, b"\xff\x00")
-                while ch.recv()[0] is not None:
+                if endless:  # a polite goodbye while it still runs
+                    ws.send_frame(st.WS_CLOSE, struct.pack(">H", 1000))
+                deadline = time.monotonic() + 15
+                while ch.recv()[0] is not None and time.monotonic() < deadline:
                     pass
             else:
                 time.sleep(rng.random() * 0.3)
