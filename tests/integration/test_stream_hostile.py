@@ -324,8 +324,12 @@ def chaos_test(node, n, seed):
     chaos.run(20, seed + 1)  # warm the pools and allocator
     base = steady(node)
     base_rss = node.rss_kib()
-    errors = chaos.run(n, seed)
-    assert node.alive(), f"crimuxd died (seed {seed}):\n{node.daemon.log()[-3000:]}"
+    errors, rss = [], [base_rss]
+    for batch in range(4):  # RSS after each quarter: a leak keeps growing
+        errors += chaos.run(n // 4, seed + 100 * batch)
+        assert node.alive(), f"crimuxd died (seed {seed}):\n{node.daemon.log()[-3000:]}"
+        settle(node, base)
+        rss.append(node.rss_kib())
     node.check_exec(chaos.exec_cid)
     settle(node, base)
     try:
@@ -337,7 +341,7 @@ def chaos_test(node, n, seed):
                              f"{node.daemon.log()[-6000:]}")
     grown = node.rss_kib() - base_rss
     print(f"{n} hostile sessions (seed {seed}): {len(errors)} saw errors on their own "
-          f"socket; RSS {base_rss} KiB -> {base_rss + grown} KiB")
+          f"socket; RSS {base_rss} KiB -> {base_rss + grown} KiB (by quarter: {rss})")
     # Memory comes back to the allocator, not always to the system: a leak
     # grows with the sessions, this bound does not. A sanitizer build keeps
     # freed memory in quarantine; there LeakSanitizer's report at exit is
