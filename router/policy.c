@@ -406,4 +406,3 @@ bool kata_checks(const ProtobufCMessageDescriptor *request)
 	       request == &runtime__v1__update_container_resources_request__descriptor ||
 	       request == &runtime__v1__update_pod_sandbox_resources_request__descriptor;
 }
-
