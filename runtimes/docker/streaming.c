@@ -177,6 +177,12 @@ static int stream_exec(void *userdata, const struct stream_request *req, const s
 	struct session s = {.ds = ds, .io = io};
 	snprintf(s.resize_target, sizeof(s.resize_target), "/exec/%s/resize", exec_id);
 	r = dk_exec_start(ds->sock, exec_id, req->tty, &dl, &s.conn, err);
+	if (r == -ECANCELED || r == -ETIMEDOUT) {
+		/* Cut short, maybe after dockerd took the request: it may start
+		 * the process all the same, with nobody to stop it. */
+		dk_exec_kill(ds->sock, exec_id);
+		return r;
+	}
 	if (r < 0)
 		return r;
 	r = run_session(&s, req->tty, err);

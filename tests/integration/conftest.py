@@ -29,10 +29,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: runs real containerd/crimuxd (root)")
+    config.addinivalue_line("markers", "soak: long runs, only with -m soak")
 
 
 def pytest_collection_modifyitems(config, items):
     not_root = pytest.mark.skip(reason="integration tests need root (containerd, CNI, mounts)")
+    soak = pytest.mark.skip(reason="a soak test: select it with -m soak")
+    soak_selected = "soak" in (config.getoption("-m") or "")
+    for item in items:
+        if "soak" in item.keywords and not soak_selected:
+            item.add_marker(soak)
     for item in items:
         if str(item.path).startswith(HERE + os.sep):
             item.add_marker(pytest.mark.integration)

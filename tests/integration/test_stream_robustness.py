@@ -396,3 +396,24 @@ def test_request_header_timeout_is_short():
         st.spdy_exec(url)
     finally:
         assert d.stop() == 0
+
+
+def test_full_server_refuses_with_503_and_keeps_the_token():
+    d = start("--max-sessions", "2")
+    try:
+        busy = [st.WsConnection(d.exec_url(["sleep", "30"])) for _ in range(2)]
+        for ws in busy:
+            ws.recv_message()  # both sessions are up
+        url = d.exec_url(["echo", "later"])
+        with pytest.raises(st.HTTPError) as e:
+            st.spdy_exec(url)
+        assert e.value.status == 503 and "too many streaming sessions" in e.value.body
+        busy[0].close()
+        wait = time.monotonic() + 10
+        while d.request(op="stats")["sessions"] > 1 and time.monotonic() < wait:
+            time.sleep(0.02)
+        r = st.spdy_exec(url)  # the refused request did not use up the token
+        assert r.stdout == b"later\n"
+        busy[1].close()
+    finally:
+        assert d.stop() == 0

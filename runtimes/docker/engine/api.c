@@ -376,11 +376,26 @@ static bool exec_still_runs(int pid, void *arg)
 
 void dk_exec_kill(const char *sock, const char *exec_id)
 {
-	int pid = 0;
-	struct dk_deadline quick = dk_deadline_in(NULL, 5000);
+	/* An exec abandoned while it starts (the client left during the start
+	 * request) may get its process a moment later: wait up to 2 s for one
+	 * to kill, rather than take "no process yet" for "nothing to kill". */
 	struct exec_ref ref = {sock, exec_id};
-	if (exec_inspect(sock, exec_id, &quick, NULL, &pid, NULL) == 0 && pid > 0)
-		dk_kill_tree(pid, exec_still_runs, &ref);
+	for (int i = 0; i < 100; i++) {
+		_cleanup_json_ json_object *o = NULL;
+		struct dk_deadline quick = dk_deadline_in(NULL, 5000);
+		if (dk_callf(sock, "GET", NULL, &quick, &o, NULL, NULL, "/exec/%s/json", exec_id) <
+		    0)
+			return;
+		int pid = (int)dk_json_int(o, "Pid", 0);
+		if (dk_json_bool(o, "Running") && pid > 0) {
+			dk_kill_tree(pid, exec_still_runs, &ref);
+			return;
+		}
+		json_object *ec = dk_json_get(o, "ExitCode", NULL);
+		if (ec && json_object_is_type(ec, json_type_int))
+			return; /* it has ended */
+		nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+	}
 }
 
 int dk_exec_create(const char *sock, const char *id, char *const *argv, size_t argc,
