@@ -240,10 +240,8 @@ static void shim_free(struct dk_shim *ds)
 	pthread_cond_destroy(&ds->wake);
 	pthread_mutex_destroy(&ds->lock);
 	pthread_mutex_destroy(&ds->pause_lock);
-	for (int i = 0; i < DK_LOCKS; i++) {
-		pthread_mutex_destroy(&ds->sandbox_locks[i]);
-		pthread_mutex_destroy(&ds->name_locks[i]);
-	}
+	dk_keylocks_destroy(&ds->sandbox_locks);
+	dk_keylocks_destroy(&ds->name_locks);
 	free(ds);
 }
 
@@ -262,10 +260,8 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&ds->wake, &ca);
 	pthread_condattr_destroy(&ca);
-	for (int i = 0; i < DK_LOCKS; i++) {
-		pthread_mutex_init(&ds->sandbox_locks[i], NULL);
-		pthread_mutex_init(&ds->name_locks[i], NULL);
-	}
+	dk_keylocks_init(&ds->sandbox_locks);
+	dk_keylocks_init(&ds->name_locks);
 
 	const char *opt_ttl = crx_backend_option(cfg, "stats_layer_ttl");
 	const char *opt_reconcile = crx_backend_option(cfg, "state_reconcile_interval");

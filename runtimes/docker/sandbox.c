@@ -650,45 +650,141 @@ static int by_string(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* One sandbox as the CRI lists it: from an entry of dk_list() (e), or
+ * from its checkpoint alone when Docker lost its container (e NULL). NULL
+ * when the filter leaves it out (*r < 0 on failure). */
+static Runtime__V1__PodSandbox *sandbox_item(struct dk_ctx *c, json_object *e, const char *id,
+					     const struct dk_checkpoint *cp, bool have_cp,
+					     const Runtime__V1__PodSandboxFilter *f, int *r)
+{
+	struct dk_arena *a = &c->arena;
+	json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp->labels;
+	Runtime__V1__PodSandbox *p = dk_msg_new(a, &runtime__v1__pod_sandbox__descriptor);
+	if (!p) {
+		*r = -ENOMEM;
+		return NULL;
+	}
+	p->id = dk_arena_strdup(a, id);
+	p->runtime_handler = sandbox_handler(c, labels);
+	const char *name = NULL;
+	json_object *names = dk_json_get(e, "Names", NULL);
+	if (names && json_object_array_length(names))
+		name = json_object_get_string(json_object_array_get_idx(names, 0));
+	p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, cp);
+	p->state = sandbox_ready(e && streq(dk_json_str(e, "State"), "running"), cp, have_cp)
+			   ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+			   : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+	p->created_at = e ? dk_created_ns(labels, e) : cp->created_ns;
+	if (p->created_at <= 0)
+		p->created_at = 1;
+	bool keep = p->metadata && (!f || !f->state || f->state->state == p->state) &&
+		    (!f || dk_labels_match(labels, f->n_label_selector,
+					   (void *const *)f->label_selector));
+	if (!keep)
+		return NULL;
+	*r = dk_labels_to_cri(a, labels, &runtime__v1__pod_sandbox__labels_entry__descriptor,
+			      &p->n_labels, (void ***)&p->labels,
+			      &runtime__v1__pod_sandbox__annotations_entry__descriptor,
+			      &p->n_annotations, (void ***)&p->annotations);
+	return *r < 0 ? NULL : p;
+}
+
+struct sandbox_walk {
+	struct dk_packed packed;
+	const char **ids; /* every sandbox the cache has (arena) */
+	size_t n_ids, cap_ids;
+};
+
+/* The kubelet's relist asks for everything: from the cache's memos, which
+ * carry the checkpoint's flags too. */
+static int sandbox_visit(struct dk_state_view *v, void *arg)
+{
+	struct sandbox_walk *w = arg;
+	struct dk_ctx *c = w->packed.c;
+	if (w->n_ids == w->cap_ids) {
+		size_t cap = w->cap_ids ? w->cap_ids * 2 : 128;
+		const char **more = dk_arena_alloc(&c->arena, cap * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		if (w->n_ids)
+			memcpy(more, w->ids, w->n_ids * sizeof(*more));
+		w->ids = more;
+		w->cap_ids = cap;
+	}
+	if (!(w->ids[w->n_ids++] = dk_arena_strdup(&c->arena, v->id)))
+		return -ENOMEM;
+	if (v->memo)
+		return v->memo_len ? dk_packed_add(&w->packed, v->memo, v->memo_len) : 0;
+	_cleanup_json_ json_object *e = dk_state_view_item(v);
+	struct dk_checkpoint cp = {.host_network = v->host_network,
+				   .network_ready = v->network_ready};
+	int r = e ? 0 : -ENOMEM;
+	Runtime__V1__PodSandbox *p =
+		e ? sandbox_item(c, e, v->id, &cp, v->have_checkpoint, NULL, &r) : NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	if (r == 0 && p)
+		r = dk_packed_make(c, &p->base, &data, &len);
+	if (r < 0)
+		return r;
+	dk_state_memo(v, data, len); /* empty: not one to list */
+	return len ? dk_packed_add(&w->packed, data, len) : 0;
+}
+
+static bool no_sandbox_filter(const Runtime__V1__PodSandboxFilter *f)
+{
+	return !f || ((!f->id || !*f->id) && !f->state && !f->n_label_selector);
+}
+
 int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 			struct crx_err *err)
 {
 	const Runtime__V1__ListPodSandboxRequest *in = (const void *)req;
 	const Runtime__V1__PodSandboxFilter *f = in->filter;
 	struct dk_arena *a = &c->arena;
-	_cleanup_json_ json_object *list = NULL;
-	int r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
-	if (r < 0)
-		return r;
 	Runtime__V1__ListPodSandboxResponse *out =
 		dk_msg_new(a, &runtime__v1__list_pod_sandbox_response__descriptor);
 	if (!out)
 		return -ENOMEM;
+	struct sandbox_walk w = {.packed = {.c = c, .tag = 1}}; /* items */
+	int r = no_sandbox_filter(f)
+			? dk_state_each(c->ds->state, DK_TYPE_SANDBOX, sandbox_visit, &w)
+			: -EAGAIN;
+	if (r == 0)
+		r = dk_packed_finish(&w.packed, &out->base);
+	dk_packed_clear(&w.packed);
+	if (r < 0 && r != -EAGAIN)
+		return r;
+	bool cached = r == 0;
+	_cleanup_json_ json_object *list = NULL;
+	if (!cached) {
+		r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
+		if (r < 0)
+			return r;
+		size_t n = json_object_array_length(list);
+		w.ids = dk_arena_alloc(a, (n ? n : 1) * sizeof(*w.ids));
+		if (!w.ids)
+			return -ENOMEM;
+		for (size_t i = 0; i < n; i++) {
+			const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
+			if (id)
+				w.ids[w.n_ids++] = id;
+		}
+	}
 	char **cp_ids = NULL;
 	size_t n_cp = 0;
 	dk_checkpoint_list(c->ds->checkpoint_dir, &cp_ids, &n_cp, NULL);
-
-	size_t n = json_object_array_length(list);
 	/* Listed IDs, sorted: a checkpoint whose container Docker still has is
 	 * listed once, and finding that out stays cheap at many pods. */
-	const char **listed = calloc(n ? n : 1, sizeof(*listed));
-	if (!listed) {
-		dk_strv_free(cp_ids, n_cp);
-		return -ENOMEM;
-	}
-	size_t n_listed = 0;
-	for (size_t i = 0; i < n; i++) {
-		const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
-		if (id)
-			listed[n_listed++] = id;
-	}
-	qsort(listed, n_listed, sizeof(*listed), by_string);
+	qsort(w.ids, w.n_ids, sizeof(*w.ids), by_string);
+	size_t n = cached ? 0 : json_object_array_length(list);
+	r = 0;
 	for (size_t i = 0; i < n + n_cp; i++) {
 		json_object *e = i < n ? json_object_array_get_idx(list, i) : NULL;
 		const char *id = e ? dk_json_str(e, "Id") : cp_ids[i - n];
 		if (!id || !dk_valid_id(id) || !id_matches(id, f ? f->id : NULL))
 			continue;
-		if (!e && bsearch(&id, listed, n_listed, sizeof(*listed), by_string))
+		if (!e && bsearch(&id, w.ids, w.n_ids, sizeof(*w.ids), by_string))
 			continue;
 		/* A listed container needs only the checkpoint's flags (cached by
 		 * file); one Docker lost needs the whole checkpoint. */
@@ -699,46 +795,15 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 						      &cp.network_ready) == 1;
 		else
 			have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
-		if (!e && !have_cp)
-			continue;
-		json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp.labels;
-		Runtime__V1__PodSandbox *p = dk_msg_new(a, &runtime__v1__pod_sandbox__descriptor);
-		if (!p) {
-			dk_checkpoint_clear(&cp);
-			r = -ENOMEM;
-			break;
-		}
-		p->id = dk_arena_strdup(a, id);
-		p->runtime_handler = sandbox_handler(c, labels);
-		const char *name = NULL;
-		json_object *names = dk_json_get(e, "Names", NULL);
-		if (names && json_object_array_length(names))
-			name = json_object_get_string(json_object_array_get_idx(names, 0));
-		p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, &cp);
-		p->state =
-			sandbox_ready(e && streq(dk_json_str(e, "State"), "running"), &cp, have_cp)
-				? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
-				: RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
-		p->created_at = e ? dk_created_ns(labels, e) : cp.created_ns;
-		if (p->created_at <= 0)
-			p->created_at = 1;
-		bool keep = p->metadata && (!f || !f->state || f->state->state == p->state) &&
-			    (!f || dk_labels_match(labels, f->n_label_selector,
-						   (void *const *)f->label_selector));
-		if (keep)
-			r = dk_labels_to_cri(
-				a, labels, &runtime__v1__pod_sandbox__labels_entry__descriptor,
-				&p->n_labels, (void ***)&p->labels,
-				&runtime__v1__pod_sandbox__annotations_entry__descriptor,
-				&p->n_annotations, (void ***)&p->annotations);
-		if (keep && r == 0)
+		Runtime__V1__PodSandbox *p =
+			e || have_cp ? sandbox_item(c, e, id, &cp, have_cp, f, &r) : NULL;
+		if (r == 0 && p)
 			r = DK_PUSH(a, &out->n_items, &out->items, p);
 		dk_checkpoint_clear(&cp);
 		if (r < 0)
 			break;
 	}
 	dk_strv_free(cp_ids, n_cp);
-	free(listed);
 	if (r < 0)
 		return -ENOMEM;
 	*resp = &out->base;

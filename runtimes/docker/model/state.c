@@ -32,12 +32,16 @@
 
 struct entry {
 	char id[72];
+	char sandbox_id[72]; /* a container's sandbox */
 	bool sandbox;
 	json_object *inspect; /* NULL: removed (a tombstone) */
 	char status[16];      /* State.Status, or what crimux made it since */
 	bool stale;           /* crimux changed it after this inspect */
 	uint64_t seq;         /* when it last changed */
 	int64_t dead_ms;
+	void *memo; /* a caller's rendering of this version (memo_seq) */
+	size_t memo_len;
+	uint64_t memo_seq, memo_tag;
 };
 
 struct cp_entry {
@@ -47,6 +51,9 @@ struct cp_entry {
 	struct timespec mtime;
 	bool host_network, network_ready;
 };
+
+static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
+			   bool *network_ready);
 
 struct dk_state {
 	char *sock, *checkpoint_dir;
@@ -94,6 +101,8 @@ static void entry_free(struct entry *e)
 {
 	if (e && e->inspect)
 		json_object_put(e->inspect);
+	if (e)
+		free(e->memo);
 	free(e);
 }
 
@@ -223,6 +232,9 @@ static void install(struct dk_state *s, json_object *inspect, uint64_t since)
 		json_object_put(e->inspect);
 	e->inspect = inspect;
 	e->sandbox = streq(type, DK_TYPE_SANDBOX);
+	snprintf(e->sandbox_id, sizeof(e->sandbox_id), "%s",
+		 dk_json_str(dk_json_get(inspect, "Config", "Labels", NULL), DK_LABEL_SANDBOX_ID)
+			 ?: "");
 	snprintf(e->status, sizeof(e->status), "%s",
 		 dk_json_str(dk_json_get(inspect, "State", NULL), "Status") ?: "unknown");
 	e->stale = false;
@@ -492,6 +504,59 @@ static int add_copy(json_object *to, const char *key, json_object *from)
 	return dk_json_add(to, key, copy);
 }
 
+int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void *arg)
+{
+	if (!s)
+		return -EAGAIN;
+	bool sandbox = streq(type, DK_TYPE_SANDBOX);
+	pthread_mutex_lock(&s->lock);
+	int r = s->live ? 0 : -EAGAIN;
+	for (size_t i = 0; r == 0 && i < s->n; i++) {
+		struct entry *e = s->entries[i];
+		if (!e->inspect || e->sandbox != sandbox)
+			continue;
+		bool host = false, ready = false;
+		int have = sandbox ? cp_flags_locked(s, e->id, &host, &ready) : 0;
+		uint64_t tag = (uint64_t)(have == 1) | (uint64_t)host << 1 | (uint64_t)ready << 2;
+		bool fresh = e->memo && e->memo_seq == e->seq && e->memo_tag == tag;
+		struct dk_state_view v = {.id = e->id,
+					  .status = e->status,
+					  .inspect = e->inspect,
+					  .memo = fresh ? e->memo : NULL,
+					  .memo_len = fresh ? e->memo_len : 0,
+					  .memo_tag = tag,
+					  .have_checkpoint = have == 1,
+					  .host_network = host,
+					  .network_ready = ready,
+					  .priv = e};
+		r = fn(&v, arg);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+void dk_state_memo(struct dk_state_view *v, const void *data, size_t len)
+{
+	uint64_t tag = v->memo_tag;
+	struct entry *e = v->priv;
+	void *copy = malloc(len ? len : 1);
+	if (!copy)
+		return;
+	memcpy(copy, data, len);
+	free(e->memo);
+	e->memo = copy;
+	e->memo_len = len;
+	e->memo_seq = e->seq;
+	e->memo_tag = tag;
+}
+
+static json_object *list_item(const struct entry *e);
+
+json_object *dk_state_view_item(const struct dk_state_view *v)
+{
+	return list_item(v->priv);
+}
+
 /* Docker's list shape of one entry, plus the inspect-only fields. */
 static json_object *list_item(const struct entry *e)
 {
@@ -537,10 +602,7 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 		const struct entry *e = s->entries[i];
 		if (!e->inspect || e->sandbox != sandbox)
 			continue;
-		if (sandbox_id && *sandbox_id &&
-		    !streq(dk_json_str(dk_json_get(e->inspect, "Config", "Labels", NULL),
-				       DK_LABEL_SANDBOX_ID),
-			   sandbox_id))
+		if (sandbox_id && *sandbox_id && !streq(e->sandbox_id, sandbox_id))
 			continue;
 		json_object *item = list_item(e);
 		if (!item || json_object_array_add(a, item) < 0) {
@@ -635,40 +697,32 @@ static int load_flags(const char *dir, const char *id, bool *host_network, bool 
 	return 1;
 }
 
-int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, bool *network_ready)
+/* Called with the lock held: a stat, and a read only when the file
+ * changed (written by rename: another file is another inode). */
+static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
+			   bool *network_ready)
 {
 	char path[PATH_MAX];
 	struct stat st;
 	snprintf(path, sizeof(path), "%s/%s.json", s->checkpoint_dir, id);
-	if (stat(path, &st) < 0) {
-		pthread_mutex_lock(&s->lock);
-		for (size_t i = 0; i < s->n_cps; i++)
-			if (streq(s->cps[i].id, id))
-				s->cps[i] = s->cps[--s->n_cps];
-		pthread_mutex_unlock(&s->lock);
-		return 0;
-	}
-	pthread_mutex_lock(&s->lock);
 	struct cp_entry *c = NULL;
+	size_t at = 0;
 	for (size_t i = 0; i < s->n_cps && !c; i++)
 		if (streq(s->cps[i].id, id))
-			c = &s->cps[i];
-	/* Written by rename: another file is another inode. */
-	bool same = c && c->dev == st.st_dev && c->ino == st.st_ino &&
-		    c->mtime.tv_sec == st.st_mtim.tv_sec && c->mtime.tv_nsec == st.st_mtim.tv_nsec;
-	if (same) {
+			c = &s->cps[at = i];
+	if (stat(path, &st) < 0) {
+		if (c)
+			s->cps[at] = s->cps[--s->n_cps];
+		return 0;
+	}
+	if (c && c->dev == st.st_dev && c->ino == st.st_ino &&
+	    c->mtime.tv_sec == st.st_mtim.tv_sec && c->mtime.tv_nsec == st.st_mtim.tv_nsec) {
 		*host_network = c->host_network;
 		*network_ready = c->network_ready;
-		pthread_mutex_unlock(&s->lock);
 		return 1;
 	}
-	pthread_mutex_unlock(&s->lock);
 	if (!load_flags(s->checkpoint_dir, id, host_network, network_ready))
 		return 0;
-	pthread_mutex_lock(&s->lock);
-	for (size_t i = 0; i < s->n_cps && !c; i++)
-		if (streq(s->cps[i].id, id))
-			c = &s->cps[i];
 	if (!c && s->n_cps == s->cap_cps) {
 		size_t cap = s->cap_cps ? s->cap_cps * 2 : 64;
 		struct cp_entry *more = realloc(s->cps, cap * sizeof(*more));
@@ -688,8 +742,15 @@ int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, 
 		c->host_network = *host_network;
 		c->network_ready = *network_ready;
 	}
-	pthread_mutex_unlock(&s->lock);
 	return 1;
+}
+
+int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, bool *network_ready)
+{
+	pthread_mutex_lock(&s->lock);
+	int r = cp_flags_locked(s, id, host_network, network_ready);
+	pthread_mutex_unlock(&s->lock);
+	return r;
 }
 
 void dk_state_counts(struct dk_state *s, struct dk_state_counts *out)

@@ -30,6 +30,30 @@ bool dk_state_live(struct dk_state *s);
  * Created), plus what lists of Docker lack: Pid, UpperDir, NetworkMode,
  * CgroupParent. -EAGAIN when not live (ask Docker). */
 int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, json_object **out);
+/* One entry, as dk_state_each() shows it, under the cache's lock: the
+ * inspect must only be read, and nothing of it kept. memo is what a caller
+ * stored for this very version of the entry (and of its checkpoint's
+ * flags), NULL if none: what it made of it before, so a list of unchanged
+ * containers costs a copy each. */
+struct dk_state_view {
+	const char *id, *status;
+	json_object *inspect;
+	const void *memo;
+	size_t memo_len;
+	uint64_t memo_tag;
+	/* sandboxes: their checkpoint's flags (dk_state_checkpoint) */
+	bool have_checkpoint, host_network, network_ready;
+	void *priv;
+};
+typedef int (*dk_state_visit)(struct dk_state_view *v, void *arg);
+/* Visits each entry of a type; -EAGAIN when not live; the first error of
+ * fn ends the walk. */
+int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void *arg);
+/* Keeps a copy of data as the memo of v's entry version. */
+void dk_state_memo(struct dk_state_view *v, const void *data, size_t len);
+/* The entry shaped as dk_state_list() gives it (a new object). */
+json_object *dk_state_view_item(const struct dk_state_view *v);
+
 /* A copy of the last inspect of id (full ID, unique prefix or name) if it
  * is of that type and still current; -EAGAIN when the cache cannot say
  * (not live, unknown, or changed by crimux since): ask Docker. */
