@@ -13,6 +13,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
@@ -195,6 +196,7 @@ int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err
 	dk_state_stopped(c->ds->state, id);
 	dk_logs_forget(c->ds->logs, id);
 	dk_stats_forget(c->ds->stats, id);
+	dk_cgroup_cache_forget(c->ds->cgroups, id);
 	r = dk_container_remove(c->ds->sock, id, &c->dl, err);
 	if (r == 0)
 		dk_state_removed(c->ds->state, id);

@@ -14,6 +14,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
@@ -144,7 +145,7 @@ static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, const stru
 
 	struct dk_cgroup_sample s = {0};
 	if (ci->pid > 0)
-		dk_cgroup_read(ci->pid, &s, NULL);
+		dk_cgroup_cache_read(c->ds->cgroups, id, ci->pid, &s);
 	if (sample)
 		*sample = s;
 	st->cpu = cpu_usage(c, id, ts, &s);
@@ -294,7 +295,7 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct ci
 	int64_t ts = dk_realtime_ns();
 	struct dk_cgroup_sample total = {0}, s = {0};
 	int pid = si->pid;
-	if (pid > 0 && dk_cgroup_read(pid, &total, NULL) < 0)
+	if (pid > 0 && dk_cgroup_cache_read(c->ds->cgroups, id, pid, &total) < 0)
 		total = (struct dk_cgroup_sample){0};
 	{
 		for (size_t i = 0; i < n_list; i++) {

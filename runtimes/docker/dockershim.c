@@ -21,6 +21,7 @@
 #include "runtimes/backend.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/state.h"
@@ -225,6 +226,7 @@ static void shim_free(struct dk_shim *ds)
 	stream_server_free(ds->stream);
 	dk_logs_free(ds->logs);
 	dk_stats_cache_free(ds->stats);
+	dk_cgroup_cache_free(ds->cgroups);
 	free(ds->name);
 	free(ds->sock);
 	free(ds->handler);
@@ -323,7 +325,7 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 		};
 		r = stream_server_new(&so, &ds->stream, err);
 	}
-	if (r == 0 && dk_stats_cache_new(&ds->stats) < 0)
+	if (r == 0 && (dk_stats_cache_new(&ds->stats) < 0 || dk_cgroup_cache_new(&ds->cgroups) < 0))
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 	if (r == 0)
 		r = dk_state_new(ds->sock, ds->checkpoint_dir, (unsigned)reconcile_ms, &ds->state,

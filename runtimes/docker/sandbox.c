@@ -16,6 +16,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/cni.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
@@ -199,6 +200,7 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 	if (inspect && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
 		return r;
 	dk_state_removed(c->ds->state, id);
+	dk_cgroup_cache_forget(c->ds->cgroups, id);
 	return dk_checkpoint_remove(c->ds->checkpoint_dir, id, err);
 }
 

@@ -46,8 +46,9 @@ struct dk_shim {
 
 	struct dk_logs *logs;
 	struct dk_stats_cache *stats;
-	struct dk_state *state;       /* what Docker holds of our containers */
-	struct stream_server *stream; /* exec, attach and port-forward URLs */
+	struct dk_cgroup_cache *cgroups; /* cgroup files kept open */
+	struct dk_state *state;          /* what Docker holds of our containers */
+	struct stream_server *stream;    /* exec, attach and port-forward URLs */
 
 	pthread_mutex_t lock; /* the fields below */
 	char cgroup_driver[16];

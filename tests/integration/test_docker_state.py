@@ -153,6 +153,15 @@ def test_lists_and_stats_make_no_docker_call_per_container(proxied, lab):
     assert {p for p, _ in pods} <= {s.id for s in sandboxes if s.state == pb().SANDBOX_READY}
     assert mine <= {s.attributes.id for s in cstats}
     assert {p for p, _ in pods} <= {s.attributes.id for s in pstats}
+    # The relist's answer (memoised packed replies) is the filtered path's.
+    api = pb()
+    running = api.ContainerFilter(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    assert ({c.id: c for c in containers if c.state == api.CONTAINER_RUNNING} ==
+            {c.id: c for c in cri.ListContainers(filter=running).containers})
+    ready = api.PodSandboxFilter(state=api.PodSandboxStateValue(state=api.SANDBOX_READY))
+    assert ({s.id: s for s in sandboxes if s.state == api.SANDBOX_READY} ==
+            {s.id: s for s in cri.ListPodSandbox(filter=ready).items})
+    proxy.take()
     # Lookups by ID too: status, stats of one.
     cri.ContainerStatus(container_id=pods[0][1])
     cri.PodSandboxStatus(pod_sandbox_id=pods[0][0])
