@@ -134,21 +134,26 @@ int dk_start_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 {
 	const Runtime__V1__StartContainerRequest *in = (const void *)req;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r < 0)
 		return r;
 	const char *id = dk_json_str(inspect, "Id");
 	r = dk_container_start(c->ds->sock, id, &c->dl, err);
 	if (r < 0)
 		return crx_err_prefix(err, "starting container %s", id);
-	/* Docker created its json-file log with the start. */
-	_cleanup_json_ json_object *now = NULL;
-	r = dk_container_inspect(c->ds->sock, id, &c->dl, &now, err);
-	if (r == 0) {
-		dk_state_put(c->ds->state, now);
-		r = dk_follow_log(c, now, err);
+	/* Running from now on, for lists; lookups ask Docker until its start
+	 * event is in (the process, its pid). */
+	dk_state_started(c->ds->state, id);
+	/* Docker created its json-file log with the start, where it always
+	 * does: no inspect needed to find it. */
+	_cleanup_free_ char *log = dk_json_log_path(c, id);
+	if (log && dk_json_add_str(inspect, "LogPath", log) == 0) {
+		r = dk_follow_log(c, inspect, err);
 	} else {
-		dk_state_changed(c->ds->state, id);
+		_cleanup_json_ json_object *now = NULL;
+		r = dk_container_inspect(c->ds->sock, id, &c->dl, &now, err);
+		if (r == 0)
+			r = dk_follow_log(c, now, err);
 	}
 	if (r < 0)
 		return r;
@@ -169,7 +174,7 @@ int dk_stop_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMe
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
@@ -212,7 +217,7 @@ int dk_remove_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
@@ -504,7 +509,7 @@ int dk_update_container_resources(struct dk_ctx *c, const ProtobufCMessage *req,
 {
 	const Runtime__V1__UpdateContainerResourcesRequest *in = (const void *)req;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r < 0)
 		return r;
 	struct dk_spec_opts opts = dk_spec_opts(c->ds, 0);

@@ -239,6 +239,7 @@ static void shim_free(struct dk_shim *ds)
 	free(ds->pause_binary);
 	free(ds->log_max_size);
 	free(ds->pod_cidr);
+	free(ds->docker_root);
 	pthread_cond_destroy(&ds->wake);
 	pthread_mutex_destroy(&ds->lock);
 	pthread_mutex_destroy(&ds->pause_lock);

@@ -311,12 +311,28 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 		      const char *handler, const char *name, char **out_id, struct crx_err *err)
 {
 	struct dk_shim *ds = c->ds;
-	int r = reuse_existing(c, name, out_id, err);
-	if (r < 0 || *out_id)
-		return r;
-	r = dk_ensure_pause_image(c, err);
-	if (r < 0)
-		return r;
+	/* The state cache knows of no container of that name and the pause
+	 * image was there before: try the create straight away. Docker says
+	 * so if either is wrong (a conflict, no such image), and then the
+	 * checks run and the create is tried once more. */
+	bool optimistic = dk_state_name_absent(ds->state, name);
+	pthread_mutex_lock(&ds->lock);
+	bool have_pause = ds->pause_present;
+	pthread_mutex_unlock(&ds->lock);
+	int r = 0;
+	if (!optimistic) {
+		r = reuse_existing(c, name, out_id, err);
+		if (r < 0 || *out_id)
+			return r;
+	}
+	if (!have_pause) {
+		r = dk_ensure_pause_image(c, err);
+		if (r < 0)
+			return r;
+		pthread_mutex_lock(&ds->lock);
+		ds->pause_present = true;
+		pthread_mutex_unlock(&ds->lock);
+	}
 
 	const Runtime__V1__LinuxPodSandboxConfig *lc = cfg->linux;
 	const Runtime__V1__NamespaceOption *ns =
@@ -332,6 +348,19 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 		return r;
 	_cleanup_free_ char *id = NULL;
 	r = dk_container_create(ds->sock, name, spec, &c->dl, &id, err);
+	bool no_image = r == -ENOENT || (r < 0 && err && strstr(err->msg, "No such image"));
+	if ((r == -EEXIST && optimistic) || (no_image && have_pause)) {
+		if (no_image) {
+			pthread_mutex_lock(&ds->lock);
+			ds->pause_present = false;
+			pthread_mutex_unlock(&ds->lock);
+		}
+		r = r == -EEXIST ? reuse_existing(c, name, out_id, err)
+				 : dk_ensure_pause_image(c, err);
+		if (r < 0 || *out_id)
+			return r;
+		r = dk_container_create(ds->sock, name, spec, &c->dl, &id, err);
+	}
 	if (r < 0)
 		return crx_err_prefix(err, "creating the sandbox container %s", name);
 

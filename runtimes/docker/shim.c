@@ -40,13 +40,29 @@ const char *dk_cgroup_driver(struct dk_ctx *c)
 		_cleanup_json_ json_object *info = NULL;
 		if (dk_call(ds->sock, "GET", "/info", NULL, &c->dl, &info, NULL, NULL) == 0) {
 			const char *d = dk_json_str(info, "CgroupDriver");
+			const char *root = dk_json_str(info, "DockerRootDir");
 			pthread_mutex_lock(&ds->lock);
 			snprintf(ds->cgroup_driver, sizeof(ds->cgroup_driver), "%s",
 				 d && *d ? d : "cgroupfs");
+			if (!ds->docker_root && root && root[0] == '/')
+				ds->docker_root = strdup(root);
 			pthread_mutex_unlock(&ds->lock);
 		}
 	}
 	return ds->cgroup_driver[0] ? ds->cgroup_driver : "cgroupfs";
+}
+
+char *dk_json_log_path(struct dk_ctx *c, const char *id)
+{
+	dk_cgroup_driver(c);
+	struct dk_shim *ds = c->ds;
+	char *path = NULL;
+	pthread_mutex_lock(&ds->lock);
+	if (ds->docker_root &&
+	    asprintf(&path, "%s/containers/%s/%s-json.log", ds->docker_root, id, id) < 0)
+		path = NULL;
+	pthread_mutex_unlock(&ds->lock);
+	return path;
 }
 
 struct dk_held {
@@ -151,6 +167,14 @@ int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_ob
 	}
 	*out = o;
 	return 0;
+}
+
+int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_object **out,
+		     struct crx_err *err)
+{
+	if (id && dk_valid_id(id) && dk_state_inspect_ident(c->ds->state, id, type, out) == 0)
+		return 0;
+	return dk_inspect_typed(c, id, type, out, err);
 }
 
 int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,

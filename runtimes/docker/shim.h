@@ -52,8 +52,10 @@ struct dk_shim {
 
 	pthread_mutex_t lock; /* the fields below */
 	char cgroup_driver[16];
+	char *docker_root; /* Docker's DockerRootDir, asked with the driver */
 	char *pod_cidr;
 	bool recovered;
+	bool pause_present; /* the sandbox image was there at the last look */
 	bool closing;
 	pthread_cond_t wake; /* for the recovery thread */
 	pthread_t recovery;
@@ -83,6 +85,9 @@ typedef int (*dk_handler)(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 struct dk_spec_opts dk_spec_opts(struct dk_shim *ds, int64_t created_ns);
 /* Docker's cgroup driver, asked once. */
 const char *dk_cgroup_driver(struct dk_ctx *c);
+/* Where Docker keeps the json-file log of container id (it is always
+ * <DockerRootDir>/containers/<id>/<id>-json.log), NULL if unknown. */
+char *dk_json_log_path(struct dk_ctx *c, const char *id);
 void dk_sandbox_lock(struct dk_shim *ds, const char *id);
 void dk_sandbox_unlock(struct dk_shim *ds, const char *id);
 void dk_name_lock(struct dk_shim *ds, const char *name);
@@ -116,6 +121,10 @@ void dk_packed_clear(struct dk_packed *p);
 
 /* Docker filters for our containers of one type, plus extra label=value
  * pairs and an ID. */
+/* As dk_inspect_typed, for callers that need only what never changes of
+ * a container (its ID, name, labels, config). */
+int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_object **out,
+		     struct crx_err *err);
 json_object *dk_filters(const char *type, const char *id, const char *label, const char *value);
 /* Created time of a container: our label, else Docker's. */
 int64_t dk_created_ns(json_object *labels, json_object *inspect_or_list);

@@ -573,10 +573,11 @@ static json_object *list_item(const struct entry *e)
 	r |= dk_json_add_str(o, "State", e->status);
 	r |= dk_json_add_str(o, "Created", dk_json_str(in, "Created"));
 	r |= add_copy(o, "Labels", dk_json_get(in, "Config", "Labels", NULL));
-	r |= dk_json_add_int(o, "Pid",
-			     streq(e->status, "running") || streq(e->status, "paused")
-				     ? dk_json_int(state, "Pid", 0)
-				     : 0);
+	/* An entry crimux started whose event is not in has no process yet in
+	 * its inspect: no Pid then, and stats ask Docker for it. */
+	bool running = streq(e->status, "running") || streq(e->status, "paused");
+	if (!(running && e->stale && dk_json_int(state, "Pid", 0) <= 0))
+		r |= dk_json_add_int(o, "Pid", running ? dk_json_int(state, "Pid", 0) : 0);
 	r |= dk_json_add_str(o, "UpperDir",
 			     dk_json_str(dk_json_get(in, "GraphDriver", "Data", NULL), "UpperDir"));
 	r |= dk_json_add_str(o, "NetworkMode", dk_json_str(host, "NetworkMode"));
@@ -620,7 +621,8 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 	return 0;
 }
 
-int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out)
+static int inspect_copy(struct dk_state *s, const char *id, const char *type, bool stale_ok,
+			json_object **out)
 {
 	if (!s || !id || !*id)
 		return -EAGAIN;
@@ -628,10 +630,36 @@ int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_
 	bool ambiguous;
 	struct entry *e = s->live ? find_ref(s, id, &ambiguous) : NULL;
 	int r = -EAGAIN;
-	if (e && e->inspect && !e->stale && streq(type_of(e->inspect), type))
+	if (e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type))
 		r = json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out)
+{
+	return inspect_copy(s, id, type, false, out);
+}
+
+int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type, json_object **out)
+{
+	return inspect_copy(s, id, type, true, out);
+}
+
+bool dk_state_name_absent(struct dk_state *s, const char *name)
+{
+	if (!s || !name || !*name)
+		return false;
+	pthread_mutex_lock(&s->lock);
+	bool absent = s->live;
+	for (size_t i = 0; absent && i < s->n; i++) {
+		const struct entry *e = s->entries[i];
+		const char *have = e->inspect ? dk_json_str(e->inspect, "Name") : NULL;
+		if (have && (streq(have, name) || (have[0] == '/' && streq(have + 1, name))))
+			absent = false;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return absent;
 }
 
 /* --- writers --- */
@@ -669,6 +697,20 @@ void dk_state_stopped(struct dk_state *s, const char *id)
 	struct entry *e = find_exact(s, id);
 	if (e && e->inspect && !streq(e->status, "exited") && !streq(e->status, "created")) {
 		snprintf(e->status, sizeof(e->status), "exited");
+		e->stale = true;
+		e->seq = ++s->seq;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void dk_state_started(struct dk_state *s, const char *id)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	struct entry *e = find_exact(s, id);
+	if (e && e->inspect && !streq(e->status, "running")) {
+		snprintf(e->status, sizeof(e->status), "running");
 		e->stale = true;
 		e->seq = ++s->seq;
 	}

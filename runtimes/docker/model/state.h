@@ -58,12 +58,21 @@ json_object *dk_state_view_item(const struct dk_state_view *v);
  * is of that type and still current; -EAGAIN when the cache cannot say
  * (not live, unknown, or changed by crimux since): ask Docker. */
 int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out);
+/* The same for callers that read only what never changes (ID, name,
+ * labels, config): an entry crimux changed since will do. */
+int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type, json_object **out);
+
+/* True when the cache is live and has no container of that name (Docker's
+ * name, with or without its leading '/'). */
+bool dk_state_name_absent(struct dk_state *s, const char *name);
 
 /* Written through by the handlers, so the cache never lags crimux's own
  * changes: a fresh inspect (copied); a container crimux stopped (state
  * "exited" until its die event is inspected); one it removed. */
 void dk_state_put(struct dk_state *s, json_object *inspect);
 void dk_state_stopped(struct dk_state *s, const char *id);
+/* Started by crimux: "running" until its start event is inspected. */
+void dk_state_started(struct dk_state *s, const char *id);
 /* Changed otherwise (resources): lookups ask Docker until its event is in. */
 void dk_state_changed(struct dk_state *s, const char *id);
 void dk_state_removed(struct dk_state *s, const char *id);
