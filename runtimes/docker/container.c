@@ -195,7 +195,9 @@ int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err
 {
 	/* Kill first, so the last lines reach the CRI log before Docker
 	 * deletes its own file with the container. */
-	int r = dk_container_stop(c->ds->sock, id, 0, &c->dl, err);
+	int r = dk_state_not_running(c->ds->state, id)
+			? 0 /* nothing to kill: the stop would be a round trip for nothing */
+			: dk_container_stop(c->ds->sock, id, 0, &c->dl, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	dk_state_stopped(c->ds->state, id);

@@ -183,6 +183,11 @@ def test_stop_container_is_one_docker_call(proxied, lab):
     [c] = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
     assert c.state == pb().CONTAINER_EXITED
     assert cri.ContainerStatus(container_id=cid).status.state == pb().CONTAINER_EXITED
+    # A stopped container is removed without another stop first.
+    proxy.take()
+    cri.RemoveContainer(container_id=cid)
+    assert proxy.take() == [f"DELETE /v1.41/containers/{cid}?force=1&v=1 HTTP/1.1"]
+    assert state_of(cri, cid) is None
 
 
 def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):

@@ -646,6 +646,19 @@ int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type,
 	return inspect_copy(s, id, type, true, out);
 }
 
+bool dk_state_not_running(struct dk_state *s, const char *id)
+{
+	if (!s || !id)
+		return false;
+	pthread_mutex_lock(&s->lock);
+	struct entry *e = s->live ? find_exact(s, id) : NULL;
+	bool idle = e && e->inspect &&
+		    (streq(e->status, "exited") || streq(e->status, "created") ||
+		     streq(e->status, "dead"));
+	pthread_mutex_unlock(&s->lock);
+	return idle;
+}
+
 bool dk_state_name_absent(struct dk_state *s, const char *name)
 {
 	if (!s || !name || !*name)

@@ -66,6 +66,10 @@ int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type,
  * name, with or without its leading '/'). */
 bool dk_state_name_absent(struct dk_state *s, const char *name);
 
+/* True when the cache is live and knows id is not running (created,
+ * exited, dead), also from crimux's own stop whose event is not in yet. */
+bool dk_state_not_running(struct dk_state *s, const char *id);
+
 /* Written through by the handlers, so the cache never lags crimux's own
  * changes: a fresh inspect (copied); a container crimux stopped (state
  * "exited" until its die event is inspected); one it removed. */
