@@ -702,32 +702,42 @@ void dk_state_changed(struct dk_state *s, const char *id)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void dk_state_stopped(struct dk_state *s, const char *id)
+/* What crimux made of an entry: its status at once, stale until an
+ * inspect shows the same. If the event came first, nothing is left to do. */
+static void set_status(struct dk_state *s, const char *id, const char *status,
+		       bool (*applies)(const char *current))
 {
 	if (!s)
 		return;
 	pthread_mutex_lock(&s->lock);
 	struct entry *e = find_exact(s, id);
-	if (e && e->inspect && !streq(e->status, "exited") && !streq(e->status, "created")) {
-		snprintf(e->status, sizeof(e->status), "exited");
-		e->stale = true;
+	if (e && e->inspect && applies(e->status) && !(streq(e->status, status) && !e->stale)) {
+		const char *seen = dk_json_str(dk_json_get(e->inspect, "State", NULL), "Status");
+		snprintf(e->status, sizeof(e->status), "%s", status);
+		e->stale = e->stale || !streq(seen ?: "", status);
 		e->seq = ++s->seq;
 	}
 	pthread_mutex_unlock(&s->lock);
 }
 
+static bool was_running(const char *current)
+{
+	return !streq(current, "created") && !streq(current, "dead");
+}
+
+static bool any(const char *current)
+{
+	return true;
+}
+
+void dk_state_stopped(struct dk_state *s, const char *id)
+{
+	set_status(s, id, "exited", was_running);
+}
+
 void dk_state_started(struct dk_state *s, const char *id)
 {
-	if (!s)
-		return;
-	pthread_mutex_lock(&s->lock);
-	struct entry *e = find_exact(s, id);
-	if (e && e->inspect && !streq(e->status, "running")) {
-		snprintf(e->status, sizeof(e->status), "running");
-		e->stale = true;
-		e->seq = ++s->seq;
-	}
-	pthread_mutex_unlock(&s->lock);
+	set_status(s, id, "running", any);
 }
 
 void dk_state_removed(struct dk_state *s, const char *id)
