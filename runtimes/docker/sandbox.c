@@ -807,7 +807,8 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	dk_checkpoint_list(c->ds->checkpoint_dir, &cp_ids, &n_cp, NULL);
 	/* Listed IDs, sorted: a checkpoint whose container Docker still has is
 	 * listed once, and finding that out stays cheap at many pods. */
-	qsort(w.ids, w.n_ids, sizeof(*w.ids), by_string);
+	if (w.n_ids)
+		qsort(w.ids, w.n_ids, sizeof(*w.ids), by_string);
 	size_t n = cached ? 0 : json_object_array_length(list);
 	r = 0;
 	for (size_t i = 0; i < n + n_cp; i++) {
@@ -815,7 +816,7 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		const char *id = e ? dk_json_str(e, "Id") : cp_ids[i - n];
 		if (!id || !dk_valid_id(id) || !id_matches(id, f ? f->id : NULL))
 			continue;
-		if (!e && bsearch(&id, w.ids, w.n_ids, sizeof(*w.ids), by_string))
+		if (!e && w.n_ids && bsearch(&id, w.ids, w.n_ids, sizeof(*w.ids), by_string))
 			continue;
 		/* A listed container needs only the checkpoint's flags (cached by
 		 * file); one Docker lost needs the whole checkpoint. */

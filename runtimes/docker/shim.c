@@ -275,7 +275,8 @@ int dk_packed_finish(struct dk_packed *p, ProtobufCMessage *reply)
 		dk_arena_alloc(&p->c->arena, (p->n ? p->n : 1) * sizeof(*f));
 	if (!f)
 		return -ENOMEM;
-	memcpy(f, p->fields, p->n * sizeof(*f));
+	if (p->n)
+		memcpy(f, p->fields, p->n * sizeof(*f));
 	reply->n_unknown_fields = (unsigned)p->n;
 	reply->unknown_fields = f;
 	dk_packed_clear(p);

@@ -542,7 +542,8 @@ void dk_state_memo(struct dk_state_view *v, const void *data, size_t len)
 	void *copy = malloc(len ? len : 1);
 	if (!copy)
 		return;
-	memcpy(copy, data, len);
+	if (len)
+		memcpy(copy, data, len);
 	free(e->memo);
 	e->memo = copy;
 	e->memo_len = len;
