@@ -30,6 +30,7 @@
  * (ListPodSandbox + ListContainers) at 110 pods against containerd. */
 #include "config.h"
 
+#include <dirent.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -69,7 +70,8 @@ struct bench {
 	unsigned rounds, parallel, parallel_rounds, samples, pleg_pods;
 	unsigned counts[8];
 	size_t n_counts;
-	unsigned seq; /* pod names */
+	unsigned seq;   /* pod names */
+	int crimux_pid; /* for its CPU time per call (0: not shown) */
 	pthread_mutex_t lock;
 };
 
@@ -748,6 +750,33 @@ static int list_once(struct bench *b, const struct side *s, enum list_kind k)
 	return -EINVAL;
 }
 
+/* CPU time crimuxd's threads have used, in ns (schedstat): what a call
+ * costs crimuxd itself, whatever the load on the machine. */
+static double cpu_ns_of(int pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	DIR *d = opendir(path);
+	double total = 0;
+	for (struct dirent *e; d && (e = readdir(d));) {
+		if (e->d_name[0] == '.')
+			continue;
+		char file[300];
+		snprintf(file, sizeof(file), "/proc/%d/task/%s/schedstat", pid, e->d_name);
+		FILE *f = fopen(file, "re");
+		unsigned long long ns = 0;
+		if (f && fscanf(f, "%llu", &ns) == 1)
+			total += (double)ns;
+		if (f)
+			fclose(f);
+	}
+	if (d)
+		closedir(d);
+	return total;
+}
+
+static double crimux_cpu_ms; /* of the last list_figure, per crimux call */
+
 /* p50 of each side's calls, taking turns; t[i] per side (0 raw Docker,
  * 1 crimux docker, 2 containerd, 3 crimux runc; absent sides stay 0). */
 static void list_figure(struct bench *b, const struct side *sides, size_t n_sides, enum list_kind k,
@@ -758,23 +787,28 @@ static void list_figure(struct bench *b, const struct side *sides, size_t n_side
 		for (size_t j = 0; j < n_sides; j++)
 			if ((sides[j].ch || j == 0) && list_once(b, &sides[j], k) < 0)
 				die(list_names[k], sides[j].label);
+	double cpu = 0;
 	for (size_t i = 0; i < n; i++)
 		for (size_t jj = 0; jj < n_sides; jj++) {
 			size_t j = (i + jj) % n_sides;
 			if (!sides[j].ch && j != 0)
 				continue;
+			double c0 = j == 1 && b->crimux_pid ? cpu_ns_of(b->crimux_pid) : 0;
 			double t0 = now_ms();
 			if (list_once(b, &sides[j], k) < 0)
 				die(list_names[k], sides[j].label);
 			v[j][i] = now_ms() - t0;
+			if (j == 1 && b->crimux_pid)
+				cpu += cpu_ns_of(b->crimux_pid) - c0;
 		}
+	crimux_cpu_ms = n ? cpu / 1e6 / (double)n : 0;
 	for (size_t j = 0; j < 4; j++)
 		t[j] = j < n_sides && (sides[j].ch || j == 0) ? p50(v[j], n) : 0;
 }
 
 static void print_list(const char *name, const double t[4])
 {
-	printf("%-20s %9.2f %9.2f %6.2fx", name, t[0], t[1], t[1] / t[0]);
+	printf("%-20s %9.2f %9.2f %6.2fx %9.2f", name, t[0], t[1], t[1] / t[0], crimux_cpu_ms);
 	if (t[2] > 0)
 		printf(" %11.2f %6.2fx", t[2], t[1] / t[2]);
 	if (t[3] > 0)
@@ -847,16 +881,18 @@ static void lists(struct bench *b, const struct side *sides)
 			printf("# PLEG relist (ListPodSandbox + ListContainers) at %zu pods with a "
 			       "running container each; p50 of %zu; milliseconds\n",
 			       want, n);
-			printf("%-20s %9s %9s %7s %11s %7s %11s %7s\n", "call", "docker", "crimux",
-			       "ratio", "containerd", "ratio", "crimux-runc", "ratio");
+			printf("%-20s %9s %9s %7s %9s %11s %7s %11s %7s\n", "call", "docker",
+			       "crimux", "ratio", "crx cpu", "containerd", "ratio", "crimux-runc",
+			       "ratio");
 			list_figure(b, all, 4, L_RELIST, n, t);
 			print_list(list_names[L_RELIST], t);
 		} else {
 			printf("# lists at %zu running containers (%zu pods), unfiltered; p50 of "
 			       "%zu calls; milliseconds\n",
 			       want, want, n);
-			printf("%-20s %9s %9s %7s %11s %7s %11s %7s\n", "call", "docker", "crimux",
-			       "ratio", "containerd", "ratio", "crimux-runc", "ratio");
+			printf("%-20s %9s %9s %7s %9s %11s %7s %11s %7s\n", "call", "docker",
+			       "crimux", "ratio", "crx cpu", "containerd", "ratio", "crimux-runc",
+			       "ratio");
 			for (enum list_kind k = L_CONTAINERS; k <= L_SANDBOX_STATS; k++) {
 				list_figure(b, all, 4, k, n, t);
 				print_list(list_names[k], t);
@@ -1002,7 +1038,8 @@ static void usage(FILE *out)
 		"  --parallel      pods started at once (default 10), --parallel-rounds times (3)\n"
 		"  --counts        running containers for the list figures (default 10,100)\n"
 		"  --pleg-pods     pods for the PLEG relist figure (default 110; 0: none)\n"
-		"  --samples       calls per list figure and side (default 30)\n");
+		"  --samples       calls per list figure and side (default 30)\n"
+		"  --crimux-pid    crimuxd's pid: its CPU time per list call (crx cpu)\n");
 }
 
 int main(int argc, char **argv)
@@ -1023,6 +1060,7 @@ int main(int argc, char **argv)
 		{"counts", required_argument, NULL, 'k'},
 		{"pleg-pods", required_argument, NULL, 'g'},
 		{"samples", required_argument, NULL, 's'},
+		{"crimux-pid", required_argument, NULL, 'x'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -1086,6 +1124,9 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			b.samples = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'x':
+			b.crimux_pid = atoi(optarg);
 			break;
 		case 'h':
 			usage(stdout);

@@ -44,7 +44,7 @@ def main():
             sys.stdout.flush()
             code = subprocess.call([
                 os.path.join(BUILD, "bench", "crimux-bench-docker"),
-                "--docker", dockerd.socket, "--crimux", dk.endpoint,
+                "--docker", dockerd.socket, "--crimux", dk.endpoint, "--crimux-pid", str(dk.pid),
                 "--containerd", lab.containerd.endpoint, "--crimux-runc", runc.endpoint,
                 "--image", lab.busybox_ref,
                 "--cni-conf-dir", lab.net.conf_dir, "--cni-bin-dir", env.CNI_BIN_DIR,

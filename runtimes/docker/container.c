@@ -13,6 +13,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
@@ -143,21 +144,26 @@ int dk_start_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCM
 {
 	const Runtime__V1__StartContainerRequest *in = (const void *)req;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r < 0)
 		return r;
 	const char *id = dk_json_str(inspect, "Id");
 	r = dk_container_start(c->ds->sock, id, &c->dl, err);
 	if (r < 0)
 		return crx_err_prefix(err, "starting container %s", id);
-	/* Docker created its json-file log with the start. */
-	_cleanup_json_ json_object *now = NULL;
-	r = dk_container_inspect(c->ds->sock, id, &c->dl, &now, err);
-	if (r == 0) {
-		dk_state_put(c->ds->state, now);
-		r = dk_follow_log(c, now, err);
+	/* Running from now on, for lists; lookups ask Docker until its start
+	 * event is in (the process, its pid). */
+	dk_state_started(c->ds->state, id);
+	/* Docker created its json-file log with the start, where it always
+	 * does: no inspect needed to find it. */
+	_cleanup_free_ char *log = dk_json_log_path(c, id);
+	if (log && dk_json_add_str(inspect, "LogPath", log) == 0) {
+		r = dk_follow_log(c, inspect, err);
 	} else {
-		dk_state_changed(c->ds->state, id);
+		_cleanup_json_ json_object *now = NULL;
+		r = dk_container_inspect(c->ds->sock, id, &c->dl, &now, err);
+		if (r == 0)
+			r = dk_follow_log(c, now, err);
 	}
 	if (r < 0)
 		return r;
@@ -178,7 +184,7 @@ int dk_stop_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMe
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
@@ -199,12 +205,15 @@ int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err
 {
 	/* Kill first, so the last lines reach the CRI log before Docker
 	 * deletes its own file with the container. */
-	int r = dk_container_stop(c->ds->sock, id, 0, &c->dl, err);
+	int r = dk_state_not_running(c->ds->state, id)
+			? 0 /* nothing to kill: the stop would be a round trip for nothing */
+			: dk_container_stop(c->ds->sock, id, 0, &c->dl, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	dk_state_stopped(c->ds->state, id);
 	dk_logs_forget(c->ds->logs, id);
 	dk_stats_forget(c->ds->stats, id);
+	dk_cgroup_cache_forget(c->ds->cgroups, id);
 	r = dk_container_remove(c->ds->sock, id, &c->dl, err);
 	if (r == 0)
 		dk_state_removed(c->ds->state, id);
@@ -220,7 +229,7 @@ int dk_remove_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
@@ -403,53 +412,105 @@ static bool id_matches(const char *id, const char *filter)
 	return !filter || !*filter || (id && strncmp(id, filter, strlen(filter)) == 0);
 }
 
+/* One entry of dk_list() as a CRI container; NULL when the filter leaves
+ * it out or no CRI runtime made it (*r < 0 on failure). */
+static Runtime__V1__Container *container_item(struct dk_ctx *c, json_object *e,
+					      const Runtime__V1__ContainerFilter *f, int *r)
+{
+	struct dk_arena *a = &c->arena;
+	const char *id = dk_json_str(e, "Id");
+	json_object *labels = dk_json_get(e, "Labels", NULL);
+	Runtime__V1__ContainerState state = dk_container_state_word(dk_json_str(e, "State"));
+	if (!id || !id_matches(id, f ? f->id : NULL) ||
+	    (f && f->state && f->state->state != state) ||
+	    (f && !dk_labels_match(labels, f->n_label_selector, (void *const *)f->label_selector)))
+		return NULL;
+	Runtime__V1__Container *ct = dk_msg_new(a, &runtime__v1__container__descriptor);
+	if (!ct) {
+		*r = -ENOMEM;
+		return NULL;
+	}
+	const char *name = NULL;
+	json_object *names = dk_json_get(e, "Names", NULL);
+	if (names && json_object_array_length(names))
+		name = json_object_get_string(json_object_array_get_idx(names, 0));
+	ct->id = dk_arena_strdup(a, id);
+	ct->pod_sandbox_id = dk_arena_strdup(a, dk_json_str(labels, DK_LABEL_SANDBOX_ID));
+	ct->metadata = container_meta(c, labels, name);
+	ct->image = image_spec(c, dk_json_str(e, "Image"), labels);
+	ct->image_ref = dk_arena_strdup(a, dk_json_str(e, "ImageID"));
+	ct->image_id = ct->image_ref;
+	ct->state = state;
+	ct->created_at = dk_created_ns(labels, e);
+	if (!ct->metadata || !ct->image)
+		return NULL; /* not made by a CRI runtime */
+	if (dk_labels_to_cri(a, labels, &runtime__v1__container__labels_entry__descriptor,
+			     &ct->n_labels, (void ***)&ct->labels,
+			     &runtime__v1__container__annotations_entry__descriptor,
+			     &ct->n_annotations, (void ***)&ct->annotations) < 0) {
+		*r = -ENOMEM;
+		return NULL;
+	}
+	return ct;
+}
+
+/* The kubelet's relist asks for everything: from the cache's memos. */
+static int container_visit(struct dk_state_view *v, void *arg)
+{
+	struct dk_packed *p = arg;
+	if (!v->memo) {
+		_cleanup_json_ json_object *e = dk_state_view_item(v);
+		int r = e ? 0 : -ENOMEM;
+		Runtime__V1__Container *ct = e ? container_item(p->c, e, NULL, &r) : NULL;
+		uint8_t *data = NULL;
+		size_t len = 0;
+		if (r == 0 && ct)
+			r = dk_packed_make(p->c, &ct->base, &data, &len);
+		if (r < 0)
+			return r;
+		dk_state_memo(v, data, len); /* empty: not one to list */
+		return len ? dk_packed_add(p, data, len) : 0;
+	}
+	return v->memo_len ? dk_packed_add(p, v->memo, v->memo_len) : 0;
+}
+
+static bool no_container_filter(const Runtime__V1__ContainerFilter *f)
+{
+	return !f || ((!f->id || !*f->id) && !f->state &&
+		      (!f->pod_sandbox_id || !*f->pod_sandbox_id) && !f->n_label_selector);
+}
+
 int dk_list_containers(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 		       struct crx_err *err)
 {
 	const Runtime__V1__ListContainersRequest *in = (const void *)req;
 	const Runtime__V1__ContainerFilter *f = in->filter;
 	struct dk_arena *a = &c->arena;
-	_cleanup_json_ json_object *list = NULL;
-	int r = dk_list(c, DK_TYPE_CONTAINER, f ? f->pod_sandbox_id : NULL, &list, err);
-	if (r < 0)
-		return r;
 	Runtime__V1__ListContainersResponse *out =
 		dk_msg_new(a, &runtime__v1__list_containers_response__descriptor);
 	if (!out)
 		return -ENOMEM;
+	if (no_container_filter(f)) {
+		struct dk_packed p = {.c = c, .tag = 1}; /* containers */
+		int r = dk_state_each(c->ds->state, DK_TYPE_CONTAINER, container_visit, &p);
+		if (r == 0)
+			r = dk_packed_finish(&p, &out->base);
+		dk_packed_clear(&p);
+		if (r == 0) {
+			*resp = &out->base;
+			return 0;
+		}
+		if (r != -EAGAIN)
+			return r;
+	}
+	_cleanup_json_ json_object *list = NULL;
+	int r = dk_list(c, DK_TYPE_CONTAINER, f ? f->pod_sandbox_id : NULL, &list, err);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
-		json_object *e = json_object_array_get_idx(list, i);
-		const char *id = dk_json_str(e, "Id");
-		json_object *labels = dk_json_get(e, "Labels", NULL);
-		Runtime__V1__ContainerState state =
-			dk_container_state_word(dk_json_str(e, "State"));
-		if (!id || !id_matches(id, f ? f->id : NULL) ||
-		    (f && f->state && f->state->state != state) ||
-		    (f && !dk_labels_match(labels, f->n_label_selector,
-					   (void *const *)f->label_selector)))
-			continue;
-		Runtime__V1__Container *ct = dk_msg_new(a, &runtime__v1__container__descriptor);
-		if (!ct)
-			return -ENOMEM;
-		const char *name = NULL;
-		json_object *names = dk_json_get(e, "Names", NULL);
-		if (names && json_object_array_length(names))
-			name = json_object_get_string(json_object_array_get_idx(names, 0));
-		ct->id = dk_arena_strdup(a, id);
-		ct->pod_sandbox_id = dk_arena_strdup(a, dk_json_str(labels, DK_LABEL_SANDBOX_ID));
-		ct->metadata = container_meta(c, labels, name);
-		ct->image = image_spec(c, dk_json_str(e, "Image"), labels);
-		ct->image_ref = dk_arena_strdup(a, dk_json_str(e, "ImageID"));
-		ct->image_id = ct->image_ref;
-		ct->state = state;
-		ct->created_at = dk_created_ns(labels, e);
-		if (!ct->metadata || !ct->image)
-			continue; /* not made by a CRI runtime */
-		r = dk_labels_to_cri(a, labels, &runtime__v1__container__labels_entry__descriptor,
-				     &ct->n_labels, (void ***)&ct->labels,
-				     &runtime__v1__container__annotations_entry__descriptor,
-				     &ct->n_annotations, (void ***)&ct->annotations);
-		if (r < 0 || DK_PUSH(a, &out->n_containers, &out->containers, ct) < 0)
+		Runtime__V1__Container *ct =
+			container_item(c, json_object_array_get_idx(list, i), f, &r);
+		if (r < 0 || (ct && DK_PUSH(a, &out->n_containers, &out->containers, ct) < 0))
 			return -ENOMEM;
 	}
 	*resp = &out->base;
@@ -461,7 +522,7 @@ int dk_update_container_resources(struct dk_ctx *c, const ProtobufCMessage *req,
 {
 	const Runtime__V1__UpdateContainerResourcesRequest *in = (const void *)req;
 	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_typed(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
 	if (r < 0)
 		return r;
 	struct dk_spec_opts opts = dk_spec_opts(c->ds, 0);

@@ -14,6 +14,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/netns.h"
@@ -144,7 +145,7 @@ static Runtime__V1__ContainerStats *container_stats(struct dk_ctx *c, const stru
 
 	struct dk_cgroup_sample s = {0};
 	if (ci->pid > 0)
-		dk_cgroup_read(ci->pid, &s, NULL);
+		dk_cgroup_cache_read(c->ds->cgroups, id, ci->pid, &s);
 	if (sample)
 		*sample = s;
 	st->cpu = cpu_usage(c, id, ts, &s);
@@ -260,7 +261,9 @@ static Runtime__V1__NetworkInterfaceUsage *if_usage(struct dk_arena *a, const st
 	return u;
 }
 
-static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct cinfo *si)
+/* Stats of a pod; list: its running containers (entries of dk_list()). */
+static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct cinfo *si,
+					       json_object *const *list, size_t n_list)
 {
 	struct dk_arena *a = &c->arena;
 	const char *id = si->id;
@@ -292,14 +295,13 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct ci
 	int64_t ts = dk_realtime_ns();
 	struct dk_cgroup_sample total = {0}, s = {0};
 	int pid = si->pid;
-	if (pid > 0 && dk_cgroup_read(pid, &total, NULL) < 0)
+	if (pid > 0 && dk_cgroup_cache_read(c->ds->cgroups, id, pid, &total) < 0)
 		total = (struct dk_cgroup_sample){0};
-	_cleanup_json_ json_object *list = NULL;
-	if (running_containers(c, id, NULL, 0, NULL, &list, NULL) == 0) {
-		for (size_t i = 0; i < json_object_array_length(list); i++) {
+	{
+		for (size_t i = 0; i < n_list; i++) {
 			_cleanup_json_ json_object *inspect = NULL;
 			struct cinfo ci;
-			if (info_of(c, json_object_array_get_idx(list, i), &inspect, &ci) < 0)
+			if (info_of(c, list[i], &inspect, &ci) < 0)
 				continue;
 			Runtime__V1__ContainerStats *cs = container_stats(c, &ci, &s);
 			if (!cs || DK_PUSH(a, &ls->n_containers, &ls->containers, cs) < 0)
@@ -330,11 +332,9 @@ static Runtime__V1__PodSandboxStats *pod_stats(struct dk_ctx *c, const struct ci
 	ls->process = pu;
 
 	if (pid > 0 && !streq(si->netmode, "host")) {
-		char netns[64];
-		snprintf(netns, sizeof(netns), "/proc/%d/ns/net", pid);
 		struct dk_if_stats *ifs = NULL;
 		size_t n = 0;
-		if (dk_netns_if_stats(netns, &ifs, &n, NULL) == 0) {
+		if (dk_proc_net_dev(pid, &ifs, &n, NULL) == 0) {
 			Runtime__V1__NetworkUsage *nu =
 				dk_msg_new(a, &runtime__v1__network_usage__descriptor);
 			if (!nu) {
@@ -369,10 +369,28 @@ int dk_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req, Protobuf
 	Runtime__V1__PodSandboxStatsResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__pod_sandbox_stats_response__descriptor);
 	struct cinfo si = from_inspect(inspect);
-	if (!out || !(out->stats = pod_stats(c, &si)))
+	_cleanup_json_ json_object *list = NULL;
+	r = running_containers(c, si.id, NULL, 0, NULL, &list, err);
+	if (r < 0)
+		return r;
+	size_t n = json_object_array_length(list);
+	json_object **mine = dk_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*mine));
+	for (size_t i = 0; mine && i < n; i++)
+		mine[i] = json_object_array_get_idx(list, i);
+	if (!out || !mine || !(out->stats = pod_stats(c, &si, mine, n)))
 		return -ENOMEM;
 	*resp = &out->base;
 	return 0;
+}
+
+struct by_pod {
+	const char *sandbox;
+	json_object *entry;
+};
+
+static int by_pod_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct by_pod *)a)->sandbox, ((const struct by_pod *)b)->sandbox);
 }
 
 int dk_list_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req,
@@ -380,10 +398,24 @@ int dk_list_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req,
 {
 	const Runtime__V1__ListPodSandboxStatsRequest *in = (const void *)req;
 	const Runtime__V1__PodSandboxStatsFilter *f = in->filter;
-	_cleanup_json_ json_object *list = NULL;
+	_cleanup_json_ json_object *list = NULL, *containers = NULL;
 	int r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
+	if (r == 0)
+		r = running_containers(c, NULL, NULL, 0, NULL, &containers, err);
 	if (r < 0)
 		return r;
+	/* Every running container once, sorted by its sandbox: each pod finds
+	 * its own by binary search, not by a walk over all of them. */
+	size_t n_c = json_object_array_length(containers);
+	struct by_pod *idx = dk_arena_alloc(&c->arena, (n_c ? n_c : 1) * sizeof(*idx));
+	if (!idx)
+		return -ENOMEM;
+	for (size_t i = 0; i < n_c; i++) {
+		json_object *e = json_object_array_get_idx(containers, i);
+		idx[i] = (struct by_pod){
+			dk_json_str(dk_json_get(e, "Labels", NULL), DK_LABEL_SANDBOX_ID) ?: "", e};
+	}
+	qsort(idx, n_c, sizeof(*idx), by_pod_cmp);
 	Runtime__V1__ListPodSandboxStatsResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__list_pod_sandbox_stats_response__descriptor);
 	if (!out)
@@ -400,7 +432,21 @@ int dk_list_pod_sandbox_stats(struct dk_ctx *c, const ProtobufCMessage *req,
 		struct cinfo si;
 		if (info_of(c, e, &inspect, &si) < 0)
 			continue;
-		Runtime__V1__PodSandboxStats *st = pod_stats(c, &si);
+		size_t lo = 0, hi = n_c;
+		while (lo < hi) { /* the first container of this pod */
+			size_t mid = (lo + hi) / 2;
+			if (strcmp(idx[mid].sandbox, id) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		size_t end = lo;
+		while (end < n_c && streq(idx[end].sandbox, id))
+			end++;
+		json_object **mine = dk_arena_alloc(&c->arena, (end - lo + 1) * sizeof(*mine));
+		for (size_t k = lo; mine && k < end; k++)
+			mine[k - lo] = idx[k].entry;
+		Runtime__V1__PodSandboxStats *st = mine ? pod_stats(c, &si, mine, end - lo) : NULL;
 		if (!st || DK_PUSH(&c->arena, &out->n_stats, &out->stats, st) < 0)
 			return -ENOMEM;
 	}

@@ -21,6 +21,7 @@
 #include "runtimes/backend.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/logs.h"
 #include "runtimes/docker/model/names.h"
 #include "runtimes/docker/model/state.h"
@@ -227,6 +228,7 @@ static void shim_free(struct dk_shim *ds)
 	if (ds->corrupt)
 		json_object_put(ds->corrupt);
 	dk_stats_cache_free(ds->stats);
+	dk_cgroup_cache_free(ds->cgroups);
 	free(ds->name);
 	free(ds->sock);
 	free(ds->handler);
@@ -239,13 +241,12 @@ static void shim_free(struct dk_shim *ds)
 	free(ds->pause_binary);
 	free(ds->log_max_size);
 	free(ds->pod_cidr);
+	free(ds->docker_root);
 	pthread_cond_destroy(&ds->wake);
 	pthread_mutex_destroy(&ds->lock);
 	pthread_mutex_destroy(&ds->pause_lock);
-	for (int i = 0; i < DK_LOCKS; i++) {
-		pthread_mutex_destroy(&ds->sandbox_locks[i]);
-		pthread_mutex_destroy(&ds->name_locks[i]);
-	}
+	dk_keylocks_destroy(&ds->sandbox_locks);
+	dk_keylocks_destroy(&ds->name_locks);
 	free(ds);
 }
 
@@ -264,10 +265,8 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&ds->wake, &ca);
 	pthread_condattr_destroy(&ca);
-	for (int i = 0; i < DK_LOCKS; i++) {
-		pthread_mutex_init(&ds->sandbox_locks[i], NULL);
-		pthread_mutex_init(&ds->name_locks[i], NULL);
-	}
+	dk_keylocks_init(&ds->sandbox_locks);
+	dk_keylocks_init(&ds->name_locks);
 
 	const char *opt_ttl = crx_backend_option(cfg, "stats_layer_ttl");
 	const char *opt_reconcile = crx_backend_option(cfg, "state_reconcile_interval");
@@ -329,7 +328,7 @@ static int shim_open(struct backend *b, const struct crx_backend_config *cfg, st
 		};
 		r = stream_server_new(&so, &ds->stream, err);
 	}
-	if (r == 0 && dk_stats_cache_new(&ds->stats) < 0)
+	if (r == 0 && (dk_stats_cache_new(&ds->stats) < 0 || dk_cgroup_cache_new(&ds->cgroups) < 0))
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 	if (r == 0)
 		r = dk_state_new(ds->sock, ds->checkpoint_dir, (unsigned)reconcile_ms, &ds->state,

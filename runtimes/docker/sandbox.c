@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
+#include "runtimes/docker/model/cgcache.h"
 #include "runtimes/docker/model/cni.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/logs.h"
@@ -202,6 +203,7 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 	if (inspect && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
 		return r;
 	dk_state_removed(c->ds->state, id);
+	dk_cgroup_cache_forget(c->ds->cgroups, id);
 	return dk_checkpoint_remove(c->ds->checkpoint_dir, id, err);
 }
 
@@ -312,12 +314,28 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 		      const char *handler, const char *name, char **out_id, struct crx_err *err)
 {
 	struct dk_shim *ds = c->ds;
-	int r = reuse_existing(c, name, out_id, err);
-	if (r < 0 || *out_id)
-		return r;
-	r = dk_ensure_pause_image(c, err);
-	if (r < 0)
-		return r;
+	/* The state cache knows of no container of that name and the pause
+	 * image was there before: try the create straight away. Docker says
+	 * so if either is wrong (a conflict, no such image), and then the
+	 * checks run and the create is tried once more. */
+	bool optimistic = dk_state_name_absent(ds->state, name);
+	pthread_mutex_lock(&ds->lock);
+	bool have_pause = ds->pause_present;
+	pthread_mutex_unlock(&ds->lock);
+	int r = 0;
+	if (!optimistic) {
+		r = reuse_existing(c, name, out_id, err);
+		if (r < 0 || *out_id)
+			return r;
+	}
+	if (!have_pause) {
+		r = dk_ensure_pause_image(c, err);
+		if (r < 0)
+			return r;
+		pthread_mutex_lock(&ds->lock);
+		ds->pause_present = true;
+		pthread_mutex_unlock(&ds->lock);
+	}
 
 	const Runtime__V1__LinuxPodSandboxConfig *lc = cfg->linux;
 	const Runtime__V1__NamespaceOption *ns =
@@ -333,6 +351,19 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 		return r;
 	_cleanup_free_ char *id = NULL;
 	r = dk_container_create(ds->sock, name, spec, &c->dl, &id, err);
+	bool no_image = r == -ENOENT || (r < 0 && err && strstr(err->msg, "No such image"));
+	if ((r == -EEXIST && optimistic) || (no_image && have_pause)) {
+		if (no_image) {
+			pthread_mutex_lock(&ds->lock);
+			ds->pause_present = false;
+			pthread_mutex_unlock(&ds->lock);
+		}
+		r = r == -EEXIST ? reuse_existing(c, name, out_id, err)
+				 : dk_ensure_pause_image(c, err);
+		if (r < 0 || *out_id)
+			return r;
+		r = dk_container_create(ds->sock, name, spec, &c->dl, &id, err);
+	}
 	if (r < 0)
 		return crx_err_prefix(err, "creating the sandbox container %s", name);
 
@@ -657,45 +688,146 @@ static int by_string(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* One sandbox as the CRI lists it: from an entry of dk_list() (e), or
+ * from its checkpoint alone when Docker lost its container (e NULL). NULL
+ * when the filter leaves it out (*r < 0 on failure). */
+/* torn: a checkpoint is there but cannot be read; the pod is not ready. */
+static Runtime__V1__PodSandbox *sandbox_item(struct dk_ctx *c, json_object *e, const char *id,
+					     const struct dk_checkpoint *cp, bool have_cp,
+					     bool torn, const Runtime__V1__PodSandboxFilter *f,
+					     int *r)
+{
+	struct dk_arena *a = &c->arena;
+	json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp->labels;
+	Runtime__V1__PodSandbox *p = dk_msg_new(a, &runtime__v1__pod_sandbox__descriptor);
+	if (!p) {
+		*r = -ENOMEM;
+		return NULL;
+	}
+	p->id = dk_arena_strdup(a, id);
+	p->runtime_handler = sandbox_handler(c, labels);
+	const char *name = NULL;
+	json_object *names = dk_json_get(e, "Names", NULL);
+	if (names && json_object_array_length(names))
+		name = json_object_get_string(json_object_array_get_idx(names, 0));
+	p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, cp);
+	p->state =
+		sandbox_ready(e && !torn && streq(dk_json_str(e, "State"), "running"), cp, have_cp)
+			? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+			: RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+	p->created_at = e ? dk_created_ns(labels, e) : cp->created_ns;
+	if (p->created_at <= 0)
+		p->created_at = 1;
+	bool keep = p->metadata && (!f || !f->state || f->state->state == p->state) &&
+		    (!f || dk_labels_match(labels, f->n_label_selector,
+					   (void *const *)f->label_selector));
+	if (!keep)
+		return NULL;
+	*r = dk_labels_to_cri(a, labels, &runtime__v1__pod_sandbox__labels_entry__descriptor,
+			      &p->n_labels, (void ***)&p->labels,
+			      &runtime__v1__pod_sandbox__annotations_entry__descriptor,
+			      &p->n_annotations, (void ***)&p->annotations);
+	return *r < 0 ? NULL : p;
+}
+
+struct sandbox_walk {
+	struct dk_packed packed;
+	const char **ids; /* every sandbox the cache has (arena) */
+	size_t n_ids, cap_ids;
+};
+
+/* The kubelet's relist asks for everything: from the cache's memos, which
+ * carry the checkpoint's flags too. */
+static int sandbox_visit(struct dk_state_view *v, void *arg)
+{
+	struct sandbox_walk *w = arg;
+	struct dk_ctx *c = w->packed.c;
+	if (w->n_ids == w->cap_ids) {
+		size_t cap = w->cap_ids ? w->cap_ids * 2 : 128;
+		const char **more = dk_arena_alloc(&c->arena, cap * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		if (w->n_ids)
+			memcpy(more, w->ids, w->n_ids * sizeof(*more));
+		w->ids = more;
+		w->cap_ids = cap;
+	}
+	if (!(w->ids[w->n_ids++] = dk_arena_strdup(&c->arena, v->id)))
+		return -ENOMEM;
+	if (v->memo)
+		return v->memo_len ? dk_packed_add(&w->packed, v->memo, v->memo_len) : 0;
+	_cleanup_json_ json_object *e = dk_state_view_item(v);
+	struct dk_checkpoint cp = {.host_network = v->host_network,
+				   .network_ready = v->network_ready};
+	int r = e ? 0 : -ENOMEM;
+	Runtime__V1__PodSandbox *p =
+		e ? sandbox_item(c, e, v->id, &cp, v->have_checkpoint, v->checkpoint_torn, NULL, &r)
+		  : NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	if (r == 0 && p)
+		r = dk_packed_make(c, &p->base, &data, &len);
+	if (r < 0)
+		return r;
+	dk_state_memo(v, data, len); /* empty: not one to list */
+	return len ? dk_packed_add(&w->packed, data, len) : 0;
+}
+
+static bool no_sandbox_filter(const Runtime__V1__PodSandboxFilter *f)
+{
+	return !f || ((!f->id || !*f->id) && !f->state && !f->n_label_selector);
+}
+
 int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 			struct crx_err *err)
 {
 	const Runtime__V1__ListPodSandboxRequest *in = (const void *)req;
 	const Runtime__V1__PodSandboxFilter *f = in->filter;
 	struct dk_arena *a = &c->arena;
-	_cleanup_json_ json_object *list = NULL;
-	int r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
-	if (r < 0)
-		return r;
 	Runtime__V1__ListPodSandboxResponse *out =
 		dk_msg_new(a, &runtime__v1__list_pod_sandbox_response__descriptor);
 	if (!out)
 		return -ENOMEM;
+	struct sandbox_walk w = {.packed = {.c = c, .tag = 1}}; /* items */
+	int r = no_sandbox_filter(f)
+			? dk_state_each(c->ds->state, DK_TYPE_SANDBOX, sandbox_visit, &w)
+			: -EAGAIN;
+	if (r == 0)
+		r = dk_packed_finish(&w.packed, &out->base);
+	dk_packed_clear(&w.packed);
+	if (r < 0 && r != -EAGAIN)
+		return r;
+	bool cached = r == 0;
+	_cleanup_json_ json_object *list = NULL;
+	if (!cached) {
+		r = dk_list(c, DK_TYPE_SANDBOX, NULL, &list, err);
+		if (r < 0)
+			return r;
+		size_t n = json_object_array_length(list);
+		w.ids = dk_arena_alloc(a, (n ? n : 1) * sizeof(*w.ids));
+		if (!w.ids)
+			return -ENOMEM;
+		for (size_t i = 0; i < n; i++) {
+			const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
+			if (id)
+				w.ids[w.n_ids++] = id;
+		}
+	}
 	char **cp_ids = NULL;
 	size_t n_cp = 0;
 	dk_checkpoint_list(c->ds->checkpoint_dir, &cp_ids, &n_cp, NULL);
-
-	size_t n = json_object_array_length(list);
 	/* Listed IDs, sorted: a checkpoint whose container Docker still has is
 	 * listed once, and finding that out stays cheap at many pods. */
-	const char **listed = calloc(n ? n : 1, sizeof(*listed));
-	if (!listed) {
-		dk_strv_free(cp_ids, n_cp);
-		return -ENOMEM;
-	}
-	size_t n_listed = 0;
-	for (size_t i = 0; i < n; i++) {
-		const char *id = dk_json_str(json_object_array_get_idx(list, i), "Id");
-		if (id)
-			listed[n_listed++] = id;
-	}
-	qsort(listed, n_listed, sizeof(*listed), by_string);
+	if (w.n_ids)
+		qsort(w.ids, w.n_ids, sizeof(*w.ids), by_string);
+	size_t n = cached ? 0 : json_object_array_length(list);
+	r = 0;
 	for (size_t i = 0; i < n + n_cp; i++) {
 		json_object *e = i < n ? json_object_array_get_idx(list, i) : NULL;
 		const char *id = e ? dk_json_str(e, "Id") : cp_ids[i - n];
 		if (!id || !dk_valid_id(id) || !id_matches(id, f ? f->id : NULL))
 			continue;
-		if (!e && bsearch(&id, listed, n_listed, sizeof(*listed), by_string))
+		if (!e && w.n_ids && bsearch(&id, w.ids, w.n_ids, sizeof(*w.ids), by_string))
 			continue;
 		/* A listed container needs only the checkpoint's flags (cached by
 		 * file); one Docker lost needs the whole checkpoint. */
@@ -703,47 +835,16 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		int cpr = e ? dk_state_checkpoint(c->ds->state, id, &cp.host_network,
 						  &cp.network_ready)
 			    : dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
-		bool have_cp = e ? cpr == 1 : cpr == 0, cp_bad = cpr < 0 && cpr != -ENOENT;
-		if (!e && !have_cp)
-			continue;
-		json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp.labels;
-		Runtime__V1__PodSandbox *p = dk_msg_new(a, &runtime__v1__pod_sandbox__descriptor);
-		if (!p) {
-			dk_checkpoint_clear(&cp);
-			r = -ENOMEM;
-			break;
-		}
-		p->id = dk_arena_strdup(a, id);
-		p->runtime_handler = sandbox_handler(c, labels);
-		const char *name = NULL;
-		json_object *names = dk_json_get(e, "Names", NULL);
-		if (names && json_object_array_length(names))
-			name = json_object_get_string(json_object_array_get_idx(names, 0));
-		p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, &cp);
-		p->state = sandbox_ready(e && !cp_bad && streq(dk_json_str(e, "State"), "running"),
-					 &cp, have_cp)
-				   ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
-				   : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
-		p->created_at = e ? dk_created_ns(labels, e) : cp.created_ns;
-		if (p->created_at <= 0)
-			p->created_at = 1;
-		bool keep = p->metadata && (!f || !f->state || f->state->state == p->state) &&
-			    (!f || dk_labels_match(labels, f->n_label_selector,
-						   (void *const *)f->label_selector));
-		if (keep)
-			r = dk_labels_to_cri(
-				a, labels, &runtime__v1__pod_sandbox__labels_entry__descriptor,
-				&p->n_labels, (void ***)&p->labels,
-				&runtime__v1__pod_sandbox__annotations_entry__descriptor,
-				&p->n_annotations, (void ***)&p->annotations);
-		if (keep && r == 0)
+		bool have_cp = e ? cpr == 1 : cpr == 0, torn = cpr < 0 && cpr != -ENOENT;
+		Runtime__V1__PodSandbox *p =
+			e || have_cp ? sandbox_item(c, e, id, &cp, have_cp, torn, f, &r) : NULL;
+		if (r == 0 && p)
 			r = DK_PUSH(a, &out->n_items, &out->items, p);
 		dk_checkpoint_clear(&cp);
 		if (r < 0)
 			break;
 	}
 	dk_strv_free(cp_ids, n_cp);
-	free(listed);
 	if (r < 0)
 		return -ENOMEM;
 	*resp = &out->base;

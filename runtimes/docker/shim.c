@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
@@ -38,41 +40,107 @@ const char *dk_cgroup_driver(struct dk_ctx *c)
 		_cleanup_json_ json_object *info = NULL;
 		if (dk_call(ds->sock, "GET", "/info", NULL, &c->dl, &info, NULL, NULL) == 0) {
 			const char *d = dk_json_str(info, "CgroupDriver");
+			const char *root = dk_json_str(info, "DockerRootDir");
 			pthread_mutex_lock(&ds->lock);
 			snprintf(ds->cgroup_driver, sizeof(ds->cgroup_driver), "%s",
 				 d && *d ? d : "cgroupfs");
+			if (!ds->docker_root && root && root[0] == '/')
+				ds->docker_root = strdup(root);
 			pthread_mutex_unlock(&ds->lock);
 		}
 	}
 	return ds->cgroup_driver[0] ? ds->cgroup_driver : "cgroupfs";
 }
 
-static unsigned lock_index(const char *id)
+char *dk_json_log_path(struct dk_ctx *c, const char *id)
 {
-	unsigned h = 5381;
-	for (const char *p = id; *p; p++)
-		h = h * 33 + (unsigned char)*p;
-	return h % DK_LOCKS;
+	dk_cgroup_driver(c);
+	struct dk_shim *ds = c->ds;
+	char *path = NULL;
+	pthread_mutex_lock(&ds->lock);
+	if (ds->docker_root &&
+	    asprintf(&path, "%s/containers/%s/%s-json.log", ds->docker_root, id, id) < 0)
+		path = NULL;
+	pthread_mutex_unlock(&ds->lock);
+	return path;
+}
+
+struct dk_held {
+	struct dk_held *next;
+	char key[];
+};
+
+void dk_keylocks_init(struct dk_keylocks *k)
+{
+	pthread_mutex_init(&k->lock, NULL);
+	pthread_cond_init(&k->released, NULL);
+	k->held = NULL;
+}
+
+void dk_keylocks_destroy(struct dk_keylocks *k)
+{
+	while (k->held) {
+		struct dk_held *h = k->held;
+		k->held = h->next;
+		free(h);
+	}
+	pthread_cond_destroy(&k->released);
+	pthread_mutex_destroy(&k->lock);
+}
+
+static struct dk_held **find_held(struct dk_keylocks *k, const char *key)
+{
+	struct dk_held **p = &k->held;
+	while (*p && !streq((*p)->key, key))
+		p = &(*p)->next;
+	return p;
+}
+
+static void key_lock(struct dk_keylocks *k, const char *key)
+{
+	size_t len = strlen(key);
+	struct dk_held *h;
+	while (!(h = malloc(sizeof(*h) + len + 1)))
+		usleep(1000); /* out of memory: a lock cannot fail, so wait */
+	memcpy(h->key, key, len + 1);
+	pthread_mutex_lock(&k->lock);
+	while (*find_held(k, key))
+		pthread_cond_wait(&k->released, &k->lock);
+	h->next = k->held;
+	k->held = h;
+	pthread_mutex_unlock(&k->lock);
+}
+
+static void key_unlock(struct dk_keylocks *k, const char *key)
+{
+	pthread_mutex_lock(&k->lock);
+	struct dk_held **p = find_held(k, key), *h = *p;
+	if (h) {
+		*p = h->next;
+		free(h);
+	}
+	pthread_cond_broadcast(&k->released);
+	pthread_mutex_unlock(&k->lock);
 }
 
 void dk_sandbox_lock(struct dk_shim *ds, const char *id)
 {
-	pthread_mutex_lock(&ds->sandbox_locks[lock_index(id)]);
+	key_lock(&ds->sandbox_locks, id);
 }
 
 void dk_sandbox_unlock(struct dk_shim *ds, const char *id)
 {
-	pthread_mutex_unlock(&ds->sandbox_locks[lock_index(id)]);
+	key_unlock(&ds->sandbox_locks, id);
 }
 
 void dk_name_lock(struct dk_shim *ds, const char *name)
 {
-	pthread_mutex_lock(&ds->name_locks[lock_index(name)]);
+	key_lock(&ds->name_locks, name);
 }
 
 void dk_name_unlock(struct dk_shim *ds, const char *name)
 {
-	pthread_mutex_unlock(&ds->name_locks[lock_index(name)]);
+	key_unlock(&ds->name_locks, name);
 }
 
 int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_object **out,
@@ -99,6 +167,14 @@ int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_ob
 	}
 	*out = o;
 	return 0;
+}
+
+int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_object **out,
+		     struct crx_err *err)
+{
+	if (id && dk_valid_id(id) && dk_state_inspect_ident(c->ds->state, id, type, out) == 0)
+		return 0;
+	return dk_inspect_typed(c, id, type, out, err);
 }
 
 int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,
@@ -151,4 +227,65 @@ int64_t dk_created_ns(json_object *labels, json_object *container)
 	if (created && json_object_is_type(created, json_type_int))
 		return json_object_get_int64(created) * 1000000000; /* list: seconds */
 	return dk_parse_time(dk_json_str(container, "Created"));
+}
+
+int dk_packed_add(struct dk_packed *p, const void *data, size_t len)
+{
+	if (p->n == p->cap) {
+		size_t cap = p->cap ? p->cap * 2 : 64;
+		ProtobufCMessageUnknownField *more = realloc(p->fields, cap * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		p->fields = more;
+		p->cap = cap;
+	}
+	/* protobuf-c keeps a length-delimited unknown field with its length
+	 * prefix, and packs it back as it is. */
+	uint8_t *copy = dk_arena_alloc(&p->c->arena, len + 10);
+	if (!copy)
+		return -ENOMEM;
+	size_t k = 0;
+	for (uint64_t v = len;; v >>= 7) {
+		copy[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		if (v <= 0x7f)
+			break;
+	}
+	memcpy(copy + k, data, len);
+	p->fields[p->n++] =
+		(ProtobufCMessageUnknownField){.tag = p->tag,
+					       .wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED,
+					       .len = k + len,
+					       .data = copy};
+	return 0;
+}
+
+int dk_packed_make(struct dk_ctx *c, const ProtobufCMessage *msg, uint8_t **data, size_t *len)
+{
+	*len = protobuf_c_message_get_packed_size(msg);
+	*data = dk_arena_alloc(&c->arena, *len ? *len : 1);
+	if (!*data)
+		return -ENOMEM;
+	protobuf_c_message_pack(msg, *data);
+	return 0;
+}
+
+int dk_packed_finish(struct dk_packed *p, ProtobufCMessage *reply)
+{
+	ProtobufCMessageUnknownField *f =
+		dk_arena_alloc(&p->c->arena, (p->n ? p->n : 1) * sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	if (p->n)
+		memcpy(f, p->fields, p->n * sizeof(*f));
+	reply->n_unknown_fields = (unsigned)p->n;
+	reply->unknown_fields = f;
+	dk_packed_clear(p);
+	return 0;
+}
+
+void dk_packed_clear(struct dk_packed *p)
+{
+	free(p->fields);
+	p->fields = NULL;
+	p->n = p->cap = 0;
 }

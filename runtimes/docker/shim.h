@@ -18,7 +18,16 @@
 #include "runtimes/docker/model/checkpoint.h"
 #include "runtimes/docker/model/spec.h"
 
-#define DK_LOCKS 64
+/* Locks by key (a sandbox ID, a name): calls on the same key take turns,
+ * calls on different keys never wait for one another. */
+struct dk_held;
+struct dk_keylocks {
+	pthread_mutex_t lock; /* held only to look at the set */
+	pthread_cond_t released;
+	struct dk_held *held;
+};
+void dk_keylocks_init(struct dk_keylocks *k);
+void dk_keylocks_destroy(struct dk_keylocks *k);
 
 struct dk_shim {
 	char *name;    /* the backend's name in crimux.conf */
@@ -37,13 +46,16 @@ struct dk_shim {
 
 	struct dk_logs *logs;
 	struct dk_stats_cache *stats;
-	struct dk_state *state;       /* what Docker holds of our containers */
-	struct stream_server *stream; /* exec, attach and port-forward URLs */
+	struct dk_cgroup_cache *cgroups; /* cgroup files kept open */
+	struct dk_state *state;          /* what Docker holds of our containers */
+	struct stream_server *stream;    /* exec, attach and port-forward URLs */
 
 	pthread_mutex_t lock; /* the fields below */
 	char cgroup_driver[16];
+	char *docker_root; /* Docker's DockerRootDir, asked with the driver */
 	char *pod_cidr;
 	bool recovered;
+	bool pause_present; /* the sandbox image was there at the last look */
 	bool closing;
 	/* Checkpoints found torn or corrupt at start: [{"sandbox","error"}],
 	 * reported in the verbose Status. */
@@ -54,11 +66,11 @@ struct dk_shim {
 	pthread_mutex_t pause_lock; /* one pause image load at a time */
 
 	/* Sandbox operations on one ID (run, stop, remove, CNI) are
-	 * serialised; IDs hash onto these. */
-	pthread_mutex_t sandbox_locks[DK_LOCKS];
+	 * serialised. */
+	struct dk_keylocks sandbox_locks;
 	/* RunPodSandbox per sandbox name (a retry waits for the first try);
-	 * separate, so a name and an ID never share a mutex. */
-	pthread_mutex_t name_locks[DK_LOCKS];
+	 * separate, so a name and an ID never share a lock. */
+	struct dk_keylocks name_locks;
 };
 
 /* One CRI call being answered. */
@@ -76,6 +88,9 @@ typedef int (*dk_handler)(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 struct dk_spec_opts dk_spec_opts(struct dk_shim *ds, int64_t created_ns);
 /* Docker's cgroup driver, asked once. */
 const char *dk_cgroup_driver(struct dk_ctx *c);
+/* Where Docker keeps the json-file log of container id (it is always
+ * <DockerRootDir>/containers/<id>/<id>-json.log), NULL if unknown. */
+char *dk_json_log_path(struct dk_ctx *c, const char *id);
 void dk_sandbox_lock(struct dk_shim *ds, const char *id);
 void dk_sandbox_unlock(struct dk_shim *ds, const char *id);
 void dk_name_lock(struct dk_shim *ds, const char *name);
@@ -90,8 +105,29 @@ int dk_inspect_typed(struct dk_ctx *c, const char *id, const char *type, json_ob
  * UpperDir, NetworkMode, CgroupParent too), else from Docker. */
 int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,
 	    struct crx_err *err);
+/* A list reply made of packed items (repeated field `tag`) as the state
+ * cache's memos keep them: protobuf-c sends unknown fields verbatim, so a
+ * reply of N unchanged containers is N copies, not N conversions. */
+struct dk_packed {
+	struct dk_ctx *c;
+	uint32_t tag;
+	ProtobufCMessageUnknownField *fields;
+	size_t n, cap;
+};
+/* Adds one item, copied into the call's arena. */
+int dk_packed_add(struct dk_packed *p, const void *data, size_t len);
+/* Packs msg (a message built in the call's arena) for a memo. */
+int dk_packed_make(struct dk_ctx *c, const ProtobufCMessage *msg, uint8_t **data, size_t *len);
+/* Hands the items to reply (which owns them then) and empties p. */
+int dk_packed_finish(struct dk_packed *p, ProtobufCMessage *reply);
+void dk_packed_clear(struct dk_packed *p);
+
 /* Docker filters for our containers of one type, plus extra label=value
  * pairs and an ID. */
+/* As dk_inspect_typed, for callers that need only what never changes of
+ * a container (its ID, name, labels, config). */
+int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_object **out,
+		     struct crx_err *err);
 json_object *dk_filters(const char *type, const char *id, const char *label, const char *value);
 /* Created time of a container: our label, else Docker's. */
 int64_t dk_created_ns(json_object *labels, json_object *inspect_or_list);

@@ -132,9 +132,12 @@ def pod_with_container(cri, lab, name, command=("sleep", "1000")):
 
 
 def cached(proxy, cri):
-    """True once ListContainers is answered without asking Docker."""
+    """True once lists are answered without asking Docker: the cache is
+    live, and the start events of the containers just started are in (till
+    then their stats ask Docker for the process)."""
     proxy.take()
     cri.ListContainers()
+    cri.ListContainerStats()
     return not proxy.take()
 
 
@@ -153,6 +156,15 @@ def test_lists_and_stats_make_no_docker_call_per_container(proxied, lab):
     assert {p for p, _ in pods} <= {s.id for s in sandboxes if s.state == pb().SANDBOX_READY}
     assert mine <= {s.attributes.id for s in cstats}
     assert {p for p, _ in pods} <= {s.attributes.id for s in pstats}
+    # The relist's answer (memoised packed replies) is the filtered path's.
+    api = pb()
+    running = api.ContainerFilter(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    assert ({c.id: c for c in containers if c.state == api.CONTAINER_RUNNING} ==
+            {c.id: c for c in cri.ListContainers(filter=running).containers})
+    ready = api.PodSandboxFilter(state=api.PodSandboxStateValue(state=api.SANDBOX_READY))
+    assert ({s.id: s for s in sandboxes if s.state == api.SANDBOX_READY} ==
+            {s.id: s for s in cri.ListPodSandbox(filter=ready).items})
+    proxy.take()
     # Lookups by ID too: status, stats of one.
     cri.ContainerStatus(container_id=pods[0][1])
     cri.PodSandboxStatus(pod_sandbox_id=pods[0][0])
@@ -171,6 +183,75 @@ def test_stop_container_is_one_docker_call(proxied, lab):
     [c] = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
     assert c.state == pb().CONTAINER_EXITED
     assert cri.ContainerStatus(container_id=cid).status.state == pb().CONTAINER_EXITED
+    # A stopped container is removed without another stop first.
+    proxy.take()
+    cri.RemoveContainer(container_id=cid)
+    assert proxy.take() == [f"DELETE /v1.41/containers/{cid}?force=1&v=1 HTTP/1.1"]
+    assert state_of(cri, cid) is None
+
+
+def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):
+    """create, start, inspect (for the pid): the name and the sandbox image
+    are not looked up first while the cache and an earlier pod vouch for
+    them; when that is wrong Docker says so and the checks run."""
+    _, proxy, cri = proxied
+    pod_with_container(cri, lab, "first")  # loads the sandbox image
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    proxy.take()
+    pod = cri.run_pod(sandbox_config("counted-" + uuid.uuid4().hex[:6]))
+    calls = [" ".join(line.split(" ")[:2]).split("?")[0] for line in proxy.take()]
+    assert calls == ["POST /v1.41/containers/create", f"POST /v1.41/containers/{pod}/start",
+                     f"GET /v1.41/containers/{pod}/json"]
+    # CreateContainer: create, and the inspect that puts it in the cache;
+    # StartContainer: start alone (Docker's log file is where it always is).
+    sb = sandbox_config("counted2-" + uuid.uuid4().hex[:6])
+    pod = cri.run_pod(sb)
+    proxy.take()
+    cfg = container_config("main", lab.busybox_ref, ["sh", "-c", "echo hello; sleep 1000"],
+                           log_path="main.log")
+    sb.log_directory = str(lab.workdir) + "/counted-logs-" + uuid.uuid4().hex[:6]
+    os.makedirs(sb.log_directory)
+    cid = cri.CreateContainer(pod_sandbox_id=pod, config=cfg, sandbox_config=sb).container_id
+    calls = [" ".join(line.split(" ")[:2]).split("?")[0] for line in proxy.take()]
+    assert calls == ["POST /v1.41/containers/create", f"GET /v1.41/containers/{cid}/json"]
+    cri.StartContainer(container_id=cid)
+    assert proxy.take() == [f"POST /v1.41/containers/{cid}/start HTTP/1.1"]
+    assert state_of(cri, cid) == pb().CONTAINER_RUNNING
+    log = os.path.join(sb.log_directory, "main.log")
+    wait_for(lambda: os.path.exists(log) and "hello" in open(log).read(), 10,
+             "the container's log line in its CRI log")
+
+
+def test_sandbox_image_removed_behind_crimux(proxied, lab, dockerd):
+    _, proxy, cri = proxied
+    pod, _ = pod_with_container(cri, lab, "img1")
+    image = dockerd.inspect(pod)["Image"]
+    cri.remove_pod(pod)
+    dockerd.request("DELETE", f"/images/{image}?force=1")
+    _, cid = pod_with_container(cri, lab, "img2")  # loaded again
+    assert state_of(cri, cid) == pb().CONTAINER_RUNNING
+
+
+def test_name_taken_behind_crimux(proxied, lab, dockerd):
+    """Not in the cache yet, a container of the sandbox's name made with
+    Docker's API: the create conflicts, and the answer is as before."""
+    _, proxy, cri = proxied
+    pod_with_container(cri, lab, "warm")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    sb = sandbox_config("taken-" + uuid.uuid4().hex[:6])
+    md = sb.metadata
+    name = f"k8s_POD_{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
+    other = dockerd.request("POST", "/containers/create?name=" + name,
+                            {"Image": lab.busybox_ref, "Cmd": ["true"],
+                             "HostConfig": {"NetworkMode": "none"}})["Id"]
+    try:
+        import grpc
+        with pytest.raises(grpc.RpcError) as err:
+            cri.run_pod(sb)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
+    finally:
+        dockerd.request("DELETE", f"/containers/{other}?force=1")
+    assert cri.run_pod(sb)  # and with the name free, it works
 
 
 def state_of(cri, cid):
@@ -305,6 +386,9 @@ def test_stats_are_the_cgroup_values(proxied, lab, dockerd):
     pod, cid = pod_with_container(cri, lab, "burn", ("sh", "-c", burner))
     wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
     pid = dockerd.inspect(cid)["State"]["Pid"]
+    # The rate is taken against the last sample at least a second older:
+    # let the waiting's samples age, so the next one becomes that sample.
+    time.sleep(1.2)
 
     def mine(stats):
         return [s for s in stats if s.attributes.id == cid]

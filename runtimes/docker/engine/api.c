@@ -168,6 +168,8 @@ int dk_container_create(const char *sock, const char *name, json_object *body,
 			err->code = -EEXIST;
 		return -EEXIST;
 	}
+	if (r < 0)
+		return r; /* Docker's own error (no such image...), not "no ID" */
 	const char *cid = dk_json_str(o, "Id");
 	if (!cid || !dk_valid_id(cid))
 		return crx_err_set(err, -EBADMSG, "dockerd created %s without saying its ID", name);

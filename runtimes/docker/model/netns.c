@@ -260,3 +260,71 @@ int dk_netns_if_stats(const char *netns_path, struct dk_if_stats **out, size_t *
 	nl_socket_free(sk);
 	return r;
 }
+
+int dk_net_dev_parse(const char *text, struct dk_if_stats **out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	/* Two header lines, then "name: rx bytes packets errs drop fifo frame
+	 * compressed multicast tx bytes packets errs ...". */
+	const char *line = strchr(text, '\n');
+	line = line ? strchr(line + 1, '\n') : NULL;
+	while (line && *++line) {
+		const char *colon = strchr(line, ':');
+		const char *end = strchr(line, '\n');
+		if (!colon || (end && colon > end))
+			break;
+		const char *name = line;
+		while (*name == ' ')
+			name++;
+		unsigned long long v[16];
+		int got = sscanf(colon + 1,
+				 "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu "
+				 "%llu %llu %llu",
+				 &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8],
+				 &v[9], &v[10], &v[11], &v[12], &v[13], &v[14], &v[15]);
+		size_t len = (size_t)(colon - name);
+		if (got == 16 && !(len == 2 && strncmp(name, "lo", 2) == 0)) {
+			struct dk_if_stats *more = realloc(*out, (*n + 1) * sizeof(*more));
+			if (!more) {
+				free(*out);
+				*out = NULL;
+				*n = 0;
+				return -ENOMEM;
+			}
+			*out = more;
+			struct dk_if_stats *st = &more[(*n)++];
+			memset(st, 0, sizeof(*st));
+			snprintf(st->name, sizeof(st->name), "%.*s", (int)len, name);
+			st->rx_bytes = v[0];
+			st->rx_errors = v[2];
+			st->tx_bytes = v[8];
+			st->tx_errors = v[10];
+		}
+		line = end;
+	}
+	return 0;
+}
+
+int dk_proc_net_dev(int pid, struct dk_if_stats **out, size_t *n, struct crx_err *err)
+{
+	char path[64], text[8192];
+	snprintf(path, sizeof(path), "/proc/%d/net/dev", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return crx_err_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
+	size_t len = 0;
+	for (;;) {
+		ssize_t got = read(fd, text + len, sizeof(text) - 1 - len);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		len += (size_t)got;
+		if (len == sizeof(text) - 1)
+			break;
+	}
+	close(fd);
+	text[len] = '\0';
+	return dk_net_dev_parse(text, out, n) < 0 ? crx_err_set(err, -ENOMEM, "out of memory") : 0;
+}

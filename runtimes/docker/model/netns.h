@@ -21,6 +21,13 @@ struct dk_if_stats {
 int dk_netns_if_stats(const char *netns_path, struct dk_if_stats **out, size_t *n,
 		      struct crx_err *err);
 
+/* The same counters from /proc/PID/net/dev, which shows the namespace of
+ * process pid: no thread, namespace switch or netlink socket per pod, so
+ * pod stats stay cheap at many pods. */
+int dk_proc_net_dev(int pid, struct dk_if_stats **out, size_t *n, struct crx_err *err);
+/* Its parser, for the unit tests. */
+int dk_net_dev_parse(const char *text, struct dk_if_stats **out, size_t *n);
+
 /* A socket of the given domain and type in the namespace at netns_path
  * (sockets belong to the namespace they were made in). */
 int dk_netns_socket(const char *netns_path, int domain, int type, int *out, struct crx_err *err);

@@ -32,12 +32,16 @@
 
 struct entry {
 	char id[72];
+	char sandbox_id[72]; /* a container's sandbox */
 	bool sandbox;
 	json_object *inspect; /* NULL: removed (a tombstone) */
 	char status[16];      /* State.Status, or what crimux made it since */
 	bool stale;           /* crimux changed it after this inspect */
 	uint64_t seq;         /* when it last changed */
 	int64_t dead_ms;
+	void *memo; /* a caller's rendering of this version (memo_seq) */
+	size_t memo_len;
+	uint64_t memo_seq, memo_tag;
 };
 
 struct cp_entry {
@@ -47,6 +51,9 @@ struct cp_entry {
 	struct timespec mtime;
 	bool host_network, network_ready;
 };
+
+static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
+			   bool *network_ready);
 
 struct dk_state {
 	char *sock, *checkpoint_dir;
@@ -94,6 +101,8 @@ static void entry_free(struct entry *e)
 {
 	if (e && e->inspect)
 		json_object_put(e->inspect);
+	if (e)
+		free(e->memo);
 	free(e);
 }
 
@@ -223,6 +232,9 @@ static void install(struct dk_state *s, json_object *inspect, uint64_t since)
 		json_object_put(e->inspect);
 	e->inspect = inspect;
 	e->sandbox = streq(type, DK_TYPE_SANDBOX);
+	snprintf(e->sandbox_id, sizeof(e->sandbox_id), "%s",
+		 dk_json_str(dk_json_get(inspect, "Config", "Labels", NULL), DK_LABEL_SANDBOX_ID)
+			 ?: "");
 	snprintf(e->status, sizeof(e->status), "%s",
 		 dk_json_str(dk_json_get(inspect, "State", NULL), "Status") ?: "unknown");
 	e->stale = false;
@@ -492,6 +504,62 @@ static int add_copy(json_object *to, const char *key, json_object *from)
 	return dk_json_add(to, key, copy);
 }
 
+int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void *arg)
+{
+	if (!s)
+		return -EAGAIN;
+	bool sandbox = streq(type, DK_TYPE_SANDBOX);
+	pthread_mutex_lock(&s->lock);
+	int r = s->live ? 0 : -EAGAIN;
+	for (size_t i = 0; r == 0 && i < s->n; i++) {
+		struct entry *e = s->entries[i];
+		if (!e->inspect || e->sandbox != sandbox)
+			continue;
+		bool host = false, ready = false;
+		int have = sandbox ? cp_flags_locked(s, e->id, &host, &ready) : 0;
+		uint64_t tag = (uint64_t)(have == 1) | (uint64_t)host << 1 | (uint64_t)ready << 2 |
+			       (uint64_t)(have < 0) << 3;
+		bool fresh = e->memo && e->memo_seq == e->seq && e->memo_tag == tag;
+		struct dk_state_view v = {.id = e->id,
+					  .status = e->status,
+					  .inspect = e->inspect,
+					  .memo = fresh ? e->memo : NULL,
+					  .memo_len = fresh ? e->memo_len : 0,
+					  .memo_tag = tag,
+					  .have_checkpoint = have == 1,
+					  .checkpoint_torn = have < 0,
+					  .host_network = host,
+					  .network_ready = ready,
+					  .priv = e};
+		r = fn(&v, arg);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+void dk_state_memo(struct dk_state_view *v, const void *data, size_t len)
+{
+	uint64_t tag = v->memo_tag;
+	struct entry *e = v->priv;
+	void *copy = malloc(len ? len : 1);
+	if (!copy)
+		return;
+	if (len)
+		memcpy(copy, data, len);
+	free(e->memo);
+	e->memo = copy;
+	e->memo_len = len;
+	e->memo_seq = e->seq;
+	e->memo_tag = tag;
+}
+
+static json_object *list_item(const struct entry *e);
+
+json_object *dk_state_view_item(const struct dk_state_view *v)
+{
+	return list_item(v->priv);
+}
+
 /* Docker's list shape of one entry, plus the inspect-only fields. */
 static json_object *list_item(const struct entry *e)
 {
@@ -508,10 +576,11 @@ static json_object *list_item(const struct entry *e)
 	r |= dk_json_add_str(o, "State", e->status);
 	r |= dk_json_add_str(o, "Created", dk_json_str(in, "Created"));
 	r |= add_copy(o, "Labels", dk_json_get(in, "Config", "Labels", NULL));
-	r |= dk_json_add_int(o, "Pid",
-			     streq(e->status, "running") || streq(e->status, "paused")
-				     ? dk_json_int(state, "Pid", 0)
-				     : 0);
+	/* An entry crimux started whose event is not in has no process yet in
+	 * its inspect: no Pid then, and stats ask Docker for it. */
+	bool running = streq(e->status, "running") || streq(e->status, "paused");
+	if (!(running && e->stale && dk_json_int(state, "Pid", 0) <= 0))
+		r |= dk_json_add_int(o, "Pid", running ? dk_json_int(state, "Pid", 0) : 0);
 	r |= dk_json_add_str(o, "UpperDir",
 			     dk_json_str(dk_json_get(in, "GraphDriver", "Data", NULL), "UpperDir"));
 	r |= dk_json_add_str(o, "NetworkMode", dk_json_str(host, "NetworkMode"));
@@ -537,10 +606,7 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 		const struct entry *e = s->entries[i];
 		if (!e->inspect || e->sandbox != sandbox)
 			continue;
-		if (sandbox_id && *sandbox_id &&
-		    !streq(dk_json_str(dk_json_get(e->inspect, "Config", "Labels", NULL),
-				       DK_LABEL_SANDBOX_ID),
-			   sandbox_id))
+		if (sandbox_id && *sandbox_id && !streq(e->sandbox_id, sandbox_id))
 			continue;
 		json_object *item = list_item(e);
 		if (!item || json_object_array_add(a, item) < 0) {
@@ -558,7 +624,8 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 	return 0;
 }
 
-int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out)
+static int inspect_copy(struct dk_state *s, const char *id, const char *type, bool stale_ok,
+			json_object **out)
 {
 	if (!s || !id || !*id)
 		return -EAGAIN;
@@ -566,10 +633,49 @@ int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_
 	bool ambiguous;
 	struct entry *e = s->live ? find_ref(s, id, &ambiguous) : NULL;
 	int r = -EAGAIN;
-	if (e && e->inspect && !e->stale && streq(type_of(e->inspect), type))
+	if (e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type))
 		r = json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_object **out)
+{
+	return inspect_copy(s, id, type, false, out);
+}
+
+int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type, json_object **out)
+{
+	return inspect_copy(s, id, type, true, out);
+}
+
+bool dk_state_not_running(struct dk_state *s, const char *id)
+{
+	if (!s || !id)
+		return false;
+	pthread_mutex_lock(&s->lock);
+	struct entry *e = s->live ? find_exact(s, id) : NULL;
+	bool idle = e && e->inspect &&
+		    (streq(e->status, "exited") || streq(e->status, "created") ||
+		     streq(e->status, "dead"));
+	pthread_mutex_unlock(&s->lock);
+	return idle;
+}
+
+bool dk_state_name_absent(struct dk_state *s, const char *name)
+{
+	if (!s || !name || !*name)
+		return false;
+	pthread_mutex_lock(&s->lock);
+	bool absent = s->live;
+	for (size_t i = 0; absent && i < s->n; i++) {
+		const struct entry *e = s->entries[i];
+		const char *have = e->inspect ? dk_json_str(e->inspect, "Name") : NULL;
+		if (have && (streq(have, name) || (have[0] == '/' && streq(have + 1, name))))
+			absent = false;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return absent;
 }
 
 /* --- writers --- */
@@ -599,18 +705,42 @@ void dk_state_changed(struct dk_state *s, const char *id)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void dk_state_stopped(struct dk_state *s, const char *id)
+/* What crimux made of an entry: its status at once, stale until an
+ * inspect shows the same. If the event came first, nothing is left to do. */
+static void set_status(struct dk_state *s, const char *id, const char *status,
+		       bool (*applies)(const char *current))
 {
 	if (!s)
 		return;
 	pthread_mutex_lock(&s->lock);
 	struct entry *e = find_exact(s, id);
-	if (e && e->inspect && !streq(e->status, "exited") && !streq(e->status, "created")) {
-		snprintf(e->status, sizeof(e->status), "exited");
-		e->stale = true;
+	if (e && e->inspect && applies(e->status) && !(streq(e->status, status) && !e->stale)) {
+		const char *seen = dk_json_str(dk_json_get(e->inspect, "State", NULL), "Status");
+		snprintf(e->status, sizeof(e->status), "%s", status);
+		e->stale = e->stale || !streq(seen ?: "", status);
 		e->seq = ++s->seq;
 	}
 	pthread_mutex_unlock(&s->lock);
+}
+
+static bool was_running(const char *current)
+{
+	return !streq(current, "created") && !streq(current, "dead");
+}
+
+static bool any(const char *current)
+{
+	return true;
+}
+
+void dk_state_stopped(struct dk_state *s, const char *id)
+{
+	set_status(s, id, "exited", was_running);
+}
+
+void dk_state_started(struct dk_state *s, const char *id)
+{
+	set_status(s, id, "running", any);
 }
 
 void dk_state_removed(struct dk_state *s, const char *id)
@@ -635,40 +765,32 @@ static int load_flags(const char *dir, const char *id, bool *host_network, bool 
 	return 1;
 }
 
-int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, bool *network_ready)
+/* Called with the lock held: a stat, and a read only when the file
+ * changed (written by rename: another file is another inode). */
+static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
+			   bool *network_ready)
 {
 	char path[PATH_MAX];
 	struct stat st;
 	snprintf(path, sizeof(path), "%s/%s.json", s->checkpoint_dir, id);
+	struct cp_entry *c = NULL;
+	size_t at = 0;
+	for (size_t i = 0; i < s->n_cps && !c; i++)
+		if (streq(s->cps[i].id, id))
+			c = &s->cps[at = i];
 	if (stat(path, &st) < 0) {
-		pthread_mutex_lock(&s->lock);
-		for (size_t i = 0; i < s->n_cps; i++)
-			if (streq(s->cps[i].id, id))
-				s->cps[i] = s->cps[--s->n_cps];
-		pthread_mutex_unlock(&s->lock);
+		if (c)
+			s->cps[at] = s->cps[--s->n_cps];
 		return 0;
 	}
-	pthread_mutex_lock(&s->lock);
-	struct cp_entry *c = NULL;
-	for (size_t i = 0; i < s->n_cps && !c; i++)
-		if (streq(s->cps[i].id, id))
-			c = &s->cps[i];
-	/* Written by rename: another file is another inode. */
-	bool same = c && c->dev == st.st_dev && c->ino == st.st_ino &&
-		    c->mtime.tv_sec == st.st_mtim.tv_sec && c->mtime.tv_nsec == st.st_mtim.tv_nsec;
-	if (same) {
+	if (c && c->dev == st.st_dev && c->ino == st.st_ino &&
+	    c->mtime.tv_sec == st.st_mtim.tv_sec && c->mtime.tv_nsec == st.st_mtim.tv_nsec) {
 		*host_network = c->host_network;
 		*network_ready = c->network_ready;
-		pthread_mutex_unlock(&s->lock);
 		return 1;
 	}
-	pthread_mutex_unlock(&s->lock);
 	if (!load_flags(s->checkpoint_dir, id, host_network, network_ready))
 		return -EIO; /* there, but torn */
-	pthread_mutex_lock(&s->lock);
-	for (size_t i = 0; i < s->n_cps && !c; i++)
-		if (streq(s->cps[i].id, id))
-			c = &s->cps[i];
 	if (!c && s->n_cps == s->cap_cps) {
 		size_t cap = s->cap_cps ? s->cap_cps * 2 : 64;
 		struct cp_entry *more = realloc(s->cps, cap * sizeof(*more));
@@ -688,8 +810,15 @@ int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, 
 		c->host_network = *host_network;
 		c->network_ready = *network_ready;
 	}
-	pthread_mutex_unlock(&s->lock);
 	return 1;
+}
+
+int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, bool *network_ready)
+{
+	pthread_mutex_lock(&s->lock);
+	int r = cp_flags_locked(s, id, host_network, network_ready);
+	pthread_mutex_unlock(&s->lock);
+	return r;
 }
 
 void dk_state_counts(struct dk_state *s, struct dk_state_counts *out)

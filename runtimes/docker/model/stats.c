@@ -3,12 +3,14 @@
 #include "runtimes/docker/model/stats.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "runtimes/docker/engine/http.h"
@@ -139,22 +141,30 @@ static int cgroup_dir(const char *proc_cgroup, const char *ctrl, char *out, size
 	return -ENOENT;
 }
 
-static int read_small(const char *dir, const char *file, char *buf, size_t size)
+/* Reads a whole small file from offset 0 (cgroup files make their text
+ * afresh on every read). */
+static int pread_all(int fd, char *buf, size_t size)
 {
-	char path[1200];
-	snprintf(path, sizeof(path), "%s/%s", dir, file);
-	_cleanup_fclose_ FILE *f = fopen(path, "re");
-	if (!f)
-		return -errno;
-	size_t n = fread(buf, 1, size - 1, f);
+	if (fd < 0)
+		return -ENOENT;
+	size_t n = 0;
+	for (;;) {
+		ssize_t got = pread(fd, buf + n, size - 1 - n, (off_t)n);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -errno;
+		if (got == 0 || (n += (size_t)got) == size - 1)
+			break;
+	}
 	buf[n] = '\0';
 	return 0;
 }
 
-static int read_u64(const char *dir, const char *file, uint64_t *out)
+static int pread_u64(int fd, uint64_t *out)
 {
 	char buf[64];
-	int r = read_small(dir, file, buf, sizeof(buf));
+	int r = pread_all(fd, buf, sizeof(buf));
 	if (r < 0)
 		return r;
 	if (strncmp(buf, "max", 3) == 0) {
@@ -170,59 +180,108 @@ static int read_u64(const char *dir, const char *file, uint64_t *out)
 	return 0;
 }
 
-int dk_cgroup_read(int pid, struct dk_cgroup_sample *s, struct crx_err *err)
+static int open_in(const char *dir, const char *file)
 {
-	*s = (struct dk_cgroup_sample){0};
+	char path[1300];
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, file) >= sizeof(path))
+		return -1;
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+int dk_cgroup_open(int pid, struct dk_cgroup_files *f, struct crx_err *err)
+{
+	*f = (struct dk_cgroup_files){
+		.cpu = -1, .mem_usage = -1, .mem_limit = -1, .mem_stat = -1, .pids = -1};
 	char path[64], text[4096], dir[1200];
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
-	_cleanup_fclose_ FILE *f = fopen(path, "re");
-	if (!f)
+	_cleanup_fclose_ FILE *p = fopen(path, "re");
+	if (!p)
 		return crx_err_set(err, errno == ENOENT ? -ESRCH : -errno, "cannot read %s: %s",
 				   path, strerror(errno));
-	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	size_t n = fread(text, 1, sizeof(text) - 1, p);
 	text[n] = '\0';
-
-	_cleanup_free_ char *stat = malloc(16384);
-	if (!stat)
-		return crx_err_set(err, -ENOMEM, "out of memory");
 	/* cgroup v1 controllers where they are, else the v2 hierarchy. */
 	if (cgroup_dir(text, "cpuacct", dir, sizeof(dir)) == 0) {
-		s->has_cpu = read_u64(dir, "cpuacct.usage", &s->cpu_ns) == 0;
-	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0 &&
-		   read_small(dir, "cpu.stat", stat, 16384) == 0) {
+		f->cpu = open_in(dir, "cpuacct.usage");
+	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0) {
+		f->cpu = open_in(dir, "cpu.stat");
+		f->v2_cpu = true;
+	}
+	if (cgroup_dir(text, "memory", dir, sizeof(dir)) == 0) {
+		f->mem_usage = open_in(dir, "memory.usage_in_bytes");
+		f->mem_limit = open_in(dir, "memory.limit_in_bytes");
+		f->mem_stat = open_in(dir, "memory.stat");
+	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0) {
+		f->mem_usage = open_in(dir, "memory.current");
+		f->mem_limit = open_in(dir, "memory.max");
+		f->mem_stat = open_in(dir, "memory.stat");
+		f->v2_mem = true;
+	}
+	if (cgroup_dir(text, "pids", dir, sizeof(dir)) == 0 ||
+	    cgroup_dir(text, "", dir, sizeof(dir)) == 0)
+		f->pids = open_in(dir, "pids.current");
+	return 0;
+}
+
+void dk_cgroup_close(struct dk_cgroup_files *f)
+{
+	int *fds[] = {&f->cpu, &f->mem_usage, &f->mem_limit, &f->mem_stat, &f->pids};
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+}
+
+int dk_cgroup_read_files(const struct dk_cgroup_files *f, struct dk_cgroup_sample *s)
+{
+	*s = (struct dk_cgroup_sample){0};
+	_cleanup_free_ char *stat = malloc(16384);
+	if (!stat)
+		return -ENOMEM;
+	int gone = 0;
+	if (!f->v2_cpu) {
+		int r = pread_u64(f->cpu, &s->cpu_ns);
+		s->has_cpu = r == 0;
+		gone = r == -ENODEV ? r : gone;
+	} else if (pread_all(f->cpu, stat, 16384) == 0) {
 		uint64_t usec;
 		if (dk_cgroup_stat_value(stat, "usage_usec", &usec) == 0) {
 			s->cpu_ns = usec * 1000;
 			s->has_cpu = true;
 		}
 	}
-	if (cgroup_dir(text, "memory", dir, sizeof(dir)) == 0) {
+	int r = pread_u64(f->mem_usage, &s->mem_usage);
+	s->has_memory = r == 0;
+	gone = r == -ENODEV ? r : gone;
+	if (s->has_memory) {
 		uint64_t inactive = 0;
-		s->has_memory = read_u64(dir, "memory.usage_in_bytes", &s->mem_usage) == 0;
-		read_u64(dir, "memory.limit_in_bytes", &s->mem_limit);
-		if (read_small(dir, "memory.stat", stat, 16384) == 0) {
-			dk_cgroup_stat_value(stat, "total_inactive_file", &inactive);
-			dk_cgroup_stat_value(stat, "total_rss", &s->mem_rss);
-			dk_cgroup_stat_value(stat, "total_pgfault", &s->pgfault);
-			dk_cgroup_stat_value(stat, "total_pgmajfault", &s->pgmajfault);
-		}
-		s->mem_working_set = s->mem_usage > inactive ? s->mem_usage - inactive : 0;
-	} else if (cgroup_dir(text, "", dir, sizeof(dir)) == 0) {
-		uint64_t inactive = 0;
-		s->has_memory = read_u64(dir, "memory.current", &s->mem_usage) == 0;
-		read_u64(dir, "memory.max", &s->mem_limit);
-		if (read_small(dir, "memory.stat", stat, 16384) == 0) {
-			dk_cgroup_stat_value(stat, "inactive_file", &inactive);
-			dk_cgroup_stat_value(stat, "anon", &s->mem_rss);
-			dk_cgroup_stat_value(stat, "pgfault", &s->pgfault);
-			dk_cgroup_stat_value(stat, "pgmajfault", &s->pgmajfault);
+		pread_u64(f->mem_limit, &s->mem_limit);
+		if (pread_all(f->mem_stat, stat, 16384) == 0) {
+			bool v2 = f->v2_mem;
+			dk_cgroup_stat_value(stat, v2 ? "inactive_file" : "total_inactive_file",
+					     &inactive);
+			dk_cgroup_stat_value(stat, v2 ? "anon" : "total_rss", &s->mem_rss);
+			dk_cgroup_stat_value(stat, v2 ? "pgfault" : "total_pgfault", &s->pgfault);
+			dk_cgroup_stat_value(stat, v2 ? "pgmajfault" : "total_pgmajfault",
+					     &s->pgmajfault);
 		}
 		s->mem_working_set = s->mem_usage > inactive ? s->mem_usage - inactive : 0;
 	}
-	if (cgroup_dir(text, "pids", dir, sizeof(dir)) == 0 ||
-	    cgroup_dir(text, "", dir, sizeof(dir)) == 0)
-		s->has_pids = read_u64(dir, "pids.current", &s->pids) == 0;
-	return 0;
+	s->has_pids = pread_u64(f->pids, &s->pids) == 0;
+	return gone;
+}
+
+int dk_cgroup_read(int pid, struct dk_cgroup_sample *s, struct crx_err *err)
+{
+	*s = (struct dk_cgroup_sample){0};
+	struct dk_cgroup_files f;
+	int r = dk_cgroup_open(pid, &f, err);
+	if (r < 0)
+		return r;
+	r = dk_cgroup_read_files(&f, s);
+	dk_cgroup_close(&f);
+	return r == -ENOMEM ? crx_err_set(err, r, "out of memory") : 0;
 }
 
 struct cache_entry {

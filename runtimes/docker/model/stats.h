@@ -20,6 +20,19 @@ struct dk_cgroup_sample {
 /* The cgroups of process pid (a container's init). */
 int dk_cgroup_read(int pid, struct dk_cgroup_sample *s, struct crx_err *err);
 
+/* A container's cgroup files, opened once and read many times (pread):
+ * at many containers a stats call then costs one read per file instead of
+ * a path walk and an open each. -1 where a file is missing. */
+struct dk_cgroup_files {
+	int cpu; /* cpuacct.usage (v1) or cpu.stat (v2) */
+	int mem_usage, mem_limit, mem_stat, pids;
+	bool v2_cpu, v2_mem;
+};
+int dk_cgroup_open(int pid, struct dk_cgroup_files *f, struct crx_err *err);
+void dk_cgroup_close(struct dk_cgroup_files *f);
+/* -ENODEV when the cgroup is gone (the sample is then empty). */
+int dk_cgroup_read_files(const struct dk_cgroup_files *f, struct dk_cgroup_sample *s);
+
 /* Parsers, exposed for the unit tests: one value of a "key value" file,
  * and the path of a controller in a /proc/PID/cgroup text ("" for v2). */
 int dk_cgroup_stat_value(const char *text, const char *key, uint64_t *out);
