@@ -1413,8 +1413,18 @@ void rpc_server_free(struct rpc_server *s)
 {
 	if (!s)
 		return;
-	if (s->started)
+	if (s->started) {
 		rpc_server_shutdown(s, 0);
+	} else if (s->server && !atomic_load(&s->stopping)) {
+		/* Never started (crimuxd gave up before serving): gRPC still
+		 * wants a listener it was given shut down before the destroy. */
+		grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+		grpc_event ev;
+		do
+			ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+							NULL);
+		while (ev.type == GRPC_OP_COMPLETE && ev.tag != &s->shutdown_tag);
+	}
 	if (s->server)
 		grpc_server_destroy(s->server);
 	if (s->cq) {
