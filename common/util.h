@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,12 +55,14 @@ static inline void fclosep(FILE **f)
 #define _cleanup_close_  _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
-/* Writes all of buf to a blocking descriptor, through short writes and EINTR. */
-static inline int write_all(int fd, const void *buf, size_t n)
+/* Writes all of buf to a blocking descriptor, through short writes and EINTR;
+ * on a socket (sock) with MSG_NOSIGNAL, so a peer that is gone costs -EPIPE,
+ * never a SIGPIPE, whatever the process does with the signal. */
+static inline int write_fully(int fd, const void *buf, size_t n, bool sock)
 {
 	const char *p = buf;
 	while (n) {
-		ssize_t w = write(fd, p, n);
+		ssize_t w = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
@@ -71,22 +74,14 @@ static inline int write_all(int fd, const void *buf, size_t n)
 	return 0;
 }
 
-/* write_all for a blocking socket: a peer that is gone costs -EPIPE, never
- * a SIGPIPE (MSG_NOSIGNAL), whatever the process does with the signal. */
+static inline int write_all(int fd, const void *buf, size_t n)
+{
+	return write_fully(fd, buf, n, false);
+}
+
 static inline int sock_write_all(int fd, const void *buf, size_t n)
 {
-	const char *p = buf;
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
+	return write_fully(fd, buf, n, true);
 }
 
 static inline int streq(const char *a, const char *b)

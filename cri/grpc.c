@@ -1228,21 +1228,18 @@ static void *event_loop(void *arg)
  * are off: the kubelet retries itself, and the retry filter would buffer
  * every message in case it had to send it again. BDP probing and channelz
  * add frames and bookkeeping to every call and buy nothing on a local socket. */
+static grpc_arg int_arg(const char *key, int value)
+{
+	return (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)key, .value.integer = value};
+}
+
 static size_t common_args(grpc_arg *args, size_t max_message)
 {
 	size_t n = 0;
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-			       .value.integer = (int)max_message};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_ENABLE_RETRIES,
-			       .value.integer = 0};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_HTTP2_BDP_PROBE,
-			       .value.integer = 0};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_ENABLE_CHANNELZ,
-			       .value.integer = 0};
+	args[n++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (int)max_message);
+	args[n++] = int_arg(GRPC_ARG_ENABLE_RETRIES, 0);
+	args[n++] = int_arg(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+	args[n++] = int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0);
 	return n;
 }
 
@@ -1266,15 +1263,9 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 	 * rest bounds what a client can make crimuxd hold. */
 	grpc_arg args[12];
 	size_t n = common_args(args, opts->max_message);
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS,
-			       .value.integer = MAX_STREAMS_PER_CONNECTION};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
-			       .value.integer = HANDSHAKE_TIMEOUT_MS};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MAX_CONNECTION_IDLE_MS,
-			       .value.integer = MAX_CONNECTION_IDLE_MS};
+	args[n++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, MAX_STREAMS_PER_CONNECTION);
+	args[n++] = int_arg(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS);
+	args[n++] = int_arg(GRPC_ARG_MAX_CONNECTION_IDLE_MS, MAX_CONNECTION_IDLE_MS);
 	grpc_channel_args chargs = {.num_args = n, .args = args};
 	s->server = grpc_server_create(&chargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
@@ -1458,18 +1449,10 @@ int rpc_channel_new(const struct rpc_channel_options *opts, struct rpc_channel *
 	grpc_init();
 	grpc_arg args[12];
 	size_t n = common_args(args, opts->max_message);
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
-			       .value.integer = (int)opts->max_message};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-			       .value.integer = RECONNECT_BACKOFF_MS};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-			       .value.integer = RECONNECT_BACKOFF_MS};
-	args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
-			       .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-			       .value.integer = MAX_RECONNECT_BACKOFF_MS};
+	args[n++] = int_arg(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, (int)opts->max_message);
+	args[n++] = int_arg(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, RECONNECT_BACKOFF_MS);
+	args[n++] = int_arg(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, RECONNECT_BACKOFF_MS);
+	args[n++] = int_arg(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS);
 	args[n++] = (grpc_arg){.type = GRPC_ARG_STRING,
 			       .key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING,
 			       .value.string = (char *)PACKAGE_NAME "/" PACKAGE_VERSION};
