@@ -333,6 +333,28 @@ void dk_exec_kill(const char *sock, const char *exec_id)
 		kill_tree(pid, 0);
 }
 
+void dk_exec_abandon(const char *sock, const char *exec_id)
+{
+	/* Docker starts an exec whose start it was asked for even when the
+	 * connection that asked is gone, at its own pace on a busy node: watch
+	 * for up to 10 s and kill it once it runs. ExitCode reads 0 before the
+	 * start too; Pid stays 0 until then. */
+	struct dk_deadline quick = dk_deadline_in(NULL, 10000);
+	for (;;) {
+		_cleanup_json_ json_object *o = NULL;
+		if (dk_callf(sock, "GET", NULL, &quick, &o, NULL, NULL, "/exec/%s/json", exec_id) <
+		    0)
+			return;
+		int pid = (int)dk_json_int(o, "Pid", 0);
+		if (pid > 0) {
+			if (dk_json_bool(o, "Running"))
+				kill_tree(pid, 0);
+			return;
+		}
+		nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+	}
+}
+
 int dk_exec_create(const char *sock, const char *id, char *const *argv, size_t argc,
 		   const struct dk_exec_opts *o, const struct dk_deadline *dl, char **exec_id,
 		   struct crx_err *err)

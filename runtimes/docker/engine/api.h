@@ -74,6 +74,10 @@ int dk_exec_exit_code(const char *sock, const char *exec_id, const struct dk_dea
 		      int *code, struct crx_err *err);
 /* Kills the exec'd process and everything below it. */
 void dk_exec_kill(const char *sock, const char *exec_id);
+/* For an exec whose start was asked for and whose client is gone (Docker
+ * starts it anyway, maybe later): kills the process once it runs (10 s at
+ * most). */
+void dk_exec_abandon(const char *sock, const char *exec_id);
 
 /* The exec'd process of ExecSync, multiplexed stream headers and all. */
 struct dk_exec_result {
