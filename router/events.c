@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "cri/api.pb-c.h"
 #include "router/merge.h"
 
 #define EVENTS_METHOD "/runtime.v1.RuntimeService/GetContainerEvents"
@@ -224,6 +225,18 @@ static void subscriber_closed(void *arg)
 
 void event_hub_subscribe(struct event_hub *hub, struct rpc_call *call)
 {
+	/* The request has no fields, but bytes that are no GetEventsRequest
+	 * are a client's mistake, not a subscription. */
+	size_t len;
+	const uint8_t *data = rpc_call_request(call, &len);
+	Runtime__V1__GetEventsRequest *req =
+		runtime__v1__get_events_request__unpack(NULL, len, data);
+	if (!req) {
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT,
+			      "GetContainerEvents: the request cannot be decoded");
+		return;
+	}
+	runtime__v1__get_events_request__free_unpacked(req, NULL);
 	struct subscriber *s = calloc(1, sizeof(*s));
 	if (!s) {
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
