@@ -136,8 +136,9 @@ def test_thousand_event_subscribers(daemon, client, pod, lab, rounds):
                                                              ["true"])).container_id
         for s in subs:
             e = next(s)
-            assert e.container_id == new and \
-                e.container_event_type == pb().CONTAINER_CREATED_EVENT
+            while e.container_id != new:  # the last round's removal, late
+                e = next(s)
+            assert e.container_event_type == pb().CONTAINER_CREATED_EVENT
         now = procstat.usage(daemon.pid)
         peak = now if now.threads > peak.threads else peak
         # No thread, and no dockerd connection, per subscriber.
