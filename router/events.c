@@ -10,8 +10,8 @@
  * to that backend's pods: when a backend's stream ends, every subscriber's
  * stream ends with that backend's status (UNAVAILABLE naming it when it went
  * away), and the next subscriber opens it afresh. A subscriber that falls
- * too far behind is ended (RESOURCE_EXHAUSTED) rather than let queue without
- * bound or silently miss events. */
+ * too far behind (1 MiB of events queued) is ended (RESOURCE_EXHAUSTED)
+ * rather than let queue without bound or silently miss events. */
 #include "config.h"
 
 #include <errno.h>
@@ -25,9 +25,10 @@
 #include "router/merge.h"
 
 #define EVENTS_METHOD "/runtime.v1.RuntimeService/GetContainerEvents"
-/* Events waiting for one subscriber before it counts as stuck. */
-#define SUBSCRIBER_QUEUE_MAX  1024
-#define SUBSCRIBER_QUEUE_TEXT "1024"
+/* Events waiting for one subscriber (beyond what gRPC's flow control
+ * holds) before it counts as stuck: a bound on memory per subscriber. */
+#define SUBSCRIBER_QUEUE_MAX  (1024 * 1024)
+#define SUBSCRIBER_QUEUE_TEXT "1 MiB"
 
 struct subscriber {
 	struct subscriber *prev, *next;
@@ -107,7 +108,7 @@ static void deliver(struct event_hub *hub, const struct rpc_buf *msg)
 			unlist(hub, s);
 			rpc_call_finish(s->call, RPC_RESOURCE_EXHAUSTED,
 					"the subscriber fell more than " SUBSCRIBER_QUEUE_TEXT
-					" events behind");
+					" of events behind");
 		} /* -ECANCELED: it has gone; its close unlists it */
 	}
 	stop_feeds_if_idle(hub);
