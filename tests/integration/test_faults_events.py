@@ -194,10 +194,10 @@ def test_a_new_subscriber_reopens_a_backends_ended_stream(daemon, fakes):
 def test_a_subscriber_that_stops_reading_is_ended_not_buffered(daemon, fakes):
     """crimuxd queues at most 1 MiB of events for a subscriber beyond what gRPC
     flow control holds; one that falls further behind is ended with
-    RESOURCE_EXHAUSTED, while a subscriber that keeps reading gets every
-    event."""
-    big = "x" * 60000
-    n = 2500
+    RESOURCE_EXHAUSTED, while a subscriber that keeps up with the events (a
+    few hundred a second, of 40 kB) gets every one."""
+    big = "x" * 40000
+    n = 1500
     api = pb()
     msgs = [api.ContainerEventResponse(container_id=f"a-{i}-{big}").SerializeToString()
             for i in range(n)]
@@ -205,7 +205,7 @@ def test_a_subscriber_that_stops_reading_is_ended_not_buffered(daemon, fakes):
 
     class Gated(type(stream([]))):  # a stream() that waits for the gate
         def __init__(self):
-            super().__init__(msgs, then_abort=sleep(120))
+            super().__init__(msgs, interval=0.003, then_abort=sleep(120))
 
         def run(self, request, context, call):
             gate.wait(20)
@@ -230,5 +230,5 @@ def test_a_subscriber_that_stops_reading_is_ended_not_buffered(daemon, fakes):
         assert "fell more than 1 MiB of events behind" in err.value.details()
         assert got < n
         reader.stream.cancel()
-    procstat.report("a subscriber that stops reading, 2500 events of 60 kB", before,
+    procstat.report(f"a subscriber that stops reading, {n} events of 40 kB", before,
                     procstat.usage(daemon.pid), during=during, stuck_received=got)
