@@ -160,10 +160,15 @@ static void *feed_main(void *arg)
 			int code = ret < 0 ? (int)rpc_code_from_errno(ret) : end.code;
 			if (code == RPC_OK || code == RPC_CANCELLED)
 				code = RPC_UNAVAILABLE; /* an event stream has no natural end */
-			if (asprintf(&details, "backend %s: %s", b->name,
-				     ret < 0       ? strerror(-ret)
-				     : end.details ? end.details
-						   : "the event stream ended") < 0)
+			const char *why = ret < 0       ? strerror(-ret)
+					  : end.details ? end.details
+							: "the event stream ended";
+			size_t n = strlen(b->name);
+			bool named = strncmp(why, "backend ", 8) == 0 &&
+				     strncmp(why + 8, b->name, n) == 0;
+			if (named) /* crimux's own words for an unreachable backend */
+				details = strdup(why);
+			else if (asprintf(&details, "backend %s: %s", b->name, why) < 0)
 				details = NULL;
 			finish_all(hub, code, details);
 		}
