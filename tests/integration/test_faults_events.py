@@ -232,3 +232,28 @@ def test_a_subscriber_that_stops_reading_is_ended_not_buffered(daemon, fakes):
         reader.stream.cancel()
     procstat.report(f"a subscriber that stops reading, {n} events of 40 kB", before,
                     procstat.usage(daemon.pid), during=during, stuck_received=got)
+
+
+def test_a_dead_backend_fails_subscribers_at_once_and_is_followed_again(daemon, fakes):
+    fakes["a"].on(EVENTS, stream([event("a", 0).SerializeToString()], then_abort=sleep(120)))
+    fakes["b"].stop()  # its socket is gone: nothing listens
+    with CRI(daemon.endpoint) as client:
+        sub = Subscriber(client, timeout=30, subscribed=False)
+        sub.join(20)
+        assert sub.error is not None and sub.error.code() == grpc.StatusCode.UNAVAILABLE
+        details = sub.error.details()
+        assert details.startswith("backend b") and details.count("backend b") == 1, details
+        # The other backend's stream is not left open for nobody.
+        assert fakes["a"].calls(EVENTS)[0].wait_cancelled(10)
+
+        fakes["b"].start()
+        fakes["b"].on(EVENTS, stream([event("b", 0).SerializeToString()],
+                                     then_abort=sleep(120)))
+        # crimuxd's channel reconnects within its 1 s backoff; the kubelet
+        # re-subscribes until it can.
+        def both():
+            s = Subscriber(client, timeout=30)
+            heard = s.wait_from(fakes, timeout=5)
+            s.stream.cancel()
+            return heard == set(fakes)
+        env.wait_for(both, 20, "events of both backends again")
