@@ -147,7 +147,7 @@ struct rpc_call {
 	struct posted *post_head, *post_tail;
 	grpc_byte_buffer *post_inflight;
 	bool headers_inflight;
-	size_t posted;
+	size_t posted; /* bytes waiting */
 	bool post_failed, final_pending;
 	int final_code;
 	char *final_details;
@@ -712,7 +712,7 @@ static void on_send(void *obj, bool ok)
 			c->post_head = p->next;
 			if (!c->post_head)
 				c->post_tail = NULL;
-			c->posted--;
+			c->posted -= grpc_byte_buffer_length(p->bb);
 			grpc_op op = {.op = GRPC_OP_SEND_MESSAGE};
 			op.data.send_message.send_message = p->bb;
 			c->post_inflight = p->bb;
@@ -769,13 +769,13 @@ int rpc_call_post_headers(struct rpc_call *c)
 	return r;
 }
 
-int rpc_call_post(struct rpc_call *c, const void *msg, size_t len, size_t max_queued)
+int rpc_call_post(struct rpc_call *c, const void *msg, size_t len, size_t max_queued_bytes)
 {
 	pthread_mutex_lock(&c->send_lock);
 	int r = 0;
 	if (c->post_failed || c->final_pending || rpc_call_cancelled(c)) {
 		r = -ECANCELED;
-	} else if (c->posted >= max_queued) {
+	} else if (c->posted && c->posted + len > max_queued_bytes) {
 		r = -ENOBUFS;
 	} else if (!c->send_pending) {
 		grpc_op ops[2];
@@ -805,7 +805,7 @@ int rpc_call_post(struct rpc_call *c, const void *msg, size_t len, size_t max_qu
 			else
 				c->post_head = p;
 			c->post_tail = p;
-			c->posted++;
+			c->posted += len;
 		}
 	}
 	if (r == 0)

@@ -152,11 +152,12 @@ int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void
 int rpc_call_send(struct rpc_call *call, const void *msg, size_t len);
 void rpc_call_finish(struct rpc_call *call, int code, const char *details);
 /* Queues a message of such a stream without waiting (the event-driven path
- * for long streams: no thread waits on a slow client): 0, -ENOBUFS when
- * max_queued messages wait already, -ECANCELED once the client has gone.
+ * for long streams: no thread waits on a slow client): 0, -ENOBUFS when the
+ * messages waiting would exceed max_queued_bytes (one always may), or
+ * -ECANCELED once the client has gone.
  * Not to be mixed with rpc_call_send() on one call; rpc_call_finish() sends
  * the status after what was posted. */
-int rpc_call_post(struct rpc_call *call, const void *msg, size_t len, size_t max_queued);
+int rpc_call_post(struct rpc_call *call, const void *msg, size_t len, size_t max_queued_bytes);
 /* Sends the response headers now, without waiting: the client learns that
  * the stream is established before its first message. */
 int rpc_call_post_headers(struct rpc_call *call);

@@ -10,8 +10,8 @@
  * to that backend's pods: when a backend's stream ends, every subscriber's
  * stream ends with that backend's status (UNAVAILABLE naming it when it went
  * away), and the next subscriber opens it afresh. A subscriber that falls
- * too far behind is ended (RESOURCE_EXHAUSTED) rather than let queue without
- * bound or silently miss events. */
+ * too far behind (1 MiB of events queued) is ended (RESOURCE_EXHAUSTED)
+ * rather than let queue without bound or silently miss events. */
 #include "config.h"
 
 #include <errno.h>
@@ -21,12 +21,14 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "cri/api.pb-c.h"
 #include "router/merge.h"
 
 #define EVENTS_METHOD "/runtime.v1.RuntimeService/GetContainerEvents"
-/* Events waiting for one subscriber before it counts as stuck. */
-#define SUBSCRIBER_QUEUE_MAX  1024
-#define SUBSCRIBER_QUEUE_TEXT "1024"
+/* Events waiting for one subscriber (beyond what gRPC's flow control
+ * holds) before it counts as stuck: a bound on memory per subscriber. */
+#define SUBSCRIBER_QUEUE_MAX  (1024 * 1024)
+#define SUBSCRIBER_QUEUE_TEXT "1 MiB"
 
 struct subscriber {
 	struct subscriber *prev, *next;
@@ -106,7 +108,7 @@ static void deliver(struct event_hub *hub, const struct rpc_buf *msg)
 			unlist(hub, s);
 			rpc_call_finish(s->call, RPC_RESOURCE_EXHAUSTED,
 					"the subscriber fell more than " SUBSCRIBER_QUEUE_TEXT
-					" events behind");
+					" of events behind");
 		} /* -ECANCELED: it has gone; its close unlists it */
 	}
 	stop_feeds_if_idle(hub);
@@ -158,10 +160,15 @@ static void *feed_main(void *arg)
 			int code = ret < 0 ? (int)rpc_code_from_errno(ret) : end.code;
 			if (code == RPC_OK || code == RPC_CANCELLED)
 				code = RPC_UNAVAILABLE; /* an event stream has no natural end */
-			if (asprintf(&details, "backend %s: %s", b->name,
-				     ret < 0       ? strerror(-ret)
-				     : end.details ? end.details
-						   : "the event stream ended") < 0)
+			const char *why = ret < 0       ? strerror(-ret)
+					  : end.details ? end.details
+							: "the event stream ended";
+			size_t n = strlen(b->name);
+			bool named = strncmp(why, "backend ", 8) == 0 &&
+				     strncmp(why + 8, b->name, n) == 0;
+			if (named) /* crimux's own words for an unreachable backend */
+				details = strdup(why);
+			else if (asprintf(&details, "backend %s: %s", b->name, why) < 0)
 				details = NULL;
 			finish_all(hub, code, details);
 		}
@@ -224,6 +231,18 @@ static void subscriber_closed(void *arg)
 
 void event_hub_subscribe(struct event_hub *hub, struct rpc_call *call)
 {
+	/* The request has no fields, but bytes that are no GetEventsRequest
+	 * are a client's mistake, not a subscription. */
+	size_t len;
+	const uint8_t *data = rpc_call_request(call, &len);
+	Runtime__V1__GetEventsRequest *req =
+		runtime__v1__get_events_request__unpack(NULL, len, data);
+	if (!req) {
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT,
+			      "GetContainerEvents: the request cannot be decoded");
+		return;
+	}
+	runtime__v1__get_events_request__free_unpacked(req, NULL);
 	struct subscriber *s = calloc(1, sizeof(*s));
 	if (!s) {
 		rpc_call_fail(call, RPC_RESOURCE_EXHAUSTED, "out of memory");

@@ -716,6 +716,14 @@ static int begin_create(struct router *r, struct rpc_call *call, const struct cr
 /* Version describes crimux, the runtime the kubelet talks to. */
 static void reply_version(struct rpc_call *call)
 {
+	size_t n;
+	const uint8_t *data = rpc_call_request(call, &n);
+	Runtime__V1__VersionRequest *req = runtime__v1__version_request__unpack(NULL, n, data);
+	if (!req) { /* crimux answers, but not to bytes that are no request */
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT, "Version: the request cannot be decoded");
+		return;
+	}
+	runtime__v1__version_request__free_unpacked(req, NULL);
 	Runtime__V1__VersionResponse resp = RUNTIME__V1__VERSION_RESPONSE__INIT;
 	resp.version = (char *)"0.1.0";
 	resp.runtime_name = (char *)PACKAGE_NAME;

@@ -176,20 +176,22 @@ static int stream_exec(void *userdata, const struct stream_request *req, const s
 		return r;
 	struct session s = {.ds = ds, .io = io};
 	snprintf(s.resize_target, sizeof(s.resize_target), "/exec/%s/resize", exec_id);
-	r = dk_exec_start(ds->sock, exec_id, req->tty, &dl, &s.conn, err);
-	if (r == -ECANCELED || r == -ETIMEDOUT) {
-		/* Cut short, maybe after dockerd took the request: it may start
-		 * the process all the same, with nobody to stop it. */
-		dk_exec_kill(ds->sock, exec_id);
+	/* Once asked, Docker starts the exec even if we hang up: the start is
+	 * bounded rather than cancelled midway, and when the client has gone by
+	 * then, or goes later, the process is killed as soon as it runs. */
+	struct dk_deadline start_dl = dk_deadline_in(NULL, 30000);
+	r = dk_exec_start(ds->sock, exec_id, req->tty, &start_dl, &s.conn, err);
+	if (r < 0) {
+		dk_exec_abandon(ds->sock, exec_id);
 		return r;
 	}
-	if (r < 0)
-		return r;
-	r = run_session(&s, req->tty, err);
+	dk_http_set_deadline(s.conn, &dl);
+	r = cancel_fd_fired(&cancel) ? crx_err_set(err, -ECANCELED, "the client went away")
+				     : run_session(&s, req->tty, err);
 	dk_http_close(s.conn);
 	if (r < 0) {
 		/* The client left, or the stream broke: nothing may keep running. */
-		dk_exec_kill(ds->sock, exec_id);
+		dk_exec_abandon(ds->sock, exec_id);
 		return r;
 	}
 	int code = 0;

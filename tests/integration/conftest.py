@@ -5,6 +5,7 @@ Environment:
   CRIMUX_BUILDDIR     build tree (default: the source tree); crimuxd and
                       images/crimux-pause are looked up there
   CRIMUX_TEST_DIRECT  "1": the `cri` fixture talks to containerd directly
+  CRIMUX_SOAK         "1": run the tests marked soak too (make soak)
   CRIMUX_TEST_BRIDGE, CRIMUX_TEST_SUBNET
                       the lab's CNI bridge (default crxtest0, 198.18.0.0/24)
 
@@ -27,19 +28,22 @@ DIRECT = os.environ.get("CRIMUX_TEST_DIRECT") == "1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+SOAK = os.environ.get("CRIMUX_SOAK") == "1"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: runs real containerd/crimuxd (root)")
-    config.addinivalue_line("markers", "soak: long runs, only with -m soak")
+    config.addinivalue_line("markers", "soak: a long fault or bound test, for `make soak` "
+                            "(CRIMUX_SOAK=1, or -m soak); the default suite skips it")
 
 
 def pytest_collection_modifyitems(config, items):
     not_root = pytest.mark.skip(reason="integration tests need root (containerd, CNI, mounts)")
-    soak = pytest.mark.skip(reason="a soak test: select it with -m soak")
-    soak_selected = "soak" in (config.getoption("-m") or "")
+    not_soak = pytest.mark.skip(reason="a soak test: make soak (CRIMUX_SOAK=1, or -m soak)")
+    soak_selected = SOAK or "soak" in (config.getoption("-m") or "")
     for item in items:
-        if "soak" in item.keywords and not soak_selected:
-            item.add_marker(soak)
-    for item in items:
+        if item.get_closest_marker("soak") and not soak_selected:
+            item.add_marker(not_soak)
         if str(item.path).startswith(HERE + os.sep):
             item.add_marker(pytest.mark.integration)
             if os.geteuid() != 0:

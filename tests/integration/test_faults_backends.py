@@ -159,6 +159,19 @@ def _answers(client, pod):
         return False
 
 
+def all_stopped(pid):
+    """Every thread of pid has taken the SIGSTOP (a group stop is not
+    instant on a busy machine)."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue
+    return states and all(s in ("T", "t") for s in states)
+
+
 def log_numbers(path):
     out = []
     for _, stream, _, text in read_cri_log(path):
@@ -260,6 +273,7 @@ def test_backend_hung(node, client, backend):
     works(client, hung)
     daemon.proc.send_signal(signal.SIGSTOP)
     try:
+        env.wait_for(lambda: all_stopped(daemon.pid), 10, f"{backend} to stop")
         # Many calls for the hung backend at once, each with a 3 s deadline ...
         results = []
 

@@ -189,3 +189,71 @@ def test_a_new_subscriber_reopens_a_backends_ended_stream(daemon, fakes):
         assert sorted(again.wait(2)) == ["a-ctr-0", "b-ctr-1"], again.error
         again.stream.cancel()
         again.join(10)
+
+
+def test_a_subscriber_that_stops_reading_is_ended_not_buffered(daemon, fakes):
+    """crimuxd queues at most 1 MiB of events for a subscriber beyond what gRPC
+    flow control holds; one that falls further behind is ended with
+    RESOURCE_EXHAUSTED, while a subscriber that keeps up with the events (a
+    few hundred a second, of 40 kB) gets every one."""
+    big = "x" * 40000
+    n = 1500
+    api = pb()
+    msgs = [api.ContainerEventResponse(container_id=f"a-{i}-{big}").SerializeToString()
+            for i in range(n)]
+    gate = threading.Event()
+
+    class Gated(type(stream([]))):  # a stream() that waits for the gate
+        def __init__(self):
+            super().__init__(msgs, interval=0.003, then_abort=sleep(120))
+
+        def run(self, request, context, call):
+            gate.wait(20)
+            yield from super().run(request, context, call)
+
+    fakes["a"].on(EVENTS, Gated())
+    fakes["b"].on(EVENTS, stream([], then_abort=sleep(120)))
+    before = procstat.usage(daemon.pid)
+    with CRI(daemon.endpoint) as client, CRI(daemon.endpoint) as reader_client:
+        stuck = client.GetContainerEvents(timeout=120)
+        stuck.initial_metadata()
+        reader = Subscriber(reader_client, timeout=120)
+        gate.set()
+        reader.wait(n, timeout=90)
+        assert reader.error is None and len(reader.got) == n
+        during = procstat.usage(daemon.pid)
+        got = 0
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in stuck:
+                got += 1
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fell more than 1 MiB of events behind" in err.value.details()
+        assert got < n
+        reader.stream.cancel()
+    procstat.report(f"a subscriber that stops reading, {n} events of 40 kB", before,
+                    procstat.usage(daemon.pid), during=during, stuck_received=got)
+
+
+def test_a_dead_backend_fails_subscribers_at_once_and_is_followed_again(daemon, fakes):
+    fakes["a"].on(EVENTS, stream([event("a", 0).SerializeToString()], then_abort=sleep(120)))
+    fakes["b"].stop()  # its socket is gone: nothing listens
+    with CRI(daemon.endpoint) as client:
+        sub = Subscriber(client, timeout=30, subscribed=False)
+        sub.join(20)
+        assert sub.error is not None and sub.error.code() == grpc.StatusCode.UNAVAILABLE
+        details = sub.error.details()
+        assert details.startswith("backend b") and details.count("backend b") == 1, details
+        # The other backend's stream is not left open for nobody.
+        assert fakes["a"].calls(EVENTS)[0].wait_cancelled(10)
+
+        fakes["b"].start()
+        fakes["b"].on(EVENTS, stream([event("b", 0).SerializeToString()],
+                                     then_abort=sleep(120)))
+        # crimuxd's channel reconnects within its 1 s backoff; the kubelet
+        # re-subscribes until it can.
+        def both():
+            s = Subscriber(client, timeout=30)
+            heard = s.wait_from(fakes, timeout=5)
+            s.stream.cancel()
+            return heard == set(fakes)
+        env.wait_for(both, 20, "events of both backends again")

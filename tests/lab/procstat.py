@@ -35,8 +35,9 @@ def report(name, before, after, **more):
     return line
 
 
-def settled(pid, baseline, slack_threads=4, slack_fds=4, timeout=35):
-    """Waits (up to `timeout` s: idle pool threads leave after 30 s) until
+def settled(pid, baseline, slack_threads=4, slack_fds=4, timeout=60):
+    """Waits (up to `timeout` s: idle pool threads leave after 30 s, later
+    on a loaded machine) until
     `pid` holds no more threads and fds than `baseline` plus some slack;
     returns the last usage seen."""
     import time

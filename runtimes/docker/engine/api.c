@@ -378,25 +378,39 @@ static bool exec_still_runs(int pid, void *arg)
 
 void dk_exec_kill(const char *sock, const char *exec_id)
 {
-	/* An exec abandoned while it starts (the client left during the start
-	 * request) may get its process a moment later: wait up to 2 s for one
-	 * to kill, rather than take "no process yet" for "nothing to kill". */
+	int pid = 0;
+	struct dk_deadline quick = dk_deadline_in(NULL, 5000);
 	struct exec_ref ref = {sock, exec_id};
-	for (int i = 0; i < 100; i++) {
+	if (exec_inspect(sock, exec_id, &quick, NULL, &pid, NULL) == 0 && pid > 0)
+		dk_kill_tree(pid, exec_still_runs, &ref);
+}
+
+void dk_exec_abandon(const char *sock, const char *exec_id)
+{
+	/* Docker starts an exec whose start it was asked for even when the
+	 * connection that asked is gone, at its own pace on a busy node: watch
+	 * for up to 10 s and kill it once it runs. ExitCode reads 0 before the
+	 * start too; Pid stays 0 until then. */
+	struct dk_deadline quick = dk_deadline_in(NULL, 10000);
+	/* Most such execs never start: ask less and less often (20 ms up to
+	 * 640 ms, some 20 times in all), or ten thousand dropped sessions
+	 * flood dockerd with inspects. */
+	long wait_ms = 20;
+	for (;;) {
 		_cleanup_json_ json_object *o = NULL;
-		struct dk_deadline quick = dk_deadline_in(NULL, 5000);
 		if (dk_callf(sock, "GET", NULL, &quick, &o, NULL, NULL, "/exec/%s/json", exec_id) <
 		    0)
 			return;
 		int pid = (int)dk_json_int(o, "Pid", 0);
-		if (dk_json_bool(o, "Running") && pid > 0) {
-			dk_kill_tree(pid, exec_still_runs, &ref);
+		if (pid > 0) {
+			struct exec_ref ref = {sock, exec_id};
+			if (dk_json_bool(o, "Running"))
+				dk_kill_tree(pid, exec_still_runs, &ref);
 			return;
 		}
-		json_object *ec = dk_json_get(o, "ExitCode", NULL);
-		if (ec && json_object_is_type(ec, json_type_int))
-			return; /* it has ended */
-		nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+		nanosleep(&(struct timespec){.tv_nsec = wait_ms * 1000 * 1000}, NULL);
+		if (wait_ms < 640)
+			wait_ms *= 2;
 	}
 }
 

@@ -78,6 +78,10 @@ void dk_exec_kill(const char *sock, const char *exec_id);
  * is asked after pid's pidfd is open whether pid is still the process
  * meant; nothing is signalled when it says no (-ESRCH). */
 int dk_kill_tree(int pid, bool (*still_ours)(int pid, void *arg), void *arg);
+/* For an exec whose start was asked for and whose client is gone (Docker
+ * starts it anyway, maybe later): kills the process once it runs (10 s at
+ * most). */
+void dk_exec_abandon(const char *sock, const char *exec_id);
 
 /* The exec'd process of ExecSync, multiplexed stream headers and all. */
 struct dk_exec_result {
