@@ -69,9 +69,15 @@ def test_sigkill_while_pods_are_made(lab, dockerd, crimuxd_binary, tmp_path):
         daemon.start()
         with CRI(daemon.endpoint, timeout=120) as cri:
             # Whatever was half-made is listed: nothing hides from the kubelet.
-            listed = {p.id for p in cri.ListPodSandbox().items}
-            assert mixed.docker_sandboxes(dockerd) - base[2] <= listed
-            assert mixed.containerd_sandboxes(direct) - base[3] <= listed
+            # dockerd may still be finishing a create the dead crimuxd asked
+            # for (Docker lists a container only once it is made): compare
+            # again until both sides agree.
+            def everything_listed():
+                listed = {p.id for p in cri.ListPodSandbox().items}
+                hidden = ((mixed.docker_sandboxes(dockerd) - base[2]) |
+                          (mixed.containerd_sandboxes(direct) - base[3])) - listed
+                return listed if not hidden else None
+            listed = wait_for(everything_listed, 15, "every half-made pod listed")
             pods = {}
             for h, cfg in configs:  # the kubelet's retries, with its back-off
                 pod = wait_for(lambda: retry(cri, cfg, h), 60, f"a {h} pod", interval=1)
