@@ -56,7 +56,7 @@ struct router {
 	struct rpc_channel **channels; /* every backend's, when all relay over gRPC */
 	struct owners *owners;
 	struct creates *creates; /* creates in flight and made, for the kubelet's retries */
-	struct workers *fanout; /* fanout_call()'s legs; never a long stream */
+	struct workers *fanout;  /* fanout_call()'s legs; never a long stream */
 	struct event_hub *events;
 	enum route *routes;  /* per method, by cri_method_index() */
 	uint32_t *id_fields; /* field number of the ID a method names, or 0 */

@@ -43,4 +43,3 @@ int kata_check_request(const struct kata_policy *p, const char *handler, Protobu
 		       bool *changed, struct crx_err *err);
 /* Whether kata_check_request() decides on requests of this type. */
 bool kata_checks(const ProtobufCMessageDescriptor *request);
-
