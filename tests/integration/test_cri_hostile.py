@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from conftest import stop_checked
+from lab import procstat
 from lab.cri import CRI, pb, sandbox_config
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -293,8 +294,7 @@ def test_truncated_message_ends_the_stream(guard):
 
 
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return procstat.usage(pid).rss_kib
 
 
 def test_message_claiming_a_huge_length(guard):

@@ -229,11 +229,9 @@ def test_thousand_short_sessions_leak_nothing(dcri, docker_crimuxd, lab, pod):
         session(i)
     elapsed = time.monotonic() - t0
     # Sessions end asynchronously, and an idle pool thread leaves after 30 s.
+    # Fewer fds than before is fine: a connection open then may have closed.
     wait_for(lambda: all(a <= b for a, b in zip(counts(docker_crimuxd.pid), before)), 45,
              "fds and threads back to where they were")
-    after = counts(docker_crimuxd.pid)
-    assert after[0] == before[0], f"fds: {before[0]} before, {after[0]} after"
-    assert after[1] <= before[1], f"threads: {before[1]} before, {after[1]} after"
     print(f"1000 sessions through crimuxd in {elapsed:.1f}s")
 
 

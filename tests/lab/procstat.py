@@ -27,6 +27,24 @@ def usage(pid):
     return Usage(threads, fds, rss)
 
 
+def sanitized(pid):
+    """Whether `pid` runs an ASan build (gcc links libasan dynamically, clang
+    statically: either way the binary carries the runtime's entry point)."""
+    with open(f"/proc/{pid}/exe", "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+# ASan holds freed memory in a quarantine (256 MiB by default on 64-bit) before
+# reuse, so an ASan build's RSS grows by up to that much without a leak; there
+# LeakSanitizer's report at exit is the leak check.
+ASAN_QUARANTINE_KIB = 256 * 1024
+
+
+def rss_allowance_kib(pid, slack_kib):
+    """How much `pid`'s RSS may grow: `slack_kib`, plus the quarantine under ASan."""
+    return slack_kib + (ASAN_QUARANTINE_KIB if sanitized(pid) else 0)
+
+
 def report(name, before, after, **more):
     """One line for the test's output (pytest -s shows it; soak prints it)."""
     extra = "".join(f" {k}={v}" for k, v in more.items())
