@@ -127,10 +127,7 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		r = dk_logs_register(c->ds->logs, id, log_dir, cfg->log_path, err);
 	if (r < 0)
 		return r;
-	/* Into the cache now, so a list right after this call has it. */
-	_cleanup_json_ json_object *made = NULL;
-	if (dk_container_inspect(c->ds->sock, id, &c->dl, &made, NULL) == 0)
-		dk_state_put(c->ds->state, made);
+	dk_state_created(c->ds->state, id);
 	Runtime__V1__CreateContainerResponse *out =
 		dk_msg_new(&c->arena, &runtime__v1__create_container_response__descriptor);
 	if (!out || !(out->container_id = dk_arena_strdup(&c->arena, id)))

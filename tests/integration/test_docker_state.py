@@ -202,8 +202,9 @@ def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):
     calls = [" ".join(line.split(" ")[:2]).split("?")[0] for line in proxy.take()]
     assert calls == ["POST /v1.41/containers/create", f"POST /v1.41/containers/{pod}/start",
                      f"GET /v1.41/containers/{pod}/json"]
-    # CreateContainer: create, and the inspect that puts it in the cache;
-    # StartContainer: start alone (Docker's log file is where it always is).
+    # CreateContainer: create alone (the cache's inspect on Docker's create
+    # event fills the entry); StartContainer: start alone (Docker's log file
+    # is where it always is).
     sb = sandbox_config("counted2-" + uuid.uuid4().hex[:6])
     pod = cri.run_pod(sb)
     proxy.take()
@@ -213,7 +214,14 @@ def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):
     os.makedirs(sb.log_directory)
     cid = cri.CreateContainer(pod_sandbox_id=pod, config=cfg, sandbox_config=sb).container_id
     calls = [" ".join(line.split(" ")[:2]).split("?")[0] for line in proxy.take()]
-    assert calls == ["POST /v1.41/containers/create", f"GET /v1.41/containers/{cid}/json"]
+    assert calls == ["POST /v1.41/containers/create"]
+    # A list right after the create shows it, every field (the image's ID
+    # among them), from the cache.
+    [c] = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
+    assert c.state == pb().CONTAINER_CREATED
+    assert c.image_ref == dockerd.inspect(cid)["Image"]
+    assert c.metadata.name == "main"
+    assert proxy.take() == []
     cri.StartContainer(container_id=cid)
     assert proxy.take() == [f"POST /v1.41/containers/{cid}/start HTTP/1.1"]
     assert state_of(cri, cid) == pb().CONTAINER_RUNNING

@@ -29,6 +29,9 @@
 #define CALL_TIMEOUT_MS      10000
 #define RETRY_MS             1000
 #define TOMBSTONE_MS         60000
+/* How long a reader waits for the inspect of a container crimux has just
+ * created (the event's, usually a millisecond away) before asking Docker. */
+#define PENDING_WAIT_MS 1000
 
 struct entry {
 	char id[72];
@@ -37,6 +40,7 @@ struct entry {
 	json_object *inspect; /* NULL: removed (a tombstone) */
 	char status[16];      /* State.Status, or what crimux made it since */
 	bool stale;           /* crimux changed it after this inspect */
+	bool pending;         /* created by crimux, its inspect not in yet */
 	uint64_t seq;         /* when it last changed */
 	int64_t dead_ms;
 	void *memo; /* a caller's rendering of this version (memo_seq) */
@@ -60,6 +64,8 @@ struct dk_state {
 	unsigned reconcile_ms;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
+	pthread_cond_t filled; /* a pending entry was inspected or gave up */
+	size_t n_pending;
 	struct entry **entries;
 	size_t n, cap;
 	struct cp_entry *cps;
@@ -92,6 +98,7 @@ int dk_state_new(const char *sock, const char *checkpoint_dir, unsigned reconcil
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->wake, &ca);
+	pthread_cond_init(&s->filled, &ca);
 	pthread_condattr_destroy(&ca);
 	*out = s;
 	return 0;
@@ -115,6 +122,7 @@ void dk_state_free(struct dk_state *s)
 		s->closing = true;
 		atomic_store(&s->stop, true);
 		pthread_cond_broadcast(&s->wake);
+		pthread_cond_broadcast(&s->filled);
 		pthread_mutex_unlock(&s->lock);
 		pthread_join(s->events_thread, NULL);
 		pthread_join(s->reconcile_thread, NULL);
@@ -124,6 +132,7 @@ void dk_state_free(struct dk_state *s)
 	free(s->entries);
 	free(s->cps);
 	pthread_cond_destroy(&s->wake);
+	pthread_cond_destroy(&s->filled);
 	pthread_mutex_destroy(&s->lock);
 	free(s->sock);
 	free(s->checkpoint_dir);
@@ -208,6 +217,16 @@ static const char *type_of(json_object *inspect)
 	return dk_json_str(dk_json_get(inspect, "Config", "Labels", NULL), DK_LABEL_TYPE);
 }
 
+/* The entry is no longer waited for: inspected, buried or dropped. */
+static void settle(struct dk_state *s, struct entry *e)
+{
+	if (!e->pending)
+		return;
+	e->pending = false;
+	s->n_pending--;
+	pthread_cond_broadcast(&s->filled);
+}
+
 /* Stores an inspect (owned) unless the entry changed since `since`
  * (UINT64_MAX: store anyway). */
 static void install(struct dk_state *s, json_object *inspect, uint64_t since)
@@ -240,6 +259,7 @@ static void install(struct dk_state *s, json_object *inspect, uint64_t since)
 	e->stale = false;
 	e->dead_ms = 0;
 	e->seq = ++s->seq;
+	settle(s, e);
 }
 
 static void bury(struct dk_state *s, struct entry *e)
@@ -250,6 +270,7 @@ static void bury(struct dk_state *s, struct entry *e)
 	e->stale = false;
 	e->dead_ms = dk_now_ms();
 	e->seq = ++s->seq;
+	settle(s, e);
 }
 
 static void purge_tombstones(struct dk_state *s)
@@ -258,9 +279,10 @@ static void purge_tombstones(struct dk_state *s)
 	size_t k = 0;
 	for (size_t i = 0; i < s->n; i++) {
 		struct entry *e = s->entries[i];
-		if (!e->inspect && now - e->dead_ms > TOMBSTONE_MS)
+		if (!e->inspect && now - e->dead_ms > TOMBSTONE_MS) {
+			settle(s, e);
 			entry_free(e);
-		else
+		} else
 			s->entries[k++] = e;
 	}
 	s->n = k;
@@ -290,7 +312,7 @@ static void refresh(struct dk_state *s, const char *id)
 		pthread_mutex_lock(&s->lock);
 		struct entry *e = find_exact(s, id);
 		bool changed = (e ? e->seq : 0) != since;
-		if (!changed && r == -ENOENT && e && e->inspect)
+		if (!changed && r == -ENOENT && e && (e->inspect || e->pending))
 			bury(s, e);
 		else if (!changed && r == 0)
 			install(s, inspect, since);
@@ -355,7 +377,7 @@ static int reconcile(struct dk_state *s)
 	pthread_mutex_lock(&s->lock);
 	for (size_t k = 0; k < s->n; k++) {
 		struct entry *e = s->entries[k];
-		if (!e->inspect || e->seq > before)
+		if ((!e->inspect && !e->pending) || e->seq > before)
 			continue;
 		bool listed = false;
 		for (size_t i = 0; i < n && !listed; i++)
@@ -460,6 +482,7 @@ static void *events_run(void *arg)
 		}
 		pthread_mutex_lock(&s->lock);
 		s->live = false;
+		pthread_cond_broadcast(&s->filled); /* waiters ask Docker now */
 		pthread_mutex_unlock(&s->lock);
 		dk_http_close(conn);
 	}
@@ -494,6 +517,25 @@ int dk_state_start(struct dk_state *s, struct crx_err *err)
 
 /* --- readers --- */
 
+/* Called with the lock held: waits (a bounded time) until no entry crimux
+ * has just created lacks its inspect, so a reader never misses one. 0, or
+ * -EAGAIN when the cache cannot answer (not live, or still pending). */
+static int await_filled(struct dk_state *s)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += PENDING_WAIT_MS / 1000;
+	until.tv_nsec += (long)(PENDING_WAIT_MS % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	while (s->live && !s->closing && s->n_pending > 0)
+		if (pthread_cond_timedwait(&s->filled, &s->lock, &until) == ETIMEDOUT)
+			break;
+	return s->live && s->n_pending == 0 ? 0 : -EAGAIN;
+}
+
 static int add_copy(json_object *to, const char *key, json_object *from)
 {
 	if (!from)
@@ -510,7 +552,7 @@ int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void 
 		return -EAGAIN;
 	bool sandbox = streq(type, DK_TYPE_SANDBOX);
 	pthread_mutex_lock(&s->lock);
-	int r = s->live ? 0 : -EAGAIN;
+	int r = await_filled(s);
 	for (size_t i = 0; r == 0 && i < s->n; i++) {
 		struct entry *e = s->entries[i];
 		if (!e->inspect || e->sandbox != sandbox)
@@ -601,7 +643,7 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 	if (!a)
 		return -ENOMEM;
 	pthread_mutex_lock(&s->lock);
-	int r = s->live ? 0 : -EAGAIN;
+	int r = await_filled(s);
 	for (size_t i = 0; r == 0 && i < s->n; i++) {
 		const struct entry *e = s->entries[i];
 		if (!e->inspect || e->sandbox != sandbox)
@@ -632,6 +674,8 @@ static int inspect_copy(struct dk_state *s, const char *id, const char *type, bo
 	pthread_mutex_lock(&s->lock);
 	bool ambiguous;
 	struct entry *e = s->live ? find_ref(s, id, &ambiguous) : NULL;
+	if (e && e->pending && await_filled(s) == 0)
+		e = find_ref(s, id, &ambiguous); /* the wait let go of the lock */
 	int r = -EAGAIN;
 	if (e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type))
 		r = json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
@@ -667,7 +711,7 @@ bool dk_state_name_absent(struct dk_state *s, const char *name)
 	if (!s || !name || !*name)
 		return false;
 	pthread_mutex_lock(&s->lock);
-	bool absent = s->live;
+	bool absent = s->live && s->n_pending == 0; /* a pending one's name is not known */
 	for (size_t i = 0; absent && i < s->n; i++) {
 		const struct entry *e = s->entries[i];
 		const char *have = e->inspect ? dk_json_str(e->inspect, "Name") : NULL;
@@ -689,6 +733,23 @@ void dk_state_put(struct dk_state *s, json_object *inspect)
 		return;
 	pthread_mutex_lock(&s->lock);
 	install(s, copy, UINT64_MAX);
+	pthread_mutex_unlock(&s->lock);
+}
+
+void dk_state_created(struct dk_state *s, const char *id)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	/* Known already: its event came first (or, gone, its destroy). */
+	struct entry *e = find_exact(s, id) ? NULL : get_entry(s, id);
+	if (e) {
+		e->pending = true;
+		e->stale = true; /* an inspect begun before this one tries again */
+		e->dead_ms = dk_now_ms();
+		e->seq = ++s->seq;
+		s->n_pending++;
+	}
 	pthread_mutex_unlock(&s->lock);
 }
 

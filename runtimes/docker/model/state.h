@@ -75,6 +75,10 @@ bool dk_state_not_running(struct dk_state *s, const char *id);
  * "exited" until its die event is inspected); one it removed. */
 void dk_state_put(struct dk_state *s, json_object *inspect);
 void dk_state_stopped(struct dk_state *s, const char *id);
+/* Created by crimux: readers wait (briefly) for the inspect its create
+ * event brings, so a list right after the create shows it, and the create
+ * costs Docker no inspect of its own. */
+void dk_state_created(struct dk_state *s, const char *id);
 /* Started by crimux: "running" until its start event is inspected. */
 void dk_state_started(struct dk_state *s, const char *id);
 /* Changed otherwise (resources): lookups ask Docker until its event is in. */
