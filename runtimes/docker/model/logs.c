@@ -370,15 +370,21 @@ static void copy_entry(struct dk_logs *l, struct entry *e)
 		if (open_src(e, next, 0) < 0)
 			break;
 	}
-	/* Each save is fsynced: at most one a second per container, so a
-	 * chatty one costs no more; a crash repeats at most that much. */
-	if (e->dirty && monotonic_ms() - e->saved_ms >= STATE_SAVE_MS)
-		save_state(l, e);
 	/* Removed behind crimux's back: let go of the deleted file. */
 	struct stat st, path_st;
 	if (e->src_fd >= 0 && fstat(e->src_fd, &st) == 0 && st.st_nlink == 0 &&
 	    stat(e->docker_log, &path_st) < 0 && errno == ENOENT)
 		e->gone = true;
+}
+
+/* Copies, and saves the position now and then: each save is fsynced, at
+ * most one a second per container, so a chatty one costs no more; a crash
+ * repeats at most that much. */
+static void follow_entry(struct dk_logs *l, struct entry *e)
+{
+	copy_entry(l, e);
+	if (e->dirty && monotonic_ms() - e->saved_ms >= STATE_SAVE_MS)
+		save_state(l, e);
 }
 
 static struct entry *find(struct dk_logs *l, const char *id)
@@ -396,7 +402,7 @@ static void *pump(void *arg)
 	while (!l->stop) {
 		for (struct entry **p = &l->entries; *p;) {
 			struct entry *e = *p;
-			copy_entry(l, e);
+			follow_entry(l, e);
 			if (!e->gone) {
 				p = &e->next;
 				continue;
@@ -648,7 +654,7 @@ int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, str
 	e->next = l->entries;
 	l->entries = e;
 	e->dirty = true; /* the state names Docker's file from now on */
-	copy_entry(l, e);
+	follow_entry(l, e);
 out:
 	pthread_mutex_unlock(&l->lock);
 	return r;
@@ -675,7 +681,7 @@ int dk_logs_reopen(struct dk_logs *l, const char *id, struct crx_err *err)
 	if (!e) {
 		r = crx_err_set(err, -ENOENT, "the log of container %s is not followed", id);
 	} else {
-		copy_entry(l, e);
+		follow_entry(l, e);
 		r = open_dst(e, err);
 	}
 	pthread_mutex_unlock(&l->lock);
@@ -698,7 +704,7 @@ void dk_logs_forget(struct dk_logs *l, const char *id)
 			continue;
 		struct entry *e = *p;
 		*p = e->next;
-		copy_entry(l, e);
+		copy_entry(l, e); /* the last lines; no position to save, its file goes */
 		entry_free(e);
 		break;
 	}
