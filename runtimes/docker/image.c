@@ -12,12 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/convert.h"
 #include "runtimes/docker/model/pause.h"
+
+/* How long a RemoveImage that raced another one waits for that one. */
+#define REMOVAL_WAIT_MS 10000
 
 /* GET /images/{ref}/json; -ENOENT when Docker has no such image. */
 static int image_inspect(struct dk_ctx *c, const char *ref, json_object **out, struct crx_err *err)
@@ -387,7 +391,38 @@ int dk_pull_image(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessag
 	return 0;
 }
 
-static int delete_image(struct dk_ctx *c, const char *name, struct crx_err *err)
+/* Polls until the image is gone, for up to wait_ms: 0, or -EBUSY (or
+ * what asking Docker failed with). Docker answers an inspect of an image
+ * whose layers are being deleted 500 ("layer does not exist"): not gone
+ * yet. */
+static int await_removed(struct dk_ctx *c, const char *name, int64_t wait_ms, struct crx_err *err)
+{
+	int64_t until = dk_now_ms() + wait_ms;
+	for (long sleep_ms = 5;; sleep_ms = sleep_ms < 160 ? sleep_ms * 2 : sleep_ms) {
+		_cleanup_json_ json_object *img = NULL;
+		int r = image_inspect(c, name, &img, err);
+		if (r == -ENOENT) {
+			if (err)
+				*err = (struct crx_err){0};
+			return 0;
+		}
+		if (r < 0 && r != -EIO)
+			return r;
+		if (dk_now_ms() >= until)
+			return crx_err_set(err, -EBUSY,
+					   "image %s is still there: another removal of it "
+					   "has not finished in %lld s",
+					   name, (long long)wait_ms / 1000);
+		nanosleep(&(struct timespec){.tv_nsec = sleep_ms * 1000 * 1000}, NULL);
+	}
+}
+
+/* Removal is idempotent, and RemoveImage calls for one image may run at
+ * once. Docker answers the ones that lose the race 404 (the name went),
+ * 409 or 500 ("unrecognized image ID", "layer does not exist": the winner
+ * is still deleting the layers). Those are success once the image is gone;
+ * *raced says the caller must still wait for that. */
+static int delete_image(struct dk_ctx *c, const char *name, bool *raced, struct crx_err *err)
 {
 	_cleanup_free_ char *e = dk_http_escape(name, true);
 	if (!e)
@@ -395,14 +430,14 @@ static int delete_image(struct dk_ctx *c, const char *name, struct crx_err *err)
 	int status = 0;
 	int r = dk_callf(c->ds->sock, "DELETE", NULL, &c->dl, NULL, &status, err,
 			 "/images/%s?noprune=0", e);
-	/* A removal of the same image running at the same time may get there
-	 * first: Docker then answers 409 or 500 ("unrecognized image ID")
-	 * rather than 404. Removal is idempotent: what is gone is gone. */
-	_cleanup_json_ json_object *img = NULL;
-	if (r < 0 &&
-	    (status == 404 || (status >= 400 && image_inspect(c, name, &img, NULL) == -ENOENT))) {
+	/* A 409 with the image still there is a real conflict (in use);
+	 * after a 500 the removal under way gets its time. */
+	if (r < 0 && (status == 404 ||
+		      (status >= 400 &&
+		       await_removed(c, name, status >= 500 ? REMOVAL_WAIT_MS : 0, NULL) == 0))) {
 		if (err)
 			*err = (struct crx_err){0};
+		*raced = true;
 		return 0;
 	}
 	return r;
@@ -417,7 +452,10 @@ int dk_remove_image(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMess
 	if (!out)
 		return -ENOMEM;
 	_cleanup_json_ json_object *img = NULL;
-	int r = image_inspect(c, in->image ? in->image->image : NULL, &img, err);
+	const char *ref = in->image ? in->image->image : NULL;
+	int r = image_inspect(c, ref, &img, err);
+	if (r == -EIO && await_removed(c, ref, REMOVAL_WAIT_MS, NULL) == 0)
+		r = -ENOENT; /* it was being removed */
 	if (r == -ENOENT) {
 		*resp = out; /* already gone */
 		return 0;
@@ -425,14 +463,17 @@ int dk_remove_image(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMess
 	if (r < 0)
 		return r;
 	/* Every tag, then the image itself (it may have only digests). */
+	bool raced = false;
 	json_object *tags = dk_json_get(img, "RepoTags", NULL);
 	for (size_t i = 0; tags && i < json_object_array_length(tags); i++) {
 		const char *t = json_object_get_string(json_object_array_get_idx(tags, i));
-		if (t && (r = delete_image(c, t, err)) < 0)
+		if (t && (r = delete_image(c, t, &raced, err)) < 0)
 			return r;
 	}
 	const char *id = dk_json_str(img, "Id");
-	if (id && (r = delete_image(c, id, err)) < 0)
+	if (id && (r = delete_image(c, id, &raced, err)) < 0)
+		return r;
+	if (id && raced && (r = await_removed(c, id, REMOVAL_WAIT_MS, err)) < 0)
 		return r;
 	*resp = out;
 	return 0;
