@@ -55,9 +55,9 @@ static int check(const struct kata_policy *k, struct pod *p, bool *changed, stru
 
 /* Refusals are counted for the metrics, by handler and rule. */
 static const char *const rules[] = {
-	"host_namespace",    "reserved_annotation",   "resources_missing",
-	"cpu_limit_missing", "cpu_request_not_limit", "memory_limit_missing",
-	"below_minimum",     "memory_cpu_ratio",      "overhead_below_minimum",
+	"host_namespace",         "reserved_annotation",  "resources_missing", "cpu_limit_missing",
+	"cpu_request_not_limit",  "memory_limit_missing", "below_minimum",     "memory_cpu_ratio",
+	"overhead_below_minimum", "unified_override",     "config_missing",
 };
 
 static int64_t refusals(const char *rule)
@@ -286,8 +286,10 @@ int main(void)
 	cpu_max.value = (char *)"max 100000";
 	cres.unified = unified;
 	cres.n_unified = 1;
+	int64_t overrides_before = refusals("unified_override");
 	is_int(kata_check_container(&k, "kata", &c, &err), -EINVAL, "unified cpu.max: refused");
 	has_str(err.msg, "sets the cgroup file \"cpu.max\" in resources.unified", "saying which");
+	is_int(refusals("unified_override"), overrides_before + 1, "counted as unified_override");
 	/* Every other file that raises a checked limit, and any key that is
 	 * not a plain file name, is refused too. */
 	static const char *const overrides[] = {
@@ -342,6 +344,14 @@ int main(void)
 	p.overhead.cpu_quota = 2305843009213793952; /* the wrapped one again */
 	p.overhead.cpu_shares = 0;
 	is_int(check(&k, &p, &changed, &err), 0, "a huge overhead quota is a big overhead");
+
+	/* A create without its config. */
+	Runtime__V1__RunPodSandboxRequest run = RUNTIME__V1__RUN_POD_SANDBOX_REQUEST__INIT;
+	int64_t missing_before = refusals("config_missing");
+	is_int(kata_check_request(&k, "kata", &run.base, &changed, &err), -EINVAL,
+	       "RunPodSandbox without a config: refused");
+	has_str(err.msg, "the request has no pod config", "saying so");
+	is_int(refusals("config_missing"), missing_before + 1, "counted as config_missing");
 
 	/* The other calls that change a Kata pod. */
 	Runtime__V1__UpdateContainerResourcesRequest upd =
