@@ -25,6 +25,7 @@ import pytest
 from lab import streaming as st
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
 from lab.env import wait_for
+from lab.fake_backend import FakeBackend
 from conftest import docker_backend_config, stop_checked
 
 MIB = 1 << 20
@@ -333,6 +334,58 @@ def test_a_reload_is_counted(daemon):
     os.kill(daemon.pid, 1)  # SIGHUP
     wait_for(lambda: total(scrape(daemon), "crimux_reloads_total", result="success")
              == before + 1, 30, "the reload to be counted")
+
+
+def test_backend_health_reloads_and_rebuild_live(lab, crimuxd_binary):
+    """Against two scripted backends: crimux_backend_up follows a backend's
+    health checks down and up, its return counts as one reconnect and the
+    other backend's none; a reload the file refuses counts as a failure and
+    keeps crimuxd serving; the ownership rebuild's duration is a figure."""
+    import tempfile
+    short = tempfile.mkdtemp(prefix="crxm-", dir="/tmp")  # socket paths are short
+    first = FakeBackend(os.path.join(short, "one.sock")).start()
+    second = FakeBackend(os.path.join(short, "two.sock")).start()
+    port = free_port()
+    d = lab.crimuxd(crimuxd_binary, {"one": first.endpoint, "two": second.endpoint}, f"""
+[crimux]
+default_handler = a
+metrics_address = 127.0.0.1:{port}
+[handler "a"]
+backend = one
+[handler "b"]
+backend = two
+""")
+    d.metrics_port = port
+    try:
+        def up(backend):
+            return total(scrape(d), "crimux_backend_up", backend=backend)
+        wait_for(lambda: up("one") == 1 and up("two") == 1, 30, "both backends up")
+        rebuild = total(scrape(d), "crimux_owner_rebuild_duration_seconds")
+        assert 0 < rebuild < 10, rebuild
+
+        second.stop()
+        wait_for(lambda: up("two") == 0, 40, "backend two reported down")
+        assert up("one") == 1
+        second.start()
+        wait_for(lambda: up("two") == 1, 40, "backend two reported up again")
+        after = scrape(d)
+        assert total(after, "crimux_backend_reconnects_total", backend="two") == 1
+        assert total(after, "crimux_backend_reconnects_total", backend="one") == 0
+
+        failures = total(after, "crimux_reloads_total", result="failure")
+        with open(d.config_path, "a") as f:
+            f.write("[crimux]\ndefault_handler = nosuch\n")
+        os.kill(d.pid, 1)  # SIGHUP
+        wait_for(lambda: total(scrape(d), "crimux_reloads_total", result="failure")
+                 == failures + 1, 30, "the refused reload to be counted")
+        assert total(scrape(d), "crimux_reloads_total", result="success") == 0
+        with CRI(d.endpoint) as client:
+            assert client.Version().runtime_name == "crimux"
+    finally:
+        stop_checked([d], must_run=True)
+        first.stop()
+        second.stop()
+        os.rmdir(short)
 
 
 def test_stuck_scrapers_do_not_hold_up_calls(daemon, mux):
