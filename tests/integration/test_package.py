@@ -88,7 +88,8 @@ def field(text, name):
 
 def relation_names(value):
     """Package names of a relationship field (versions and arches dropped)."""
-    return {re.sub(r"\s*[(\[].*", "", d).strip() for d in (value or "").split(",") if d.strip()}
+    return {re.sub(r"\s*[(\[<:].*", "", d).strip() for d in (value or "").split(",")
+            if d.strip()}
 
 
 def owner(path):
@@ -294,8 +295,9 @@ def test_depends_are_the_libraries_crimuxd_links(package):
 
 
 def test_build_depends_are_what_configure_needs():
-    """Build-Depends: debhelper, pkgconf, protoc-c's package and the package of
-    every pkg-config module configure.ac asks for, nothing else."""
+    """Build-Depends: debhelper, pkgconf, protoc-c's package, the package of
+    every pkg-config module configure.ac asks for, and the interpreter of the
+    unit suite's script (dh_auto_test runs it), nothing else."""
     with open(os.path.join(SRCDIR, "configure.ac")) as f:
         configure = f.read()
     modules = []
@@ -305,8 +307,10 @@ def test_build_depends_are_what_configure_needs():
                     if w not in ("<", "<=", "=", ">=", ">")
                     and (i == 0 or words[i - 1] not in ("<", "<=", "=", ">=", ">"))]
     assert len(modules) >= 8, modules
+    with open(os.path.join(SRCDIR, "tests", "check-layers")) as f:
+        interpreter = os.path.basename(f.readline()[2:].split()[0])
     wanted = {"debhelper-compat", owner(shutil.which("pkg-config")),
-              owner(shutil.which("protoc-c"))}
+              owner(shutil.which("protoc-c")), interpreter}
     for module in modules:
         pcdir = run(["pkg-config", "--variable=pcfiledir", module]).stdout.strip()
         wanted.add(owner(os.path.join(pcdir, module + ".pc")))
