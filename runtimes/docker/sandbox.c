@@ -194,7 +194,13 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 	struct dk_checkpoint cp = {0};
 	r = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
 	if (r == 0) {
-		int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
+		/* The pid names the network namespace DEL enters: Docker's
+		 * own, not what the cache last saw (a reused pid is another
+		 * pod's namespace). Only a pod never stopped needs it. */
+		_cleanup_json_ json_object *now = NULL;
+		if (inspect && cp.network_ready && !cp.host_network)
+			dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &now, NULL);
+		int pid = (int)dk_json_int(dk_json_get(now, "State", NULL), "Pid", 0);
 		r = teardown_network(c, &cp, pid, err);
 		dk_checkpoint_clear(&cp);
 		if (r < 0)
@@ -466,10 +472,11 @@ static int stop_containers(struct dk_ctx *c, const char *id, struct crx_err *err
 /* Stop and remove are idempotent: a sandbox Docker no longer has may still
  * have a checkpoint (its network to tear down). *full is NULL when there is
  * nothing of that name at all. */
-static int find_sandbox(struct dk_ctx *c, const char *id, json_object **inspect, const char **full,
-			struct crx_err *err)
+static int find_sandbox(struct dk_ctx *c, const char *id, bool ident, json_object **inspect,
+			const char **full, struct crx_err *err)
 {
-	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, inspect, err);
+	int r = ident ? dk_inspect_ident(c, id, DK_TYPE_SANDBOX, inspect, err)
+		      : dk_inspect_typed(c, id, DK_TYPE_SANDBOX, inspect, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	*full = *inspect ? dk_json_str(*inspect, "Id") : id;
@@ -488,7 +495,7 @@ int dk_stop_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
 	const char *full;
-	int r = find_sandbox(c, in->pod_sandbox_id, &inspect, &full, err);
+	int r = find_sandbox(c, in->pod_sandbox_id, false, &inspect, &full, err);
 	if (r < 0)
 		return r;
 	if (!full) {
@@ -525,7 +532,9 @@ int dk_remove_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
 	const char *full;
-	int r = find_sandbox(c, in->pod_sandbox_id, &inspect, &full, err);
+	/* Its identity is all removal needs: no inspect for the kubelet's
+	 * RemovePodSandbox right after StopPodSandbox, before the event. */
+	int r = find_sandbox(c, in->pod_sandbox_id, true, &inspect, &full, err);
 	if (r < 0)
 		return r;
 	if (!full) {

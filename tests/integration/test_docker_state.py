@@ -190,6 +190,30 @@ def test_stop_container_is_one_docker_call(proxied, lab):
     assert state_of(cri, cid) is None
 
 
+def test_pod_teardown_makes_the_calls_it_needs(proxied, lab):
+    """The kubelet's teardown, each call right after the one before (before
+    Docker's events are in): StopContainer a stop, RemoveContainer a
+    delete, StopPodSandbox the pause's stop, RemovePodSandbox its delete;
+    nothing looked up again."""
+    _, proxy, cri = proxied
+    pod, cid = pod_with_container(cri, lab, "teardown")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    calls = []
+    for call, args in (("StopContainer", dict(container_id=cid, timeout=0)),
+                       ("RemoveContainer", dict(container_id=cid)),
+                       ("StopPodSandbox", dict(pod_sandbox_id=pod)),
+                       ("RemovePodSandbox", dict(pod_sandbox_id=pod))):
+        proxy.take()
+        getattr(cri, call)(**args)
+        calls.append((call, [" ".join(line.split(" ")[:2]) for line in proxy.take()]))
+    assert calls == [
+        ("StopContainer", [f"POST /v1.41/containers/{cid}/stop?t=0"]),
+        ("RemoveContainer", [f"DELETE /v1.41/containers/{cid}?force=1&v=1"]),
+        ("StopPodSandbox", [f"POST /v1.41/containers/{pod}/stop?t=10"]),
+        ("RemovePodSandbox", [f"DELETE /v1.41/containers/{pod}?force=1&v=1"])]
+    assert sandbox_state(cri, pod) is None
+
+
 def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):
     """create, start, inspect (for the pid): the name and the sandbox image
     are not looked up first while the cache and an earlier pod vouch for
