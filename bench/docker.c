@@ -10,9 +10,9 @@
  *   CreateContainer   create
  *   StartContainer    start
  *   StopContainer     stop?t=0
- *   RemoveContainer   DELETE ?force=1
+ *   RemoveContainer   DELETE ?force=1&v=1
  *   StopPodSandbox    CNI DEL, stop?t=10 of the pause container
- *   RemovePodSandbox  DELETE ?force=1 of the pause container
+ *   RemovePodSandbox  DELETE ?force=1&v=1 of the pause container
  *
  * The raw side goes through the same client stack crimux uses: the C
  * Engine API client of libcrimux (runtimes/docker/engine/), create bodies
