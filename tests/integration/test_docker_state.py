@@ -29,6 +29,7 @@ class CountingProxy:
         self.path, self.target = path, target
         self.lines = []
         self.lock = threading.Lock()
+        self.hold_cache_inspects = 0.0  # seconds each of the cache's inspects waits
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(64)
@@ -63,6 +64,8 @@ class CountingProxy:
                         line = data.split(b"\r\n", 1)[0].decode(errors="replace")
                         with self.lock:
                             self.lines.append(line)
+                        if self.hold_cache_inspects and "/json?size=0" in line:
+                            time.sleep(self.hold_cache_inspects)
                     dst.sendall(data)
             except OSError:
                 pass
@@ -252,6 +255,31 @@ def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):
     log = os.path.join(sb.log_directory, "main.log")
     wait_for(lambda: os.path.exists(log) and "hello" in open(log).read(), 10,
              "the container's log line in its CRI log")
+
+
+def test_a_slow_create_event_costs_a_list_at_most_a_second(proxied, lab):
+    """While Docker is slow to answer the inspect its create event brings,
+    a list waits for the pending container at most a second, then asks
+    Docker itself: it never misses the container, and never hangs."""
+    _, proxy, cri = proxied
+    pod, _ = pod_with_container(cri, lab, "slowev")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    sb = sandbox_config("slowev2-" + uuid.uuid4().hex[:6])
+    proxy.hold_cache_inspects = 5.0
+    try:
+        cid = cri.CreateContainer(pod_sandbox_id=pod, config=container_config(
+            "slow", lab.busybox_ref, ["sleep", "1000"]), sandbox_config=sb).container_id
+        proxy.take()
+        t0 = time.monotonic()
+        found = cri.ListContainers(filter=pb().ContainerFilter(id=cid)).containers
+        waited = time.monotonic() - t0
+    finally:
+        proxy.hold_cache_inspects = 0.0
+    assert [c.id for c in found] == [cid]
+    assert 0.9 < waited < 4, waited
+    assert any(line.startswith("GET /v1.41/containers/json") for line in proxy.take())
+    # Once the event's inspect is in, the cache answers again.
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists again")
 
 
 def test_sandbox_image_removed_behind_crimux(proxied, lab, dockerd):

@@ -674,8 +674,10 @@ static int inspect_copy(struct dk_state *s, const char *id, const char *type, bo
 	pthread_mutex_lock(&s->lock);
 	bool ambiguous;
 	struct entry *e = s->live ? find_ref(s, id, &ambiguous) : NULL;
-	if (e && e->pending && await_filled(s) == 0)
-		e = find_ref(s, id, &ambiguous); /* the wait let go of the lock */
+	if (e && e->pending) {
+		await_filled(s); /* still pending after it: ask Docker */
+		e = s->live ? find_ref(s, id, &ambiguous) : NULL; /* it let go of the lock */
+	}
 	int r = -EAGAIN;
 	if (e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type))
 		r = json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
