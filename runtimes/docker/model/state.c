@@ -439,7 +439,8 @@ static void handle_event(struct dk_state *s, json_object *ev)
 	refresh(s, id);
 }
 
-static void wait_ms(struct dk_state *s, unsigned ms)
+/* The CLOCK_MONOTONIC time ms from now, for the cache's condition waits. */
+static struct timespec monotonic_in(unsigned ms)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -449,6 +450,12 @@ static void wait_ms(struct dk_state *s, unsigned ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
+	return ts;
+}
+
+static void wait_ms(struct dk_state *s, unsigned ms)
+{
+	struct timespec ts = monotonic_in(ms);
 	pthread_mutex_lock(&s->lock);
 	if (!s->closing)
 		pthread_cond_timedwait(&s->wake, &s->lock, &ts);
@@ -522,14 +529,7 @@ int dk_state_start(struct dk_state *s, struct crx_err *err)
  * -EAGAIN when the cache cannot answer (not live, or still pending). */
 static int await_filled(struct dk_state *s)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += PENDING_WAIT_MS / 1000;
-	until.tv_nsec += (long)(PENDING_WAIT_MS % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	struct timespec until = monotonic_in(PENDING_WAIT_MS);
 	while (s->live && !s->closing && s->n_pending > 0)
 		if (pthread_cond_timedwait(&s->filled, &s->lock, &until) == ETIMEDOUT)
 			break;
