@@ -237,6 +237,18 @@ def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_pa
                  open(log_path).read().endswith(" stdout F 500\n"), 30, "the log's last line")
         url = mux.Exec(container_id=cid, cmd=["echo", "hi"], stdout=True, stderr=True).url
         assert st.spdy_exec(url).stdout == b"hi\n"
+
+        def open_now(kind):
+            return total(scrape(daemon), "crimux_streaming_sessions_open", kind=kind)
+        # An attach and a port-forward session, each counted open, then left.
+        attach = st.SpdyConnection(mux.Attach(container_id=cid, stdout=True).url)
+        attach.open_stream({"streamType": "error"})
+        attach.open_stream({"streamType": "stdout"})
+        wait_for(lambda: open_now("attach") == 1, 30, "the attach session to count")
+        attach.abort()
+        forward = st.SpdyPortForward(mux.PortForward(pod_sandbox_id=pod_id, port=[9000]).url)
+        wait_for(lambda: open_now("port_forward") == 1, 30, "the port-forward to count")
+        forward.close()
         # The session's end is counted after its last byte: wait for it.
         wait_for(lambda: total(scrape(daemon), "crimux_streaming_sessions_open") ==
                  total(before, "crimux_streaming_sessions_open"), 30, "the session to end")
@@ -252,8 +264,9 @@ def test_docker_logs_and_streaming_sessions_are_counted(daemon, mux, lab, tmp_pa
     # Every byte of the CRI log file was counted, and nothing was dropped.
     assert delta("crimux_docker_log_bytes_total") == written
     assert delta("crimux_docker_log_lines_dropped_total") == 0
-    assert delta("crimux_streaming_sessions_total", kind="exec") == 1
-    assert delta("crimux_streaming_sessions_total") == 1
+    for kind in ("exec", "attach", "port_forward"):
+        assert delta("crimux_streaming_sessions_total", kind=kind) == 1, kind
+    assert delta("crimux_streaming_sessions_total") == 3
 
 
 def test_pods_and_containers_by_handler_and_state(daemon, mux, lab):
@@ -464,6 +477,24 @@ scrape_configs:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_served_on_ipv6_loopback(lab, crimuxd_binary):
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    d = lab.crimuxd(crimuxd_binary, extra_config=f"[crimux]\nmetrics_address = [::1]:{port}\n")
+    try:
+        with CRI(d.endpoint) as client:
+            client.Version()
+
+        def versions():
+            with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=30) as r:
+                return total(parse(r.read().decode()), "crimux_cri_calls_total",
+                             method="Version")
+        wait_for(versions, 10, "the Version call counted, scraped over ::1")
+    finally:
+        stop_checked([d], must_run=True)
 
 
 def test_a_remote_address_needs_consent(lab, crimuxd_binary, tmp_path):
