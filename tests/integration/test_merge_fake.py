@@ -460,3 +460,26 @@ def test_cgroup_drivers_that_agree(crimuxd_factory, fresh_fakes):
                         extra_config=HANDLERS)
     with CRI(d.endpoint) as client:
         assert client.RuntimeConfig().linux.cgroup_driver == api.CGROUPFS
+
+
+def test_a_pull_without_context_reaches_each_store_once(crimuxd_binary, fresh_fakes, tmp_path):
+    """Two handlers on backend a are one image store: a PullImage naming no
+    pod and no handler reaches a once and b once, with the same request."""
+    method = "/runtime.v1.ImageService/PullImage"
+    handlers = HANDLERS + """[handler "green"]
+backend = a
+runtime_handler = green
+"""
+    d = env.Crimuxd(crimuxd_binary, str(tmp_path / "crimuxd"),
+                    {n: f.endpoint for n, f in fresh_fakes.items()}, handlers).start()
+    try:
+        for fake in fresh_fakes.values():
+            fake.on(method, reply(pb().PullImageResponse(
+                image_ref="sha256:" + "ab" * 32).SerializeToString()))
+        request = pb().PullImageRequest(image=pb().ImageSpec(image="example.test/one:1"))
+        with CRI(d.endpoint) as client:
+            client.PullImage(request)
+        for fake in fresh_fakes.values():
+            assert [c.request for c in fake.calls(method)] == [request.SerializeToString()]
+    finally:
+        stop_checked([d], must_run=True)
