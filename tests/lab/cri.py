@@ -153,7 +153,8 @@ class CRI:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.Version(version="v1", timeout=2)
+                # Long enough that a slow answer is not a call left behind.
+                return self.Version(version="v1", timeout=10)
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     raise
