@@ -3,6 +3,7 @@
 #include "daemon/daemon.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -359,6 +360,10 @@ static int serve(struct daemon *d)
 			if (d->watchdog_usec)
 				feed_watchdog(d);
 			check_health(d);
+			/* glibc keeps what a burst of calls or sessions freed in
+			 * its arenas; give whole free pages back to the system, so
+			 * that RSS follows the load down (a few ms per tick). */
+			malloc_trim(0);
 			continue;
 		}
 		switch (sig) {

@@ -230,6 +230,44 @@ def test_streaming_sessions_dropped(daemon, client, pod, sessions, request):
                  during=peak, request=request)
 
 
+def test_memory_of_a_burst_goes_back(daemon, client, pod):
+    """Sessions held open at once raise crimuxd's RSS by their buffers; once
+    they are gone that memory goes back to the system, not only to malloc's
+    free lists, so a node's memory graph shows no phantom leak after a rush
+    of `kubectl exec`s."""
+    if procstat.sanitized(daemon.pid):
+        pytest.skip("ASan's allocator keeps freed memory in its quarantine")
+    cid = pod[2]
+    warm(client, cid)
+    env.wait_for(lambda: not _leftover_execs(client, cid), 30, "warm-up sessions to end")
+    before = procstat.usage(daemon.pid)
+
+    def hold(_):
+        url = client.Exec(container_id=cid, cmd=["cat"], stdin=True, stdout=True).url
+        conn = st.SpdyConnection(url)
+        conn.open_stream({"streamType": "error"})
+        conn.open_stream({"streamType": "stdin"})
+        conn.open_stream({"streamType": "stdout"})
+        return conn
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        held = list(pool.map(hold, range(100)))
+    peak = procstat.usage(daemon.pid)
+    for conn in held:
+        conn.abort()
+    env.wait_for(lambda: not _leftover_execs(client, cid), 60, "the sessions' processes to end")
+    grown = peak.rss_kib - before.rss_kib
+    assert grown >= 8 * 1024, f"100 sessions should take some memory: {before} -> {peak}"
+    # Within a health-check period or two (10 s each) most of it is back
+    # (without that, half of it stayed in malloc's arenas).
+    try:
+        env.wait_for(lambda: procstat.usage(daemon.pid).rss_kib <= before.rss_kib + grown // 4,
+                     30, "the burst's memory to go back")
+    finally:
+        procstat.report("100 sessions held, then gone", before, procstat.usage(daemon.pid),
+                        peak=peak)
+
+
 # ------------------------------------------------------------------ ExecSync
 
 
