@@ -122,8 +122,10 @@ class Built:
     def copy_source(self):
         # The files git knows or would add: uncommitted work is tested too,
         # build trees and other ignored files are not copied.
-        listed = run(["git", "-C", SRCDIR, "ls-files", "-z", "--cached", "--others",
-                      "--exclude-standard"])
+        # A clone owned by another user than root (a CI checkout) is
+        # "dubious" to git, which then refuses to list it.
+        listed = run(["git", "-c", "safe.directory=*", "-C", SRCDIR, "ls-files", "-z",
+                      "--cached", "--others", "--exclude-standard"])
         if listed.returncode != 0:
             pytest.skip("the package is built from a git checkout: " + listed.stderr.strip())
         for rel in filter(None, listed.stdout.split("\0")):
