@@ -362,7 +362,7 @@ static int serve(struct daemon *d)
 			check_health(d);
 			/* glibc keeps what a burst of calls or sessions freed in
 			 * its arenas; give whole free pages back to the system, so
-			 * that RSS follows the load down (a few ms per tick). */
+			 * that RSS follows the load down. */
 			malloc_trim(0);
 			continue;
 		}

@@ -318,9 +318,16 @@ def test_thousand_short_sessions_leak_nothing(testd):
 
 # --- connections without a token (issue 9, item 7) ---
 
-def accept_queue(port):
-    """Connections to 127.0.0.1:port the kernel completed and the server has
-    not accepted yet (a listening socket's rx_queue in /proc/net/tcp)."""
+def _host_port(url):
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    return host, int(port)
+
+
+def accept_queue(url):
+    """Connections to the server of `url` (on 127.0.0.1) that the kernel
+    completed and the server has not accepted yet (a listening socket's
+    rx_queue in /proc/net/tcp)."""
+    port = _host_port(url)[1]
     local = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
@@ -331,10 +338,9 @@ def accept_queue(port):
 
 
 def _flood(url, n, first_bytes=b""):
-    host, port = url.split("//")[1].split("/")[0].split(":")
     socks = []
     for _ in range(n):
-        s = socket.create_connection((host, int(port)), timeout=5)
+        s = socket.create_connection(_host_port(url), timeout=5)
         if first_bytes:
             s.sendall(first_bytes)
         socks.append(s)
@@ -384,8 +390,7 @@ def test_connections_without_a_token_are_bounded_and_evicted_oldest_first():
         assert closed == len(old)
         # Bounded while the flood is taken in: never more than twice the
         # room (evicted connections count until their thread has ended).
-        port = int(url.split("//")[1].split("/")[0].split(":")[1])
-        while accept_queue(port):
+        while accept_queue(url):
             assert d.request(op="stats")["pending"] <= 2 * 16
             assert d.fd_count() - base_fds <= 2 * 16 + 4
         # Once all is accepted, the evicted threads end (a moment after the
