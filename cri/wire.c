@@ -15,10 +15,11 @@
 
 enum { WIRE_VARINT = 0, WIRE_FIXED64 = 1, WIRE_BYTES = 2, WIRE_FIXED32 = 5 };
 
-static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+/* max_bytes: 10 for a value; protobuf-c reads keys and lengths in 5 at most. */
+static int read_varint_max(const uint8_t **p, const uint8_t *end, unsigned max_bytes, uint64_t *out)
 {
 	uint64_t v = 0;
-	for (unsigned shift = 0; shift < 64; shift += 7) {
+	for (unsigned shift = 0; shift < 7 * max_bytes; shift += 7) {
 		if (*p >= end)
 			return -EBADMSG;
 		uint8_t b = *(*p)++;
@@ -29,6 +30,11 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 		}
 	}
 	return -EBADMSG;
+}
+
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+	return read_varint_max(p, end, 10, out);
 }
 
 int wire_find_bytes(const uint8_t *msg, size_t len, uint32_t number, const uint8_t **data,
@@ -283,7 +289,8 @@ static int check_message(struct strict *s, const uint8_t *msg, size_t len,
 	int r = 0;
 	while (r == 0 && p < end) {
 		uint64_t tag, v = 0, n = 0;
-		if (read_varint(&p, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1fffffff) {
+		if (read_varint_max(&p, end, 5, &tag) < 0 || tag >> 3 == 0 ||
+		    tag >> 3 > 0x1fffffff) {
 			r = strict_fail(
 				s, "the request cannot be decoded: a field key in %s is malformed",
 				*s->path ? s->path : "the request");
@@ -301,13 +308,23 @@ static int check_message(struct strict *s, const uint8_t *msg, size_t len,
 			else
 				p += size;
 		} else if (wt == WIRE_BYTES) {
+			const uint8_t *length = p;
 			if (read_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p))
 				r = -1;
+			else if (p - length > 5)
+				r = -2;
 			else
 				data = p, p += n;
 		}
 		const ProtobufCFieldDescriptor *f =
 			protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+		if (r == -2) {
+			r = strict_fail(s,
+					"the request cannot be decoded: the length of %s%s%s takes "
+					"more than 5 bytes",
+					s->path, *s->path ? "." : "", f ? f->name : "a field");
+			break;
+		}
 		if (wt != WIRE_VARINT && wt != WIRE_FIXED64 && wt != WIRE_FIXED32 &&
 		    wt != WIRE_BYTES) { /* groups, and wire types that do not exist */
 			r = strict_fail(s,

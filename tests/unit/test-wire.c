@@ -120,6 +120,26 @@ int main(void)
 	REFUSED(&sc, sec, "the request cannot be decoded: supplemental_groups is cut short",
 		"a packed run that ends inside a varint");
 
+	/* Lengths and keys are varints protobuf-c reads in at most 5 bytes; a
+	 * longer (zero-padded) one is refused, as protobuf-c would refuse it. */
+	unsigned handler_id = id(run, "runtime_handler");
+	req.len = 0;
+	memcpy(req.data, (uint8_t[]){handler_id << 3 | 2, 0x84, 0x80, 0x80, 0x80, 0x00}, 6);
+	memcpy(req.data + 6, "kata", 4);
+	req.len = 10;
+	is_int(strict(&req, run), 0, "a length padded to 5 bytes: accepted");
+	memcpy(req.data, (uint8_t[]){handler_id << 3 | 2, 0x84, 0x80, 0x80, 0x80, 0x80, 0x00}, 7);
+	memcpy(req.data + 7, "kata", 4);
+	req.len = 11;
+	REFUSED(&req, run,
+		"the request cannot be decoded: the length of runtime_handler takes more than 5 "
+		"bytes",
+		"a length padded to 6 bytes");
+	memcpy(req.data, (uint8_t[]){0x80 | handler_id << 3 | 2, 0x80, 0x80, 0x80, 0x80, 0x00, 4},
+	       7);
+	REFUSED(&req, run, "the request cannot be decoded: a field key in the request is malformed",
+		"a key padded to 6 bytes");
+
 	/* What the schema does not know. */
 	ns.len = 0;
 	put_int(&ns, 42, 1);
