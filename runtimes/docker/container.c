@@ -180,15 +180,14 @@ int dk_stop_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMe
 		dk_msg_new(&c->arena, &runtime__v1__stop_container_response__descriptor);
 	if (!out)
 		return -ENOMEM;
-	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	const char *id;
+	int r = dk_full_id(c, in->container_id, DK_TYPE_CONTAINER, &id, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
 	}
 	if (r < 0)
 		return r;
-	const char *id = dk_json_str(inspect, "Id");
 	r = dk_container_stop(c->ds->sock, id, (long)in->timeout, &c->dl, err);
 	if (r < 0)
 		return crx_err_prefix(err, "stopping container %s", id);
@@ -225,14 +224,14 @@ int dk_remove_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		dk_msg_new(&c->arena, &runtime__v1__remove_container_response__descriptor);
 	if (!out)
 		return -ENOMEM;
-	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	const char *id;
+	int r = dk_full_id(c, in->container_id, DK_TYPE_CONTAINER, &id, err);
 	if (r == -ENOENT) {
 		*resp = out;
 		return 0;
 	}
 	if (r == 0)
-		r = dk_remove_container_id(c, dk_json_str(inspect, "Id"), err);
+		r = dk_remove_container_id(c, id, err);
 	if (r < 0)
 		return r;
 	*resp = out;
@@ -518,8 +517,8 @@ int dk_update_container_resources(struct dk_ctx *c, const ProtobufCMessage *req,
 				  ProtobufCMessage **resp, struct crx_err *err)
 {
 	const Runtime__V1__UpdateContainerResourcesRequest *in = (const void *)req;
-	_cleanup_json_ json_object *inspect = NULL;
-	int r = dk_inspect_ident(c, in->container_id, DK_TYPE_CONTAINER, &inspect, err);
+	const char *id;
+	int r = dk_full_id(c, in->container_id, DK_TYPE_CONTAINER, &id, err);
 	if (r < 0)
 		return r;
 	struct dk_spec_opts opts = dk_spec_opts(c->ds, 0);
@@ -531,8 +530,8 @@ int dk_update_container_resources(struct dk_ctx *c, const ProtobufCMessage *req,
 		return r;
 	json_object_object_del(body, "OomScoreAdj"); /* fixed once the container runs */
 	r = dk_callf(c->ds->sock, "POST", body, &c->dl, NULL, NULL, err, "/containers/%s/update",
-		     dk_json_str(inspect, "Id"));
-	dk_state_changed(c->ds->state, dk_json_str(inspect, "Id"));
+		     id);
+	dk_state_changed(c->ds->state, id);
 	if (r < 0)
 		return r;
 	ProtobufCMessage *out = dk_msg_new(

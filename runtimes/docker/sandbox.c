@@ -179,8 +179,7 @@ int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_check
 
 /* Removes a sandbox entirely: containers, network, pause container and
  * checkpoint. Called with the sandbox locked. */
-static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect,
-			  struct crx_err *err)
+static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, struct crx_err *err)
 {
 	_cleanup_json_ json_object *list = NULL;
 	int r = dk_list(c, DK_TYPE_CONTAINER, id, &list, err);
@@ -198,7 +197,7 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 		 * own, not what the cache last saw (a reused pid is another
 		 * pod's namespace). Only a pod never stopped needs it. */
 		_cleanup_json_ json_object *now = NULL;
-		if (inspect && cp.network_ready && !cp.host_network)
+		if (in_docker && cp.network_ready && !cp.host_network)
 			dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &now, NULL);
 		int pid = (int)dk_json_int(dk_json_get(now, "State", NULL), "Pid", 0);
 		r = teardown_network(c, &cp, pid, err);
@@ -206,7 +205,7 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, json_object *inspect
 		if (r < 0)
 			return r;
 	}
-	if (inspect && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
+	if (in_docker && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
 		return r;
 	dk_state_removed(c->ds->state, id);
 	dk_cgroup_cache_forget(c->ds->cgroups, id);
@@ -311,7 +310,7 @@ static int reuse_existing(struct dk_ctx *c, const char *name, char **reuse_id, s
 		return *reuse_id ? 0 : crx_err_set(err, -ENOMEM, "out of memory");
 	}
 	dk_sandbox_lock(c->ds, id);
-	r = remove_sandbox(c, id, old, err);
+	r = remove_sandbox(c, id, true, err);
 	dk_sandbox_unlock(c->ds, id);
 	return r < 0 ? crx_err_prefix(err, "removing the unfinished sandbox %s", name) : 0;
 }
@@ -403,7 +402,7 @@ static int run_locked(struct dk_ctx *c, const Runtime__V1__PodSandboxConfig *cfg
 		/* Leave nothing half-made behind; the call's error is the news. */
 		struct dk_ctx bg = *c;
 		bg.dl = dk_deadline_in(NULL, 60000);
-		remove_sandbox(&bg, id, inspect ? inspect : spec, NULL);
+		remove_sandbox(&bg, id, inspect || spec, NULL);
 		dk_sandbox_unlock(ds, id);
 		return r;
 	}
@@ -472,11 +471,10 @@ static int stop_containers(struct dk_ctx *c, const char *id, struct crx_err *err
 /* Stop and remove are idempotent: a sandbox Docker no longer has may still
  * have a checkpoint (its network to tear down). *full is NULL when there is
  * nothing of that name at all. */
-static int find_sandbox(struct dk_ctx *c, const char *id, bool ident, json_object **inspect,
-			const char **full, struct crx_err *err)
+static int find_sandbox(struct dk_ctx *c, const char *id, json_object **inspect, const char **full,
+			struct crx_err *err)
 {
-	int r = ident ? dk_inspect_ident(c, id, DK_TYPE_SANDBOX, inspect, err)
-		      : dk_inspect_typed(c, id, DK_TYPE_SANDBOX, inspect, err);
+	int r = dk_inspect_typed(c, id, DK_TYPE_SANDBOX, inspect, err);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	*full = *inspect ? dk_json_str(*inspect, "Id") : id;
@@ -495,7 +493,7 @@ int dk_stop_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		return -ENOMEM;
 	_cleanup_json_ json_object *inspect = NULL;
 	const char *full;
-	int r = find_sandbox(c, in->pod_sandbox_id, false, &inspect, &full, err);
+	int r = find_sandbox(c, in->pod_sandbox_id, &inspect, &full, err);
 	if (r < 0)
 		return r;
 	if (!full) {
@@ -530,19 +528,21 @@ int dk_remove_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 		dk_msg_new(&c->arena, &runtime__v1__remove_pod_sandbox_response__descriptor);
 	if (!out)
 		return -ENOMEM;
-	_cleanup_json_ json_object *inspect = NULL;
-	const char *full;
 	/* Its identity is all removal needs: no inspect for the kubelet's
 	 * RemovePodSandbox right after StopPodSandbox, before the event. */
-	int r = find_sandbox(c, in->pod_sandbox_id, true, &inspect, &full, err);
-	if (r < 0)
+	const char *full;
+	int r = dk_full_id(c, in->pod_sandbox_id, DK_TYPE_SANDBOX, &full, err);
+	bool in_docker = r == 0;
+	if (r == -ENOENT) /* a checkpoint may be all that is left of it */
+		full = dk_valid_id(in->pod_sandbox_id) ? in->pod_sandbox_id : NULL;
+	else if (r < 0)
 		return r;
 	if (!full) {
 		*resp = out; /* already gone */
 		return 0;
 	}
 	dk_sandbox_lock(c->ds, full);
-	r = remove_sandbox(c, full, inspect, err);
+	r = remove_sandbox(c, full, in_docker, err);
 	dk_sandbox_unlock(c->ds, full);
 	if (r < 0)
 		return r;

@@ -177,6 +177,23 @@ int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_ob
 	return dk_inspect_typed(c, id, type, out, err);
 }
 
+int dk_full_id(struct dk_ctx *c, const char *id, const char *type, const char **out,
+	       struct crx_err *err)
+{
+	_cleanup_free_ char *cached = NULL;
+	_cleanup_json_ json_object *inspect = NULL;
+	if (!id || !dk_valid_id(id) || dk_state_full_id(c->ds->state, id, type, &cached) < 0) {
+		int r = dk_inspect_typed(c, id, type, &inspect, err);
+		if (r < 0)
+			return r;
+	}
+	const char *full = cached ? cached : dk_json_str(inspect, "Id");
+	if (!full || !dk_valid_id(full))
+		return crx_err_set(err, -EPROTO, "dockerd gave no valid ID for %s", id);
+	*out = dk_arena_strdup(&c->arena, full);
+	return *out ? 0 : crx_err_set(err, -ENOMEM, "out of memory");
+}
+
 int dk_list(struct dk_ctx *c, const char *type, const char *sandbox_id, json_object **out,
 	    struct crx_err *err)
 {

@@ -128,6 +128,10 @@ void dk_packed_clear(struct dk_packed *p);
  * a container (its ID, name, labels, config). */
 int dk_inspect_ident(struct dk_ctx *c, const char *id, const char *type, json_object **out,
 		     struct crx_err *err);
+/* Only the full ID (kept in c's arena), for calls that need no more:
+ * -ENOENT when Docker has no such object of that type. */
+int dk_full_id(struct dk_ctx *c, const char *id, const char *type, const char **out,
+	       struct crx_err *err);
 json_object *dk_filters(const char *type, const char *id, const char *label, const char *value);
 /* Created time of a container: our label, else Docker's. */
 int64_t dk_created_ns(json_object *labels, json_object *inspect_or_list);

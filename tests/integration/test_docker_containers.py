@@ -385,3 +385,29 @@ def test_stop_signal_and_oom(dcri, pod):
     cid = started(pod, "oom", command=("sh", "-c", "tail /dev/zero"), setup=small)
     st = dcri.wait_container_state(cid, api.CONTAINER_EXITED, timeout=60)
     assert st.reason == "OOMKilled" and st.exit_code == 137
+
+
+def test_calls_by_id_prefix_and_of_the_wrong_kind(dcri, pod):
+    """Stop, update and remove find a container by a unique ID prefix, as
+    crictl passes it; a pod's ID named as a container never reaches its
+    pause container."""
+    api = pb()
+    pod_id = pod[0]
+    for call in (dcri.StopContainer, dcri.RemoveContainer):
+        try:
+            call(container_id=pod_id)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e.details()
+    assert dcri.PodSandboxStatus(pod_sandbox_id=pod_id).status.state == api.SANDBOX_READY
+    assert out(dcri, started(pod, "alive"), "echo ok") == "ok"
+
+    cid = started(pod, "short")
+    short = cid[:12]
+    dcri.UpdateContainerResources(container_id=short,
+                                  linux=linux_resources(cpu_limit_milli=300))
+    assert cgroup_value(dcri, cid, "cpu", "cpu.cfs_quota_us") == "30000"
+    dcri.StopContainer(container_id=short, timeout=0)
+    assert dcri.ContainerStatus(container_id=cid).status.state == api.CONTAINER_EXITED
+    dcri.RemoveContainer(container_id=short)
+    assert cid not in [c.id for c in dcri.ListContainers().containers]
+    dcri.RemoveContainer(container_id=short)  # gone already: still OK

@@ -666,21 +666,29 @@ int dk_state_list(struct dk_state *s, const char *type, const char *sandbox_id, 
 	return 0;
 }
 
+/* The entry ref names, with its inspect of that type; called locked. */
+static struct entry *find_inspected(struct dk_state *s, const char *ref, const char *type,
+				    bool stale_ok)
+{
+	bool ambiguous;
+	struct entry *e = s->live ? find_ref(s, ref, &ambiguous) : NULL;
+	if (e && e->pending) {
+		await_filled(s); /* still pending after it: ask Docker */
+		e = s->live ? find_ref(s, ref, &ambiguous) : NULL; /* it let go of the lock */
+	}
+	bool usable =
+		e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type);
+	return usable ? e : NULL;
+}
+
 static int inspect_copy(struct dk_state *s, const char *id, const char *type, bool stale_ok,
 			json_object **out)
 {
 	if (!s || !id || !*id)
 		return -EAGAIN;
 	pthread_mutex_lock(&s->lock);
-	bool ambiguous;
-	struct entry *e = s->live ? find_ref(s, id, &ambiguous) : NULL;
-	if (e && e->pending) {
-		await_filled(s); /* still pending after it: ask Docker */
-		e = s->live ? find_ref(s, id, &ambiguous) : NULL; /* it let go of the lock */
-	}
-	int r = -EAGAIN;
-	if (e && e->inspect && (stale_ok || !e->stale) && streq(type_of(e->inspect), type))
-		r = json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
+	struct entry *e = find_inspected(s, id, type, stale_ok);
+	int r = !e ? -EAGAIN : json_object_deep_copy(e->inspect, out, NULL) < 0 ? -ENOMEM : 0;
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }
@@ -693,6 +701,17 @@ int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_
 int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type, json_object **out)
 {
 	return inspect_copy(s, id, type, true, out);
+}
+
+int dk_state_full_id(struct dk_state *s, const char *ref, const char *type, char **out)
+{
+	if (!s || !ref || !*ref)
+		return -EAGAIN;
+	pthread_mutex_lock(&s->lock);
+	struct entry *e = find_inspected(s, ref, type, true);
+	int r = !e ? -EAGAIN : (*out = strdup(e->id)) ? 0 : -ENOMEM;
+	pthread_mutex_unlock(&s->lock);
+	return r;
 }
 
 bool dk_state_not_running(struct dk_state *s, const char *id)

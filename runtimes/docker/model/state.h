@@ -61,6 +61,9 @@ int dk_state_inspect(struct dk_state *s, const char *id, const char *type, json_
 /* The same for callers that read only what never changes (ID, name,
  * labels, config): an entry crimux changed since will do. */
 int dk_state_inspect_ident(struct dk_state *s, const char *id, const char *type, json_object **out);
+/* Only the full ID of that entry (a new string): the calls that need no
+ * more skip copying the inspect. */
+int dk_state_full_id(struct dk_state *s, const char *ref, const char *type, char **out);
 
 /* True when the cache is live and has no container of that name (Docker's
  * name, with or without its leading '/'). */
