@@ -76,8 +76,9 @@ def test_sigkill_while_pods_are_made(lab, dockerd, crimuxd_binary, tmp_path):
                 listed = {p.id for p in cri.ListPodSandbox().items}
                 hidden = ((mixed.docker_sandboxes(dockerd) - base[2]) |
                           (mixed.containerd_sandboxes(direct) - base[3])) - listed
-                return listed if not hidden else None
-            listed = wait_for(everything_listed, 15, "every half-made pod listed")
+                # Nothing may be made yet at the kill: then nothing is listed.
+                return (listed,) if not hidden else None
+            listed, = wait_for(everything_listed, 15, "every half-made pod listed")
             pods = {}
             for h, cfg in configs:  # the kubelet's retries, with its back-off
                 pod = wait_for(lambda: retry(cri, cfg, h), 60, f"a {h} pod", interval=1)
