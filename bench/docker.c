@@ -24,9 +24,9 @@
  * which is why a CLI floor can look slower than crimux. The raw side's
  * containers carry a type label of their own, so crimux never lists them.
  * Each round also times one CRI call that asks Docker nothing
- * (ContainerStatus, from the cache): the round trip any CRI runtime in
- * front of Docker adds to every step. The last column divides crimux's p50
- * by the floor plus that round trip.
+ * (ContainerStatus, from the cache): the round trip every CRI call through
+ * crimuxd pays. The last column divides crimux's p50 by the floor plus that
+ * round trip.
  *
  * Then: N pods started at once on both sides; the lists and stats the
  * kubelet polls at 10 and 100 running containers, against one Docker list
@@ -500,8 +500,8 @@ static void lifecycle(struct bench *b, const struct side *sides)
 				total[i][r] += t[r][i][k];
 	}
 	printf("# pod life cycle, %zu rounds taking turns step by step; milliseconds\n", n);
-	/* Any CRI runtime in front of Docker adds one round trip to each step:
-	 * the last column compares with that floor. */
+	/* Every step through crimuxd pays one CRI round trip: the last column
+	 * compares with the floor plus it. */
 	double rt = p50(trip, n);
 	printf("# CRI round trip without a Docker call (ContainerStatus from the cache): "
 	       "p50 %.2f ms, mean %.2f ms\n",
