@@ -107,8 +107,10 @@ int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
 		w->head = job;
 	w->tail = job;
 	w->queued++;
-	pthread_cond_signal(&w->work);
 	pthread_mutex_unlock(&w->lock);
+	/* After the unlock: a thread woken under the lock would only block on
+	 * it again, one more wake-up on the way to every job. */
+	pthread_cond_signal(&w->work);
 	return 0;
 }
 
