@@ -387,8 +387,9 @@ static int raw_remove(struct bench *b, const struct side *s, struct pod *p)
 {
 	struct crx_err err = {0};
 	struct dk_deadline dl = dk_deadline_in(NULL, CALL_TIMEOUT_MS);
-	return dk_container_remove(b->docker_sock, p->cid, &dl, &err) < 0 ? raw_fail("remove", &err)
-									  : 0;
+	return dk_container_remove(b->docker_sock, p->cid, &dl, NULL, NULL, &err) < 0
+		       ? raw_fail("remove", &err)
+		       : 0;
 }
 
 static int raw_stop_pod(struct bench *b, const struct side *s, struct pod *p)
@@ -411,7 +412,7 @@ static int raw_remove_pod(struct bench *b, const struct side *s, struct pod *p)
 {
 	struct crx_err err = {0};
 	struct dk_deadline dl = dk_deadline_in(NULL, CALL_TIMEOUT_MS);
-	return dk_container_remove(b->docker_sock, p->id, &dl, &err) < 0
+	return dk_container_remove(b->docker_sock, p->id, &dl, NULL, NULL, &err) < 0
 		       ? raw_fail("remove pause", &err)
 		       : 0;
 }

@@ -25,20 +25,31 @@
  * about three times this, not the ~96 MiB of 16 MiB per stream. */
 #define EXEC_OUTPUT_CAP (16 * MIB)
 
+/* The CRI log path of container id (malloc'd), NULL when none. */
+static char *log_path_of(struct dk_ctx *c, const char *id, json_object *labels)
+{
+	_cleanup_free_ char *dir = NULL, *rel = NULL;
+	return dk_logs_location(c->ds->logs, id, labels, &dir, &rel) == 0 ? dk_log_join(dir, rel)
+									  : NULL;
+}
+
 int dk_follow_log(struct dk_ctx *c, json_object *inspect, struct crx_err *err)
 {
 	const char *id = dk_json_str(inspect, "Id");
 	const char *docker = dk_json_str(inspect, "LogPath");
 	if (!id)
 		return 0;
-	/* Where the CRI log goes is crimux's own record (dk_logs_register),
-	 * never a label: an image's labels show through Docker's. */
-	_cleanup_free_ char *cri = dk_logs_path(c->ds->logs, id);
-	if (!cri)
+	_cleanup_free_ char *dir = NULL, *rel = NULL;
+	int r = dk_logs_location(c->ds->logs, id, dk_json_get(inspect, "Config", "Labels", NULL),
+				 &dir, &rel);
+	if (r == -ENOENT)
 		return 0; /* the kubelet asked for no log file */
+	if (r < 0)
+		return crx_err_set(err, r, "cannot tell where container %s logs: %s", id,
+				   strerror(-r));
 	if (!docker || !*docker)
 		return crx_err_set(err, -EIO, "Docker keeps no json-file log for container %s", id);
-	return dk_logs_track(c->ds->logs, id, docker, err);
+	return dk_logs_track(c->ds->logs, id, dir, rel, docker, err);
 }
 
 int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
@@ -82,8 +93,11 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 			     cfg->log_path) < 0)
 			return crx_err_set(err, -ENOMEM, "out of memory");
 	}
+	/* The log location goes into the container's labels, which Docker
+	 * stores with it: no record of crimux's own to write and sync here. */
 	struct dk_container_ctx ctx = {
 		.sandbox_id = sandbox_id,
+		.log_dir = want_log ? log_dir : NULL,
 		.cgroup_parent =
 			dk_json_str(dk_json_get(sandbox, "HostConfig", NULL), "CgroupParent"),
 		.log_path = log_path,
@@ -123,8 +137,6 @@ int dk_create_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 				cfg->image ? cfg->image->image : "");
 	}
 	dk_name_unlock(c->ds, name);
-	if (r == 0 && want_log)
-		r = dk_logs_register(c->ds->logs, id, log_dir, cfg->log_path, err);
 	if (r < 0)
 		return r;
 	dk_state_created(c->ds->state, id);
@@ -197,6 +209,17 @@ int dk_stop_container(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMe
 	return 0;
 }
 
+struct log_state {
+	struct dk_logs *logs;
+	const char *id;
+};
+
+static void drop_log_state(void *arg)
+{
+	struct log_state *s = arg;
+	dk_logs_drop_state(s->logs, s->id);
+}
+
 int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err)
 {
 	/* Kill first, so the last lines reach the CRI log before Docker
@@ -210,7 +233,12 @@ int dk_remove_container_id(struct dk_ctx *c, const char *id, struct crx_err *err
 	dk_logs_forget(c->ds->logs, id);
 	dk_stats_forget(c->ds->stats, id);
 	dk_cgroup_cache_forget(c->ds->cgroups, id);
-	r = dk_container_remove(c->ds->sock, id, &c->dl, err);
+	/* The log position file goes while dockerd deletes the container:
+	 * nobody waits for the unlink (0.2 ms on ext4). Its last lines were
+	 * copied; should the delete fail, the container has exited and its
+	 * log needs following no more. */
+	struct log_state s = {c->ds->logs, id};
+	r = dk_container_remove(c->ds->sock, id, &c->dl, drop_log_state, &s, err);
 	if (r == 0)
 		dk_state_removed(c->ds->state, id);
 	return r;
@@ -344,7 +372,7 @@ Runtime__V1__ContainerStatus *dk_container_status_msg(struct dk_ctx *c, json_obj
 	st->image_id = st->image_ref;
 	st->reason = (char *)dk_exit_reason(state);
 	st->message = dk_arena_strdup(a, dk_json_str(state, "Error"));
-	_cleanup_free_ char *log_path = st->id ? dk_logs_path(c->ds->logs, st->id) : NULL;
+	_cleanup_free_ char *log_path = st->id ? log_path_of(c, st->id, labels) : NULL;
 	st->log_path = dk_arena_strdup(a, log_path ? log_path : "");
 	st->resources = resources_of(c, host);
 	const char *stop = dk_json_str(config, "StopSignal");
@@ -553,7 +581,8 @@ int dk_reopen_container_log(struct dk_ctx *c, const ProtobufCMessage *req, Proto
 	const char *id = dk_json_str(inspect, "Id");
 	if (!dk_json_bool(dk_json_get(inspect, "State", NULL), "Running"))
 		return crx_err_set(err, -EBUSY, "container %s is not running", id);
-	_cleanup_free_ char *log_path = dk_logs_path(c->ds->logs, id);
+	_cleanup_free_ char *log_path =
+		log_path_of(c, id, dk_json_get(inspect, "Config", "Labels", NULL));
 	if (!log_path)
 		return crx_err_set(err, -EBUSY, "container %s has no log path", id);
 	r = dk_follow_log(c, inspect, err);

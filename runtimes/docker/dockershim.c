@@ -378,12 +378,11 @@ static void recover(struct dk_ctx *c)
 		json_object *e = json_object_array_get_idx(list, i);
 		const char *id = dk_json_str(e, "Id");
 		const char *state = dk_json_str(e, "State");
-		/* Which ones log is crimux's own record, read by dk_follow_log. */
 		if (!id || streq(state, "created"))
 			continue;
-		_cleanup_free_ char *logged = dk_logs_path(ds->logs, id);
-		if (!logged)
-			continue;
+		_cleanup_free_ char *dir = NULL, *rel = NULL;
+		if (dk_logs_location(ds->logs, id, dk_json_get(e, "Labels", NULL), &dir, &rel) < 0)
+			continue; /* logs nowhere */
 		_cleanup_json_ json_object *inspect = NULL;
 		if (dk_container_inspect(ds->sock, id, &dl, &inspect, NULL) == 0)
 			dk_follow_log(c, inspect, NULL);

@@ -177,6 +177,18 @@ int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_check
 	return 0;
 }
 
+struct checkpoint_drop {
+	const char *dir, *id;
+	struct crx_err err;
+	int r;
+};
+
+static void drop_checkpoint(void *arg)
+{
+	struct checkpoint_drop *d = arg;
+	d->r = dk_checkpoint_remove(d->dir, d->id, &d->err);
+}
+
 /* Removes a sandbox entirely: containers, network, pause container and
  * checkpoint. Called with the sandbox locked. */
 static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, struct crx_err *err)
@@ -191,8 +203,8 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, stru
 			return r;
 	}
 	struct dk_checkpoint cp = {0};
-	r = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
-	if (r == 0) {
+	bool have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+	if (have_cp) {
 		/* The pid names the network namespace DEL enters: Docker's
 		 * own, not what the cache last saw (a reused pid is another
 		 * pod's namespace). Only a pod never stopped needs it. */
@@ -201,15 +213,35 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, stru
 			dk_inspect_typed(c, id, DK_TYPE_SANDBOX, &now, NULL);
 		int pid = (int)dk_json_int(dk_json_get(now, "State", NULL), "Pid", 0);
 		r = teardown_network(c, &cp, pid, err);
-		dk_checkpoint_clear(&cp);
-		if (r < 0)
+		if (r < 0) {
+			dk_checkpoint_clear(&cp);
 			return r;
+		}
 	}
-	if (in_docker && (r = dk_container_remove(c->ds->sock, id, &c->dl, err)) < 0)
+	/* The checkpoint (even a torn one) goes while dockerd deletes the
+	 * pause container, so nobody waits for the unlink (0.2 ms on ext4),
+	 * when the pod was stopped: a list made meanwhile shows it not ready
+	 * either way. Should the delete fail, the checkpoint is put back. A
+	 * running pause container would list as ready without one: its
+	 * checkpoint goes after the delete. */
+	struct checkpoint_drop drop = {.dir = c->ds->checkpoint_dir, .id = id};
+	bool overlap = in_docker && dk_state_not_running(c->ds->state, id);
+	if (in_docker) {
+		r = dk_container_remove(c->ds->sock, id, &c->dl, overlap ? drop_checkpoint : NULL,
+					&drop, err);
+		if (r < 0 && overlap && have_cp)
+			dk_checkpoint_save(c->ds->checkpoint_dir, &cp, NULL);
+	}
+	if (r == 0 && !overlap)
+		drop_checkpoint(&drop);
+	dk_checkpoint_clear(&cp);
+	if (r < 0)
 		return r;
 	dk_state_removed(c->ds->state, id);
 	dk_cgroup_cache_forget(c->ds->cgroups, id);
-	return dk_checkpoint_remove(c->ds->checkpoint_dir, id, err);
+	if (drop.r < 0)
+		return crx_err_set(err, drop.r, "%s", drop.err.msg);
+	return 0;
 }
 
 static int setup_network(struct dk_ctx *c, struct dk_checkpoint *cp, int pid, struct crx_err *err)

@@ -150,6 +150,7 @@ def test_image_labels_cannot_choose_log_path(docker_crimuxd_factory, dockerd, la
         pod, sb = run_pod(cri, lab, log_dir)
         image = labelled_image(dockerd, lab.busybox_ref,
                                {"io.kubernetes.container.logpath": str(outside),
+                                "io.crimux.docker.log-directory": str(tmp_path),
                                 "io.kubernetes.sandbox.id": "f" * 64})
         # No log path asked for: the image's label must not provide one.
         script = "for i in $(seq 50); do echo n-$i; usleep 50000; done; sleep 1000"
@@ -164,7 +165,8 @@ def test_image_labels_cannot_choose_log_path(docker_crimuxd_factory, dockerd, la
         assert cri.ContainerStatus(container_id=cid2).status.log_path == \
             os.path.join(log_dir, "img2.log")
     first.kill()
-    # Recovery reads crimux's own state, not the labels.
+    # Recovery reads the log location from labels crimux set on every
+    # container, which the image's could not replace.
     second = docker_crimuxd_factory(state_dir=state)
     with CRI(second.endpoint) as cri:
         cri.wait_ready()

@@ -50,6 +50,10 @@ def test_sigkill_and_take_over(docker_crimuxd_factory, lab, log_dir, tmp_path):
         web = cri.start_container(pod, sb, container_config(
             "web", lab.busybox_ref, ["sh", "-c", "mkdir /w; echo up > /w/index.html; "
                                                   "exec httpd -f -p 8080 -h /w"]))
+        # Created, not started: where it logs is in its labels alone.
+        late = cri.CreateContainer(pod_sandbox_id=pod, sandbox_config=sb, config=container_config(
+            "late", lab.busybox_ref, ["sh", "-c", "echo n-1; echo n-2; sleep 1000"],
+            log_path="late/0.log")).container_id
         ip = cri.PodSandboxStatus(pod_sandbox_id=pod).status.network.ip
         log = os.path.join(log_dir, "logger.log")
         wait_for(lambda: len(numbers(log)) > 20, 10, "the first lines")
@@ -74,6 +78,11 @@ def test_sigkill_and_take_over(docker_crimuxd_factory, lab, log_dir, tmp_path):
         assert cri.ExecSync(container_id=logger, cmd=["echo", "hi"], timeout=5).stdout == b"hi\n"
         assert cri.ContainerStats(container_id=logger).stats.cpu.usage_core_nano_seconds.value > 0
         assert get(f"http://127.0.0.1:{port}/") == "up\n"
+        late_log = os.path.join(log_dir, "late", "0.log")
+        assert cri.ContainerStatus(container_id=late).status.log_path == late_log
+        cri.StartContainer(container_id=late)
+        wait_for(lambda: os.path.exists(late_log) and numbers(late_log) == [1, 2], 10,
+                 "the lines of a container created before the kill")
 
         # The log goes on where it stopped: nothing lost.
         wait_for(lambda: len(numbers(log)) > seen_at_kill + 100, 10, "lines after the restart")

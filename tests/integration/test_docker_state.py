@@ -16,6 +16,7 @@ import time
 import urllib.parse
 import uuid
 
+import grpc
 import pytest
 
 from lab.cri import CRI, container_config, pb, sandbox_config
@@ -30,6 +31,7 @@ class CountingProxy:
         self.lines = []
         self.lock = threading.Lock()
         self.hold_cache_inspects = 0.0  # seconds each of the cache's inspects waits
+        self.fail_deletes = False  # answer every DELETE with a 500, dockerd never sees it
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(64)
@@ -66,6 +68,12 @@ class CountingProxy:
                             self.lines.append(line)
                         if self.hold_cache_inspects and "/json?size=0" in line:
                             time.sleep(self.hold_cache_inspects)
+                        if self.fail_deletes and line.startswith("DELETE "):
+                            body = b'{"message": "injected failure"}'
+                            src.sendall(b"HTTP/1.1 500 Internal Server Error\r\n"
+                                        b"Content-Type: application/json\r\n"
+                                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                            break
                     dst.sendall(data)
             except OSError:
                 pass
@@ -215,6 +223,38 @@ def test_pod_teardown_makes_the_calls_it_needs(proxied, lab):
         ("StopPodSandbox", [f"POST /v1.41/containers/{pod}/stop?t=10"]),
         ("RemovePodSandbox", [f"DELETE /v1.41/containers/{pod}?force=1&v=1"])]
     assert sandbox_state(cri, pod) is None
+
+
+def test_a_failed_delete_loses_nothing(proxied, lab, tmp_path):
+    """crimux drops its own file for a container or pod while dockerd
+    deletes it. When the delete fails, the container is still listed, and
+    the pod keeps its checkpoint (listed, not ready); a retry removes both."""
+    _, proxy, cri = proxied
+    api = pb()
+    pod, cid = pod_with_container(cri, lab, "faildel")
+    cri.StopContainer(container_id=cid, timeout=0)
+    cri.StopPodSandbox(pod_sandbox_id=pod)
+    checkpoint = tmp_path / "state" / "sandboxes" / (pod + ".json")
+    assert checkpoint.exists()
+    proxy.fail_deletes = True
+    with pytest.raises(grpc.RpcError) as failed:
+        cri.RemoveContainer(container_id=cid)
+    assert "injected failure" in failed.value.details()
+    assert [c.state for c in cri.ListContainers().containers if c.id == cid] == \
+        [api.CONTAINER_EXITED]
+    proxy.fail_deletes = False
+    cri.RemoveContainer(container_id=cid)
+    proxy.fail_deletes = True
+    with pytest.raises(grpc.RpcError) as failed:
+        cri.RemovePodSandbox(pod_sandbox_id=pod)
+    assert "injected failure" in failed.value.details()
+    assert checkpoint.exists()  # put back after the failed delete
+    assert sandbox_state(cri, pod) == api.SANDBOX_NOTREADY
+    assert cri.PodSandboxStatus(pod_sandbox_id=pod).status.state == api.SANDBOX_NOTREADY
+    proxy.fail_deletes = False
+    cri.RemovePodSandbox(pod_sandbox_id=pod)
+    assert sandbox_state(cri, pod) is None
+    assert not checkpoint.exists()
 
 
 def test_run_pod_sandbox_makes_the_calls_it_needs(proxied, lab, dockerd):

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,9 @@ static char sock_path[200];
 static int listener;
 static char last_head[8192];
 static pthread_mutex_t last_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Set by the client's meanwhile work, awaited by the server. */
+static atomic_bool meanwhile_ran;
 
 static void send_str(int fd, const char *s)
 {
@@ -121,6 +125,15 @@ static void *serve_one(void *arg)
 		chunk(fd, "{\"errorDetail\":{\"message\":\"unauthorized: authentication "
 			  "required\"}}\n");
 		send_str(fd, "0\r\n\r\n");
+	} else if (streq(path, "/v1.41/containers/c9?force=1&v=1")) {
+		/* Answers only once the client's meanwhile work ran: it must run
+		 * while the request is handled, not after the answer. */
+		for (int i = 0; i < 200 && !atomic_load(&meanwhile_ran); i++)
+			usleep(10000);
+		if (atomic_load(&meanwhile_ran))
+			send_str(fd, "HTTP/1.1 204 No Content\r\n\r\n");
+		else
+			json_reply(fd, 500, "{\"message\": \"meanwhile never ran\"}");
 	} else if (streq(path, "/v1.41/slow") || streq(path, "/v1.41/cancel")) {
 		sleep(2);
 	} else if (streq(path, "/v1.41/containers/c1/exec")) {
@@ -241,6 +254,27 @@ static void framings(void)
 	free(e);
 }
 
+static void set_ran(void *arg)
+{
+	(void)arg;
+	atomic_store(&meanwhile_ran, true);
+}
+
+static void meanwhile(void)
+{
+	struct crx_err err = {0};
+	is_int(dk_container_remove(sock_path, "c9", NULL, set_ran, NULL, &err), 0,
+	       "the meanwhile work ran before the answer was awaited");
+	atomic_store(&meanwhile_ran, false);
+	is_int(dk_container_remove(sock_path, "gone", NULL, set_ran, NULL, &err), 0,
+	       "a container already gone is removed");
+	ok(atomic_load(&meanwhile_ran), "and the meanwhile work ran for it too");
+	atomic_store(&meanwhile_ran, false);
+	is_int(dk_container_remove("/nonexistent/docker.sock", "c9", NULL, set_ran, NULL, &err),
+	       -ECONNREFUSED, "no dockerd");
+	ok(!atomic_load(&meanwhile_ran), "nothing sent, nothing done meanwhile");
+}
+
 static void exec_stream(void)
 {
 	struct crx_err err = {0};
@@ -276,6 +310,7 @@ int main(void)
 	pthread_t t;
 	pthread_create(&t, NULL, server, NULL);
 	framings();
+	meanwhile();
 	exec_stream();
 	unlink(sock_path);
 	rmdir(dir);

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "common/util.h"
 #include "runtimes/docker/model/checkpoint.h"
 #include "runtimes/docker/model/logs.h"
+#include "runtimes/docker/model/names.h"
 #include "tap.h"
 
 static char dir[] = "/tmp/crimux-logs-test-XXXXXX";
@@ -138,26 +140,94 @@ static void confinement(void)
 	ok(fgets(buf, sizeof(buf), f) != NULL, "the file outside reads back");
 	fclose(f);
 	is_str(buf, "precious\n", "the file outside is untouched");
+}
 
-	/* A state file that does not parse or names an escaping path is no
-	 * registration. */
+static json_object *labels(const char *log_directory, const char *path)
+{
+	json_object *o = json_object_new_object();
+	if (log_directory)
+		json_object_object_add(o, DK_LABEL_LOG_DIRECTORY,
+				       json_object_new_string(log_directory));
+	if (path)
+		json_object_object_add(o, DK_LABEL_LOG_PATH, json_object_new_string(path));
+	return o;
+}
+
+/* Where a container logs: its two labels, which must agree; a container
+ * made before the directory label, crimux's record. */
+static void location(void)
+{
 	struct dk_logs *l = NULL;
+	struct crx_err err = {0};
 	char sdir[700], sp[800];
-	snprintf(sdir, sizeof(sdir), "%s/cstate", dir);
+	snprintf(sdir, sizeof(sdir), "%s/lstate", dir);
 	is_int(dk_logs_new(sdir, 10000, &l, &err), 0, "a log thread");
+	static const struct {
+		const char *dir, *path, *want_dir, *want_rel, *why;
+	} cases[] = {
+		{"/var/log/pods/x", "/var/log/pods/x/app/0.log", "/var/log/pods/x", "app/0.log",
+		 "both labels"},
+		{"/var/log/pods/x/", "/var/log/pods/x/app/0.log", "/var/log/pods/x/", "app/0.log",
+		 "a directory with a slash"},
+		{"", "", NULL, NULL, "no log asked for"},
+		{"", "/etc/passwd", NULL, NULL, "a path without its directory"},
+		{"/var/log/pods/x", "", NULL, NULL,
+		 "a directory from an image, the path crimux reserved empty"},
+		{"/var/log/pods/x", NULL, NULL, NULL, "no path label at all"},
+		{"/var/log/pods/x", "/var/log/pods/xy/0.log", NULL, NULL,
+		 "a path beside the directory"},
+		{"/var/log/pods/x", "/var/log/pods/x/../../../etc/x", NULL, NULL,
+		 "a path that climbs"},
+		{"/var/log/pods/x", "/var/log/pods/x/", NULL, NULL, "no file below it"},
+		{"var/log", "var/log/0.log", NULL, NULL, "a relative directory"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		json_object *o = labels(cases[i].dir, cases[i].path);
+		char *d = NULL, *rel = NULL;
+		int r = dk_logs_location(l, "c1", o, &d, &rel);
+		is_int(r, cases[i].want_dir ? 0 : -ENOENT, cases[i].why);
+		bool same = cases[i].want_dir
+				    ? streq(d, cases[i].want_dir) && streq(rel, cases[i].want_rel)
+				    : !d && !rel;
+		ok(same, "%s: %s and %s", cases[i].why, d ? d : "no directory",
+		   rel ? rel : "no path");
+		free(d);
+		free(rel);
+		json_object_put(o);
+	}
+
+	/* Without the directory label: the record, which must be confined and
+	 * parse; the log path label alone (an image's, for all crimux knows)
+	 * is never taken. */
+	json_object *old = labels(NULL, "/etc/passwd");
+	char *d = NULL, *rel = NULL;
+	is_int(dk_logs_location(l, "c2", old, &d, &rel), -ENOENT, "no record: no log");
 	snprintf(sp, sizeof(sp), "%s/c2.json", sdir);
+	FILE *f = fopen(sp, "w");
+	fputs("{\"log_directory\":\"/var/log/pods/y\",\"log_path\":\"app/1.log\"}", f);
+	fclose(f);
+	is_int(dk_logs_location(l, "c2", old, &d, &rel), 0, "a record");
+	is_str(d, "/var/log/pods/y", "its directory");
+	is_str(rel, "app/1.log", "its path");
+	free(d);
+	free(rel);
 	f = fopen(sp, "w");
 	fputs("{\"log_directory\":\"/tmp\",\"log_path\":\"../etc/x\"}", f);
 	fclose(f);
-	char *p = dk_logs_path(l, "c2");
-	ok(p == NULL, "an escaping path in the state is refused");
-	free(p);
+	is_int(dk_logs_location(l, "c2", old, &d, &rel), -ENOENT, "an escaping record is refused");
 	f = fopen(sp, "w");
 	fputs("{\"log_direc", f);
 	fclose(f);
-	is_int(dk_logs_track(l, "c2", victim, &err), 0, "a torn state file");
-	ok(!dk_logs_tracked(l, "c2"), "is not followed");
-	is_int(dk_logs_register(l, "c3", top, "../x", &err), -EINVAL, "registering checks too");
+	is_int(dk_logs_location(l, "c2", old, &d, &rel), -ENOENT, "a torn record is none");
+	ok(d == NULL && rel == NULL, "and nothing is returned");
+	json_object_put(old);
+	/* A torn position file does not stop tracking: it starts from the top. */
+	is_int(dk_logs_track(l, "c2", log_dir, "torn/0.log", docker_log, &err), 0,
+	       "tracked despite a torn state file");
+	ok(dk_logs_tracked(l, "c2"), "followed");
+	dk_logs_forget(l, "c2");
+	is_int(dk_logs_track(l, "c3", log_dir, "../x", docker_log, &err), -EINVAL,
+	       "tracking checks the path too");
 	dk_logs_free(l);
 }
 
@@ -166,13 +236,9 @@ static void pump(void)
 	struct dk_logs *l = NULL;
 	struct crx_err err = {0};
 	is_int(dk_logs_new(state, 10000, &l, &err), 0, "log thread started");
-	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "no registration: nothing to follow");
 	ok(!dk_logs_tracked(l, "c1"), "not tracked");
-	is_int(dk_logs_register(l, "c1", log_dir, "app/0.log", &err), 0, "registered");
-	char *p = dk_logs_path(l, "c1");
-	is_str(p, cri_log, "the registered path");
-	free(p);
-	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "tracking before Docker wrote");
+	is_int(dk_logs_track(l, "c1", log_dir, "app/0.log", docker_log, &err), 0,
+	       "tracking before Docker wrote");
 	ok(access(cri_log, F_OK) == 0, "the CRI file exists at once");
 	append(docker_log, 1, 10);
 	/* An incomplete last line is left for later. */
@@ -225,7 +291,7 @@ static void pump(void)
 	rename(docker_log, rotated);
 	append(docker_log, 41, 45);
 	is_int(dk_logs_new(state, 10000, &l, &err), 0, "restarted");
-	is_int(dk_logs_track(l, "c1", docker_log, &err), 0, "tracking again");
+	is_int(dk_logs_track(l, "c1", log_dir, "app/0.log", docker_log, &err), 0, "tracking again");
 	got = numbers(cri_log);
 	want = expected(31, 45);
 	is_str(got, want, "resumed at the saved position, through the rotation");
@@ -245,7 +311,9 @@ static void pump(void)
 	ok(!dk_logs_tracked(l, "c1"), "forgotten");
 	char sp[700];
 	snprintf(sp, sizeof(sp), "%s/c1.json", state);
-	ok(access(sp, F_OK) != 0, "its position file is gone");
+	ok(access(sp, F_OK) == 0, "its position file stays");
+	dk_logs_drop_state(l, "c1");
+	ok(access(sp, F_OK) != 0, "until it is dropped");
 	dk_logs_free(l);
 }
 
@@ -263,8 +331,8 @@ static void one_pump_per_dir(void)
 	ok(a == b, "shares the pump");
 	is_int(dk_logs_new(other, 50, &c, &err), 0, "another directory");
 	ok(c != a, "gets its own pump");
-	is_int(dk_logs_register(a, "c2", log_dir, "app/0.log", &err), 0, "registered through one");
-	is_int(dk_logs_track(a, "c2", docker_log, &err), 0, "tracked through one");
+	is_int(dk_logs_track(a, "c2", log_dir, "app/0.log", docker_log, &err), 0,
+	       "tracked through one");
 	dk_logs_free(a);
 	ok(dk_logs_tracked(b, "c2"), "still followed through the other after the first is gone");
 	dk_logs_forget(b, "c2");
@@ -282,6 +350,7 @@ int main(void)
 	snprintf(state, sizeof(state), "%s/state", dir);
 	conversion();
 	confinement();
+	location();
 	pump();
 	one_pump_per_dir();
 	char cmd[700];

@@ -215,6 +215,7 @@ static void container_init(struct container *c)
 static const struct dk_container_ctx ctx = {
 	.sandbox_id = "sb1",
 	.cgroup_parent = "/kubepods/pod1",
+	.log_dir = "/var/log/pods/x",
 	.log_path = "/var/log/pods/x/app/0.log",
 };
 
@@ -298,7 +299,17 @@ static void container(void)
 	is_str(dk_json_str(labels, DK_LABEL_SANDBOX_ID), "sb1", "sandbox label");
 	is_str(dk_json_str(labels, DK_LABEL_LOG_PATH), "/var/log/pods/x/app/0.log",
 	       "log path label");
+	is_str(dk_json_str(labels, DK_LABEL_LOG_DIRECTORY), "/var/log/pods/x",
+	       "and its directory, what the path is confined to");
 	ok(has(hget(spec, "SecurityOpt"), "seccomp=unconfined"), "unconfined without a profile");
+	json_object_put(spec);
+	/* No log: both labels still set, empty, so an image's cannot show
+	 * through Docker's merge. */
+	struct dk_container_ctx no_log = {.sandbox_id = "sb1", .cgroup_parent = "/kubepods/pod1"};
+	is_int(dk_container_spec(&c.cfg, &no_log, &opts, &spec, &err), 0, "spec without a log");
+	labels = dk_json_get(spec, "Labels", NULL);
+	is_str(dk_json_str(labels, DK_LABEL_LOG_PATH), "", "an empty log path label");
+	is_str(dk_json_str(labels, DK_LABEL_LOG_DIRECTORY), "", "an empty directory label");
 	json_object_put(spec);
 
 	/* Modes, profiles, privileged. */

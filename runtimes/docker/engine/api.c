@@ -54,8 +54,10 @@ int dk_status_errno(int status)
 	}
 }
 
-int dk_call(const char *sock, const char *method, const char *target, json_object *body,
-	    const struct dk_deadline *dl, json_object **out, int *status, struct crx_err *err)
+static int call_meanwhile(const char *sock, const char *method, const char *target,
+			  json_object *body, const struct dk_deadline *dl,
+			  void (*meanwhile)(void *), void *meanwhile_arg, json_object **out,
+			  int *status, struct crx_err *err)
 {
 	_cleanup_free_ char *path = NULL;
 	if (asprintf(&path, "%s%s", DK_API_PREFIX, target) < 0)
@@ -67,6 +69,8 @@ int dk_call(const char *sock, const char *method, const char *target, json_objec
 		.content_type = body ? "application/json" : NULL,
 		.body = text,
 		.body_len = text ? strlen(text) : 0,
+		.meanwhile = meanwhile,
+		.meanwhile_arg = meanwhile_arg,
 	};
 	_cleanup_http_ struct dk_http_conn *c = NULL;
 	int r = dk_http_open(sock, &req, dl, &c, err);
@@ -100,6 +104,12 @@ int dk_call(const char *sock, const char *method, const char *target, json_objec
 	if (out)
 		*out = TAKE_PTR(answer);
 	return 0;
+}
+
+int dk_call(const char *sock, const char *method, const char *target, json_object *body,
+	    const struct dk_deadline *dl, json_object **out, int *status, struct crx_err *err)
+{
+	return call_meanwhile(sock, method, target, body, dl, NULL, NULL, out, status, err);
 }
 
 int dk_callf(const char *sock, const char *method, json_object *body, const struct dk_deadline *dl,
@@ -194,11 +204,14 @@ int dk_container_stop(const char *sock, const char *id, long timeout_s,
 }
 
 int dk_container_remove(const char *sock, const char *id, const struct dk_deadline *dl,
-			struct crx_err *err)
+			void (*meanwhile)(void *), void *meanwhile_arg, struct crx_err *err)
 {
+	_cleanup_free_ char *target = NULL;
+	if (asprintf(&target, "/containers/%s?force=1&v=1", id) < 0)
+		return crx_err_set(err, -ENOMEM, "out of memory");
 	int status = 0;
-	int r = dk_callf(sock, "DELETE", NULL, dl, NULL, &status, err, "/containers/%s?force=1&v=1",
-			 id);
+	int r = call_meanwhile(sock, "DELETE", target, NULL, dl, meanwhile, meanwhile_arg, NULL,
+			       &status, err);
 	if (status == 404)
 		return 0;
 	/* Removal already under way (a concurrent call): done as far as we care. */

@@ -45,8 +45,9 @@ int dk_container_start(const char *sock, const char *id, const struct dk_deadlin
 		       struct crx_err *err);
 int dk_container_stop(const char *sock, const char *id, long timeout_s,
 		      const struct dk_deadline *dl, struct crx_err *err);
+/* meanwhile (may be NULL) runs while dockerd removes it. */
 int dk_container_remove(const char *sock, const char *id, const struct dk_deadline *dl,
-			struct crx_err *err);
+			void (*meanwhile)(void *), void *meanwhile_arg, struct crx_err *err);
 
 /* Reads a stream of JSON messages (pull, load) and fails with the first
  * "error" one. */

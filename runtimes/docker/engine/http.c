@@ -309,6 +309,8 @@ int dk_http_open(const char *socket_path, const struct dk_http_request *req,
 		explicit_bzero(head, hlen);
 		free(head);
 	}
+	if (r == 0 && req->meanwhile)
+		req->meanwhile(req->meanwhile_arg);
 	if (r == 0)
 		r = read_head(c, req, err);
 	if (r < 0) {

@@ -31,6 +31,10 @@ struct dk_http_request {
 	size_t body_len;
 	const char *const *headers; /* extra "Name: value" lines, NULL-terminated */
 	bool upgrade;               /* ask for a raw, hijacked stream */
+	/* Local work done while dockerd handles the request: once it is
+	 * sent, before its answer is read. */
+	void (*meanwhile)(void *arg);
+	void *meanwhile_arg;
 };
 
 struct dk_http_conn;

@@ -19,6 +19,7 @@
 #include "runtimes/docker/engine/api.h"
 #include "runtimes/docker/engine/json.h"
 #include "runtimes/docker/model/checkpoint.h"
+#include "runtimes/docker/model/names.h"
 
 #define READ_CHUNK    (256 * 1024)
 #define MAX_ROTATED   9 /* Docker's rotated files: <log>.1 .. <log>.9 */
@@ -530,9 +531,9 @@ static void logs_destroy(struct dk_logs *l)
 	free(l);
 }
 
-/* Where id logs and how far it was copied, from its state file: crimux's
- * own, never a label. A file that does not parse, or names a path that is
- * not confined to its directory, is no registration. */
+/* Where id logs and how far it was copied, from its state file (written
+ * by crimux alone). A file that does not parse, or names a path that is not
+ * confined to its directory, is -EBADMSG. */
 static int load_state(struct dk_logs *l, const char *id, char **log_dir, char **log_path,
 		      char **docker_log, ino_t *ino, off_t *offset)
 {
@@ -564,77 +565,90 @@ static int load_state(struct dk_logs *l, const char *id, char **log_dir, char **
 	return 0;
 }
 
-int dk_logs_register(struct dk_logs *l, const char *id, const char *log_dir, const char *log_path,
-		     struct crx_err *err)
+char *dk_log_join(const char *dir, const char *rel)
 {
-	if (!dk_valid_id(id))
-		return crx_err_set(err, -EINVAL, "\"%s\" is not a container ID", id);
-	int r = dk_log_path_check(log_dir, log_path, err);
-	if (r < 0)
-		return r;
-	_cleanup_json_ json_object *o = json_object_new_object();
-	_cleanup_free_ char *path = state_path(l, id);
-	if (!o || !path || dk_json_add_str(o, "log_directory", log_dir) < 0 ||
-	    dk_json_add_str(o, "log_path", log_path) < 0)
-		return crx_err_set(err, -ENOMEM, "out of memory");
-	const char *text = dk_json_text(o);
-	pthread_mutex_lock(&l->lock);
-	r = find(l, id) ? 0 : dk_write_file_atomic(path, text, strlen(text), err);
-	pthread_mutex_unlock(&l->lock);
-	return r;
+	char *p;
+	size_t n = strlen(dir);
+	return asprintf(&p, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", rel) < 0 ? NULL : p;
 }
 
-char *dk_logs_path(struct dk_logs *l, const char *id)
+/* dir and the log path label: rel is what the label adds to dir. */
+static int split_label(const char *dir, const char *full, char **log_dir, char **rel)
 {
+	size_t n = strlen(dir);
+	if (!*dir || !full || strncmp(full, dir, n) != 0)
+		return -EBADMSG;
+	const char *below = full + n;
+	if (dir[n - 1] != '/' && *below++ != '/')
+		return -EBADMSG;
+	if (dk_log_path_check(dir, below, NULL) < 0)
+		return -EBADMSG;
+	*log_dir = strdup(dir);
+	*rel = strdup(below);
+	if (!*log_dir || !*rel) {
+		free(*log_dir);
+		free(*rel);
+		*log_dir = *rel = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int dk_logs_location(struct dk_logs *l, const char *id, json_object *labels, char **log_dir,
+		     char **rel)
+{
+	*log_dir = *rel = NULL;
 	if (!dk_valid_id(id))
-		return NULL;
-	char *dir = NULL, *rel = NULL, *docker = NULL, *p = NULL;
+		return -EINVAL;
+	json_object *v;
+	if (json_object_object_get_ex(labels, DK_LABEL_LOG_DIRECTORY, &v)) {
+		const char *dir = json_object_get_string(v);
+		if (!dir || !*dir)
+			return -ENOENT;
+		int r = split_label(dir, dk_json_str(labels, DK_LABEL_LOG_PATH), log_dir, rel);
+		return r == -EBADMSG ? -ENOENT : r;
+	}
+	/* Made before the directory label: crimux recorded the path then. */
+	char *docker = NULL;
 	ino_t ino;
 	off_t off;
-	/* No lock: the file is replaced whole, and the pump may be syncing. */
-	int r = load_state(l, id, &dir, &rel, &docker, &ino, &off);
-	if (r == 0 && asprintf(&p, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", rel) < 0)
-		p = NULL;
-	free(dir);
-	free(rel);
+	int r = load_state(l, id, log_dir, rel, &docker, &ino, &off);
+	if (r < 0) {
+		*log_dir = *rel = NULL;
+		return r == -EBADMSG ? -ENOENT : r;
+	}
 	free(docker);
-	return p;
+	return 0;
 }
 
-int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, struct crx_err *err)
+int dk_logs_track(struct dk_logs *l, const char *id, const char *log_dir, const char *rel,
+		  const char *docker_log, struct crx_err *err)
 {
 	if (!dk_valid_id(id))
 		return crx_err_set(err, -EINVAL, "\"%s\" is not a container ID", id);
+	int r = dk_log_path_check(log_dir, rel, err);
+	if (r < 0)
+		return r;
 	pthread_mutex_lock(&l->lock);
 	struct entry *e = find(l, id);
-	int r = 0;
 	if (e)
 		goto out;
-	char *dir = NULL, *rel = NULL, *docker = NULL;
+	/* How far an earlier crimuxd copied, if one did. */
+	char *old_dir = NULL, *old_rel = NULL, *docker = NULL;
 	ino_t ino = 0;
 	off_t off = 0;
-	r = load_state(l, id, &dir, &rel, &docker, &ino, &off);
-	if (r == -ENOENT || r == -EBADMSG) {
-		r = 0; /* no log file asked for (or none crimux can vouch for) */
-		goto out;
-	}
-	if (r < 0) {
-		r = crx_err_set(err, r, "cannot read the log state of %s: %s", id, strerror(-r));
-		goto out;
+	if (load_state(l, id, &old_dir, &old_rel, &docker, &ino, &off) == 0) {
+		free(old_dir);
+		free(old_rel);
+	} else {
+		docker = NULL; /* none, or nothing crimux can vouch for */
 	}
 	e = calloc(1, sizeof(*e));
-	if (e) {
+	if (e)
 		e->src_fd = e->dst_fd = -1;
-		e->log_dir = dir;
-		e->log_path = rel;
-	} else {
-		free(dir);
-		free(rel);
-	}
 	if (!e || !(e->id = strdup(id)) || !(e->docker_log = strdup(docker_log)) ||
-	    asprintf(&e->cri_log, "%s/%s", e->log_dir, e->log_path) < 0) {
-		if (e)
-			e->cri_log = NULL;
+	    !(e->log_dir = strdup(log_dir)) || !(e->log_path = strdup(rel)) ||
+	    !(e->cri_log = dk_log_join(log_dir, rel))) {
 		entry_free(e);
 		free(docker);
 		r = crx_err_set(err, -ENOMEM, "out of memory");
@@ -708,8 +722,13 @@ void dk_logs_forget(struct dk_logs *l, const char *id)
 		entry_free(e);
 		break;
 	}
+	pthread_mutex_unlock(&l->lock);
+}
+
+void dk_logs_drop_state(struct dk_logs *l, const char *id)
+{
+	/* No lock: only a followed entry is ever saved. */
 	_cleanup_free_ char *path = dk_valid_id(id) ? state_path(l, id) : NULL;
 	if (path)
 		unlink(path);
-	pthread_mutex_unlock(&l->lock);
 }

@@ -9,6 +9,7 @@
  * ReopenContainerLog starts a new CRI file after the kubelet rotated it. */
 #pragma once
 
+#include <json-c/json.h>
 #include <stddef.h>
 
 #include "common/err.h"
@@ -39,23 +40,31 @@ int dk_log_path_check(const char *log_dir, const char *rel, struct crx_err *err)
  * file with no other hard link (-EBUSY). Missing directories are made. */
 int dk_log_open(const char *log_dir, const char *rel, int *fd, struct crx_err *err);
 
-/* Records, in crimux's own state, that container id logs to log_dir/rel;
- * the only source of a log path from then on (labels are never read for
- * one). Done at creation, before the container starts. */
-int dk_logs_register(struct dk_logs *l, const char *id, const char *log_dir, const char *rel,
-		     struct crx_err *err);
-/* The registered CRI log path of id (malloc'd), NULL when none. */
-char *dk_logs_path(struct dk_logs *l, const char *id);
-/* Starts (or, after a restart, resumes) following a registered container;
- * 0 and nothing done when it has no registration. The CRI file is opened
- * at once. Tracking an already tracked container is a no-op. */
-int dk_logs_track(struct dk_logs *l, const char *id, const char *docker_log, struct crx_err *err);
+/* Where container id's CRI log goes, as crimux set it at creation: its
+ * labels DK_LABEL_LOG_DIRECTORY and DK_LABEL_LOG_PATH, which crimux sets on
+ * every container it makes (empty when none), so an image's labels never
+ * show through Docker's merge; Docker stores them with the container, as
+ * durably as the container itself. A container made before the directory
+ * label has crimux's own record instead (its state file). *log_dir and *rel
+ * malloc'd; -ENOENT when it logs nowhere (or nowhere crimux can vouch for:
+ * the two labels must agree and the path below the directory be confined). */
+int dk_logs_location(struct dk_logs *l, const char *id, json_object *labels, char **log_dir,
+		     char **rel);
+/* log_dir/rel, malloc'd. */
+char *dk_log_join(const char *log_dir, const char *rel);
+/* Starts (or, after a restart, resumes from the saved position) following
+ * container id into log_dir/rel, opened at once. Tracking an already tracked
+ * container is a no-op. */
+int dk_logs_track(struct dk_logs *l, const char *id, const char *log_dir, const char *rel,
+		  const char *docker_log, struct crx_err *err);
 /* Copies everything Docker has written so far. */
 int dk_logs_drain(struct dk_logs *l, const char *id);
 /* Copies what is pending into the current file, then opens the CRI path
  * anew. -ENOENT when the container is not tracked. */
 int dk_logs_reopen(struct dk_logs *l, const char *id, struct crx_err *err);
-/* Drains and stops following; removes the position file. */
+/* Drains and stops following. The position file stays for
+ * dk_logs_drop_state, which removes it (while Docker removes the container). */
 void dk_logs_forget(struct dk_logs *l, const char *id);
+void dk_logs_drop_state(struct dk_logs *l, const char *id);
 /* Whether id is followed. */
 int dk_logs_tracked(struct dk_logs *l, const char *id);

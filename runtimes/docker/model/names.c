@@ -116,12 +116,13 @@ int dk_labels_add_cri(json_object *labels, size_t n_labels, void *const *label_e
 	return 0;
 }
 
+static const char *const internal[] = {
+	DK_LABEL_TYPE,    DK_LABEL_SANDBOX_ID, DK_LABEL_LOG_PATH, DK_LABEL_METADATA,
+	DK_LABEL_CREATED, DK_LABEL_USER_IMAGE, DK_LABEL_HANDLER,  DK_LABEL_LOG_DIRECTORY,
+};
+
 bool dk_label_is_internal(const char *key)
 {
-	static const char *const internal[] = {
-		DK_LABEL_TYPE,    DK_LABEL_SANDBOX_ID, DK_LABEL_LOG_PATH, DK_LABEL_METADATA,
-		DK_LABEL_CREATED, DK_LABEL_USER_IMAGE, DK_LABEL_HANDLER,
-	};
 	for (size_t i = 0; i < ARRAY_SIZE(internal); i++)
 		if (streq(key, internal[i]))
 			return true;
@@ -149,10 +150,6 @@ int dk_labels_check_cri(const char *what, size_t n, void *const *entries, struct
 
 int dk_labels_reserve(json_object *labels)
 {
-	static const char *const internal[] = {
-		DK_LABEL_TYPE,    DK_LABEL_SANDBOX_ID, DK_LABEL_LOG_PATH, DK_LABEL_METADATA,
-		DK_LABEL_CREATED, DK_LABEL_USER_IMAGE, DK_LABEL_HANDLER,
-	};
 	for (size_t i = 0; i < ARRAY_SIZE(internal); i++)
 		if (!json_object_object_get_ex(labels, internal[i], NULL) &&
 		    dk_json_add_str(labels, internal[i], "") < 0)

@@ -23,6 +23,9 @@
 #define DK_LABEL_METADATA "io.crimux.docker.metadata"
 #define DK_LABEL_CREATED  "io.crimux.docker.created"
 #define DK_LABEL_HANDLER  "io.crimux.docker.runtime-handler"
+/* The log path's root, the sandbox's log_directory: with the log path
+ * label, where the CRI log goes (the path below it is what is confined). */
+#define DK_LABEL_LOG_DIRECTORY "io.crimux.docker.log-directory"
 /* The image as the pod spec named it (ImageSpec.user_specified_image). */
 #define DK_LABEL_USER_IMAGE "io.crimux.docker.user-image"
 

@@ -888,8 +888,10 @@ int dk_container_spec(const Runtime__V1__ContainerConfig *cfg, const struct dk_c
 	r |= dk_json_add_str(labels, DK_LABEL_SANDBOX_ID, ctx->sandbox_id);
 	r |= meta ? dk_json_add_str(labels, DK_LABEL_METADATA, meta) : -ENOMEM;
 	r |= add_created(labels, o->created_ns);
-	if (ctx->log_path)
+	if (ctx->log_path) {
 		r |= dk_json_add_str(labels, DK_LABEL_LOG_PATH, ctx->log_path);
+		r |= dk_json_add_str(labels, DK_LABEL_LOG_DIRECTORY, ctx->log_dir);
+	}
 	if (cfg->image->user_specified_image && *cfg->image->user_specified_image)
 		r |= dk_json_add_str(labels, DK_LABEL_USER_IMAGE, cfg->image->user_specified_image);
 	r |= dk_labels_reserve(labels);

@@ -38,6 +38,7 @@ int dk_sandbox_spec(const Runtime__V1__PodSandboxConfig *cfg, const char *image,
 struct dk_container_ctx {
 	const char *sandbox_id;
 	const char *cgroup_parent; /* the sandbox's, as Docker has it */
+	const char *log_dir;       /* the sandbox's log_directory, or NULL */
 	const char *log_path;      /* log_directory/log_path, or NULL */
 };
 int dk_container_spec(const Runtime__V1__ContainerConfig *cfg, const struct dk_container_ctx *ctx,
