@@ -531,11 +531,10 @@ static void logs_destroy(struct dk_logs *l)
 	free(l);
 }
 
-/* Where id logs and how far it was copied, from its state file (written
- * by crimux alone). A file that does not parse, or names a path that is not
+/* id's state file (written by crimux alone): where it logs and how far it
+ * was copied. A file that does not parse, or names a path that is not
  * confined to its directory, is -EBADMSG. */
-static int load_state(struct dk_logs *l, const char *id, char **log_dir, char **log_path,
-		      char **docker_log, ino_t *ino, off_t *offset)
+static int read_state(struct dk_logs *l, const char *id, json_object **out)
 {
 	_cleanup_free_ char *path = state_path(l, id), *text = NULL;
 	size_t len;
@@ -550,18 +549,7 @@ static int load_state(struct dk_logs *l, const char *id, char **log_dir, char **
 	const char *dir = dk_json_str(o, "log_directory"), *rel = dk_json_str(o, "log_path");
 	if (!dir || !rel || dk_log_path_check(dir, rel, NULL) < 0)
 		return -EBADMSG;
-	*log_dir = strdup(dir);
-	*log_path = strdup(rel);
-	*docker_log = strdup(dk_json_str(o, "docker_log") ? dk_json_str(o, "docker_log") : "");
-	if (!*log_dir || !*log_path || !*docker_log) {
-		free(*log_dir);
-		free(*log_path);
-		free(*docker_log);
-		return -ENOMEM;
-	}
-	int64_t i = dk_json_int(o, "inode", 0), off = dk_json_int(o, "offset", 0);
-	*ino = i > 0 ? (ino_t)i : 0;
-	*offset = off > 0 ? (off_t)off : 0;
+	*out = TAKE_PTR(o);
 	return 0;
 }
 
@@ -609,15 +597,18 @@ int dk_logs_location(struct dk_logs *l, const char *id, json_object *labels, cha
 		return r == -EBADMSG ? -ENOENT : r;
 	}
 	/* Made before the directory label: crimux recorded the path then. */
-	char *docker = NULL;
-	ino_t ino;
-	off_t off;
-	int r = load_state(l, id, log_dir, rel, &docker, &ino, &off);
-	if (r < 0) {
-		*log_dir = *rel = NULL;
+	_cleanup_json_ json_object *o = NULL;
+	int r = read_state(l, id, &o);
+	if (r < 0)
 		return r == -EBADMSG ? -ENOENT : r;
+	*log_dir = strdup(dk_json_str(o, "log_directory"));
+	*rel = strdup(dk_json_str(o, "log_path"));
+	if (!*log_dir || !*rel) {
+		free(*log_dir);
+		free(*rel);
+		*log_dir = *rel = NULL;
+		return -ENOMEM;
 	}
-	free(docker);
 	return 0;
 }
 
@@ -629,20 +620,14 @@ int dk_logs_track(struct dk_logs *l, const char *id, const char *log_dir, const 
 	int r = dk_log_path_check(log_dir, rel, err);
 	if (r < 0)
 		return r;
+	_cleanup_json_ json_object *saved = NULL;
 	pthread_mutex_lock(&l->lock);
 	struct entry *e = find(l, id);
 	if (e)
 		goto out;
-	/* How far an earlier crimuxd copied, if one did. */
-	char *old_dir = NULL, *old_rel = NULL, *docker = NULL;
-	ino_t ino = 0;
-	off_t off = 0;
-	if (load_state(l, id, &old_dir, &old_rel, &docker, &ino, &off) == 0) {
-		free(old_dir);
-		free(old_rel);
-	} else {
-		docker = NULL; /* none, or nothing crimux can vouch for */
-	}
+	/* How far an earlier crimuxd copied, if one did (none, or nothing
+	 * crimux can vouch for: from the top). */
+	(void)read_state(l, id, &saved);
 	e = calloc(1, sizeof(*e));
 	if (e)
 		e->src_fd = e->dst_fd = -1;
@@ -650,16 +635,15 @@ int dk_logs_track(struct dk_logs *l, const char *id, const char *log_dir, const 
 	    !(e->log_dir = strdup(log_dir)) || !(e->log_path = strdup(rel)) ||
 	    !(e->cri_log = dk_log_join(log_dir, rel))) {
 		entry_free(e);
-		free(docker);
 		r = crx_err_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	/* The position is for the same Docker file only. */
-	if (streq(docker, docker_log)) {
-		e->src_ino = ino;
-		e->offset = off;
+	if (saved && streq(dk_json_str(saved, "docker_log"), docker_log)) {
+		int64_t ino = dk_json_int(saved, "inode", 0), off = dk_json_int(saved, "offset", 0);
+		e->src_ino = ino > 0 ? (ino_t)ino : 0;
+		e->offset = off > 0 ? (off_t)off : 0;
 	}
-	free(docker);
 	r = open_dst(e, err);
 	if (r < 0) {
 		entry_free(e);
