@@ -15,6 +15,7 @@ Every test in this directory needs root; without it they are skipped.
 import os
 import sys
 
+import grpc
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,6 +94,13 @@ def stop_checked(daemons, must_run=False):
         if "Sanitizer" in log or "runtime error:" in log:
             problems.append("sanitizer report in crimuxd's log:\n" + log[-4000:])
     assert not problems, "\n".join(problems)
+
+
+def rpc_error(call, *args, **kwargs):
+    """The grpc.RpcError a call raises (the test fails if it succeeds)."""
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args, **kwargs)
+    return err.value
 
 
 @pytest.fixture

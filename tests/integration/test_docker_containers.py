@@ -13,12 +13,7 @@ import grpc
 import pytest
 
 from lab.cri import container_config, linux_resources, pb, sandbox_config
-
-
-def rpc_error(fn, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
+from conftest import rpc_error
 
 
 def run(cri, cid, script, timeout=10):

@@ -7,16 +7,10 @@ import os
 import uuid
 
 import grpc
-import pytest
 
 from lab.cri import CRI, container_config, pb, sandbox_config
 from lab.env import wait_for
-
-
-def rpc_error(fn, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
+from conftest import rpc_error
 
 
 def alive(daemon):

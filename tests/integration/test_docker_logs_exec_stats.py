@@ -10,18 +10,12 @@ import uuid
 from datetime import datetime
 
 import grpc
-import pytest
 
 from lab import procstat
 from lab.cri import CRI, container_config, pb, sandbox_config
 from lab.docker import read_cri_log
 from lab.env import wait_for
-
-
-def rpc_error(fn, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
+from conftest import rpc_error
 
 
 def start_pod(cri, lab, log_dir, script, name=None):

@@ -10,16 +10,10 @@ import time
 import urllib.request
 
 import grpc
-import pytest
 
 from lab.cri import CRI, container_config, pb, sandbox_config
 from lab.env import free_port, wait_for
-
-
-def rpc_error(fn, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
+from conftest import rpc_error
 
 
 def ipam_ips(net):

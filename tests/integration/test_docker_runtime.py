@@ -6,17 +6,11 @@ import os
 import time
 
 import grpc
-import pytest
 
 from lab import images
 from lab.cri import pb
 from lab.env import Registry
-
-
-def rpc_error(fn, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
+from conftest import rpc_error
 
 
 def test_status_and_runtime_config(dcri):

@@ -27,7 +27,7 @@ import uuid
 import grpc
 import pytest
 
-from conftest import docker_backend_config, stop_checked
+from conftest import docker_backend_config, rpc_error, stop_checked
 from lab import env, images
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
 
@@ -187,12 +187,6 @@ def target(request, lab, stores):
 
 
 # ------------------------------------------------------------------ helpers
-
-def rpc_error(call, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value
-
 
 def remove_image(t, ref):
     """What critest does before and after each case: ImageStatus, then

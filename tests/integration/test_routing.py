@@ -23,7 +23,7 @@ import pytest
 from lab import env, images
 from lab.cri import CRI, container_config, linux_resources, pb, sandbox_config
 from lab.env import wait_for
-from conftest import stop_checked
+from conftest import rpc_error, stop_checked
 
 MIB = 1 << 20
 RUN = uuid.uuid4().hex[:12]  # labels every pod this module creates
@@ -149,13 +149,6 @@ def pod_with_container(client, lab, handler="", labels=None):
     client.pull(lab.busybox_ref, sandbox=config)
     cid = add_container(client, pod_id, config, lab, handler=handler, labels=labels)
     return pod_id, cid, config
-
-
-def rpc_error(call, *args, **kwargs):
-    """The grpc.RpcError a call raises (the test fails if it succeeds)."""
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value
 
 
 def where(direct, pod_id=None, container_id=None):
