@@ -108,6 +108,14 @@ class CountingProxy:
             return filters.get("label") == ["io.kubernetes.docker.type"]
         return False
 
+    def cache_inspects(self, cid):
+        """The cache's inspects of cid since the last call, noting nothing
+        else (take() still sees the rest)."""
+        with self.lock:
+            mine = [line for line in self.lines if f"/containers/{cid}/json?size=0" in line]
+            self.lines = [line for line in self.lines if line not in mine]
+        return len(mine)
+
     def close(self):
         self.closed = True
         self.server.close()
@@ -320,6 +328,40 @@ def test_a_slow_create_event_costs_a_list_at_most_a_second(proxied, lab):
     assert any(line.startswith("GET /v1.41/containers/json") for line in proxy.take())
     # Once the event's inspect is in, the cache answers again.
     wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists again")
+
+
+def test_events_that_change_nothing_cost_no_inspect(proxied, lab, dockerd):
+    """Docker reports an exec's creation, start and end, each kill signal
+    and the stop that follows a container's die: none changes what the
+    cache keeps, so none costs an inspect (the kubelet's exec probes would
+    otherwise cost three each). The die does. An update is the barrier:
+    Docker's events come in order, so once its inspect is seen, every
+    earlier event was handled."""
+    _, proxy, cri = proxied
+    pod, cid = pod_with_container(cri, lab, "quietev")
+    wait_for(lambda: cached(proxy, cri), 20, "the state cache to answer lists")
+    proxy.cache_inspects(cid)
+
+    def inspected_after(action):
+        dockerd.request("POST", f"/containers/{cid}/update", {"CpuShares": 512})
+        counted = []
+        wait_for(lambda: counted.append(proxy.cache_inspects(cid)) or sum(counted), 10,
+                 f"the cache's inspect for the update after {action}")
+        time.sleep(0.2)  # what an earlier event cost may still be on its way
+        return sum(counted) + proxy.cache_inspects(cid) - 1  # less the update's own
+
+    for _ in range(3):
+        assert cri.ExecSync(container_id=cid, cmd=["true"], timeout=10).exit_code == 0
+    assert inspected_after("three execs") == 0
+    dockerd.request("POST", f"/containers/{cid}/kill?signal=SIGWINCH")
+    assert inspected_after("a kill signal the container survives") == 0
+    assert state_of(cri, cid) == pb().CONTAINER_RUNNING
+    # Behind crimux's back, so only the events tell the cache.
+    dockerd.request("POST", f"/containers/{cid}/stop?t=0")
+    assert inspected_after("a stop") == 1  # the die's
+    status = cri.ContainerStatus(container_id=cid).status
+    assert status.state == pb().CONTAINER_EXITED and status.finished_at > 0
+    assert status.exit_code == 137
 
 
 def test_sandbox_image_removed_behind_crimux(proxied, lab, dockerd):
