@@ -179,6 +179,8 @@ int dk_sandbox_ips(struct dk_ctx *c, json_object *inspect, const struct dk_check
 
 struct checkpoint_drop {
 	const char *dir, *id;
+	struct dk_checkpoint *keep; /* read before the unlink unless kept already */
+	bool kept;
 	struct crx_err err;
 	int r;
 };
@@ -186,6 +188,8 @@ struct checkpoint_drop {
 static void drop_checkpoint(void *arg)
 {
 	struct checkpoint_drop *d = arg;
+	if (d->keep && !d->kept)
+		d->kept = dk_checkpoint_load(d->dir, d->id, d->keep, NULL) == 0;
 	d->r = dk_checkpoint_remove(d->dir, d->id, &d->err);
 }
 
@@ -202,9 +206,25 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, stru
 		if (cid && (r = dk_remove_container_id(c, cid, err)) < 0)
 			return r;
 	}
+	/* The checkpoint (even a torn one) goes while dockerd deletes the
+	 * pause container, so nobody waits for the unlink (0.2 ms on ext4),
+	 * when the pod was stopped: a list made meanwhile shows it not ready
+	 * either way. It is read just before, to be put back should the
+	 * delete fail. A running pause container would list as ready without
+	 * one: its checkpoint goes after the delete. */
+	bool overlap = in_docker && dk_state_not_running(c->ds->state, id);
 	struct dk_checkpoint cp = {0};
-	bool have_cp = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
-	if (have_cp) {
+	struct checkpoint_drop drop = {
+		.dir = c->ds->checkpoint_dir, .id = id, .keep = overlap ? &cp : NULL};
+	/* Only a network still set up needs the whole checkpoint first; the
+	 * cache has its flags (a stat), and a stopped pod's is torn down. */
+	bool host_network = false, network_ready = true;
+	if (c->ds->state &&
+	    dk_state_checkpoint(c->ds->state, id, &host_network, &network_ready) != 1)
+		network_ready = false; /* none, or torn: no network to speak of */
+	if (network_ready && !host_network)
+		drop.kept = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+	if (drop.kept) {
 		/* The pid names the network namespace DEL enters: Docker's
 		 * own, not what the cache last saw (a reused pid is another
 		 * pod's namespace). Only a pod never stopped needs it. */
@@ -218,18 +238,10 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, stru
 			return r;
 		}
 	}
-	/* The checkpoint (even a torn one) goes while dockerd deletes the
-	 * pause container, so nobody waits for the unlink (0.2 ms on ext4),
-	 * when the pod was stopped: a list made meanwhile shows it not ready
-	 * either way. Should the delete fail, the checkpoint is put back. A
-	 * running pause container would list as ready without one: its
-	 * checkpoint goes after the delete. */
-	struct checkpoint_drop drop = {.dir = c->ds->checkpoint_dir, .id = id};
-	bool overlap = in_docker && dk_state_not_running(c->ds->state, id);
 	if (in_docker) {
 		r = dk_container_remove(c->ds->sock, id, &c->dl, overlap ? drop_checkpoint : NULL,
 					&drop, err);
-		if (r < 0 && overlap && have_cp)
+		if (r < 0 && overlap && drop.kept)
 			dk_checkpoint_save(c->ds->checkpoint_dir, &cp, NULL);
 	}
 	if (r == 0 && !overlap)

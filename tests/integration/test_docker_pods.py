@@ -271,6 +271,22 @@ def test_network_teardown_after_pause_vanished(dcri, dockerd, lab, docker_crimux
     assert not os.path.exists(os.path.join(docker_crimuxd.state_dir, "sandboxes", pod + ".json"))
 
 
+def test_remove_of_a_pod_never_stopped_tears_its_network_down(dcri, dockerd, lab,
+                                                              docker_crimuxd):
+    """The kubelet stops a pod before removing it, critest need not: the
+    network still set up is torn down (CNI DEL) from the checkpoint, with
+    nothing left behind."""
+    sb = sandbox_config("unstopped")
+    pod = dcri.run_pod(sb)
+    ip = dcri.PodSandboxStatus(pod_sandbox_id=pod).status.network.ip
+    assert ip in ipam_ips(lab.net)
+    dcri.RemovePodSandbox(pod_sandbox_id=pod)
+    assert ip not in ipam_ips(lab.net)
+    assert pod not in [p.id for p in dcri.ListPodSandbox().items]
+    assert not os.path.exists(os.path.join(docker_crimuxd.state_dir, "sandboxes", pod + ".json"))
+    assert pod not in [c["Id"] for c in dockerd.containers()]
+
+
 def test_dual_stack_pod_ips(docker_crimuxd_factory, dockerd, lab, tmp_path):
     conf_dir = tmp_path / "cni"
     conf_dir.mkdir()

@@ -243,7 +243,7 @@ def test_a_failed_delete_loses_nothing(proxied, lab, tmp_path):
     cri.StopContainer(container_id=cid, timeout=0)
     cri.StopPodSandbox(pod_sandbox_id=pod)
     checkpoint = tmp_path / "state" / "sandboxes" / (pod + ".json")
-    assert checkpoint.exists()
+    recorded = json.loads(checkpoint.read_text())
     proxy.fail_deletes = True
     with pytest.raises(grpc.RpcError) as failed:
         cri.RemoveContainer(container_id=cid)
@@ -256,7 +256,7 @@ def test_a_failed_delete_loses_nothing(proxied, lab, tmp_path):
     with pytest.raises(grpc.RpcError) as failed:
         cri.RemovePodSandbox(pod_sandbox_id=pod)
     assert "injected failure" in failed.value.details()
-    assert checkpoint.exists()  # put back after the failed delete
+    assert json.loads(checkpoint.read_text()) == recorded  # put back after the failed delete
     assert sandbox_state(cri, pod) == api.SANDBOX_NOTREADY
     assert cri.PodSandboxStatus(pod_sandbox_id=pod).status.state == api.SANDBOX_NOTREADY
     proxy.fail_deletes = False
