@@ -106,7 +106,13 @@ static int teardown_network(struct dk_ctx *c, struct dk_checkpoint *cp, int pid,
 		return crx_err_prefix(err, "tearing down the network of sandbox %s",
 				      cp->sandbox_id);
 	cp->network_ready = false;
-	return dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
+	r = dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
+	/* The cache reads the new file's flags now, so RemovePodSandbox
+	 * right after the stop finds them with a stat. */
+	bool host_network, network_ready;
+	if (r == 0 && c->ds->state)
+		dk_state_checkpoint(c->ds->state, cp->sandbox_id, &host_network, &network_ready);
+	return r;
 }
 
 static int write_resolv_conf(const char *path, const Runtime__V1__DNSConfig *dns,
