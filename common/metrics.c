@@ -49,6 +49,14 @@ static const struct family families[CRX_M_COUNT] = {
 				2,
 				{"method", "backend"},
 				true},
+	[CRX_M_DOCKER_OVERHEAD] = {"crimux_cri_docker_overhead_seconds",
+				   "crimux's own part of a CRI call its dockershim served: its "
+				   "duration less the time its Docker Engine API calls took, "
+				   "by method and backend.",
+				   HISTOGRAM,
+				   2,
+				   {"method", "backend"},
+				   true},
 	[CRX_M_BACKEND_UP] = {"crimux_backend_up",
 			      "1 when the backend answered crimux's last health check, 0 "
 			      "when it did not.",
@@ -378,6 +386,14 @@ void crx_metrics_cri_call(const char *method, const char *handler, const char *b
 	if (slot >= 0)
 		hist_add(&hist_table[slot],
 			 duration_ns > backend_ns ? duration_ns - backend_ns : 0);
+}
+
+void crx_metrics_docker_call(const char *method, const char *backend, uint64_t duration_ns,
+			     uint64_t engine_ns)
+{
+	crx_metric_observe(CRX_M_DOCKER_OVERHEAD,
+			   duration_ns > engine_ns ? duration_ns - engine_ns : 0,
+			   (const char *[]){method, backend});
 }
 
 void crx_metrics_backend_health(const char *backend, bool up)

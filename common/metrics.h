@@ -19,6 +19,7 @@ enum crx_metric {
 	CRX_M_CRI_CALLS,          /* {method, handler, backend, code} */
 	CRX_M_CRI_DURATION,       /* histogram {method, backend}, nanoseconds */
 	CRX_M_CRI_OVERHEAD,       /* histogram {method, backend}: crimux's part of a relay */
+	CRX_M_DOCKER_OVERHEAD,    /* histogram {method, backend}: the dockershim's own part */
 	CRX_M_BACKEND_UP,         /* gauge {backend} */
 	CRX_M_BACKEND_RECONNECTS, /* {backend} */
 	CRX_M_KATA_REFUSALS,      /* {handler, rule} */
@@ -53,6 +54,11 @@ int64_t crx_metric_get(enum crx_metric m, const char *const *labels);
  * the backend took when the call was relayed (0 otherwise). */
 void crx_metrics_cri_call(const char *method, const char *handler, const char *backend,
 			  const char *code, uint64_t duration_ns, uint64_t backend_ns);
+
+/* A call the dockershim served: its own part, the duration less the time
+ * its Docker Engine calls took. */
+void crx_metrics_docker_call(const char *method, const char *backend, uint64_t duration_ns,
+			     uint64_t engine_ns);
 
 /* A health check's verdict on a backend: crimux_backend_up, and a reconnect
  * counted when it answers again after failing. */

@@ -176,6 +176,8 @@ struct rpc_call {
 	struct tag t_up_first, t_up_status, t_up_msg, t_down_msg;
 	struct timespec up_start; /* a unary relay's backend leg, for the metrics */
 	uint64_t backend_ns;
+	bool engine_timed;
+	uint64_t engine_ns;
 };
 
 void rpc_buf_clear(struct rpc_buf *buf)
@@ -342,6 +344,8 @@ static void call_unref(struct rpc_call *c)
 			.backend = c->relay.channel ? c->relay.channel->name : c->tag_backend,
 			.duration_ns = elapsed_ns(&c->start),
 			.backend_ns = c->backend_ns,
+			.engine_timed = c->engine_timed,
+			.engine_ns = c->engine_ns,
 			.request_bytes = c->request_bytes,
 			.response_bytes = c->response_bytes,
 		};
@@ -550,6 +554,12 @@ void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbo
 void rpc_call_tag_backend(struct rpc_call *call, const char *name)
 {
 	call->tag_backend = name;
+}
+
+void rpc_call_engine_time(struct rpc_call *call, uint64_t ns)
+{
+	call->engine_ns = ns;
+	call->engine_timed = true;
 }
 
 void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg)

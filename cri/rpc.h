@@ -49,6 +49,10 @@ struct rpc_call_summary {
 	const char *backend; /* NULL when crimux answered itself */
 	uint64_t duration_ns;
 	uint64_t backend_ns; /* a relayed call: from the backend leg's start to its status */
+	/* a call a backend inside crimux served (the dockershim): how long it
+	 * waited for the engine behind it */
+	bool engine_timed;
+	uint64_t engine_ns;
 	size_t request_bytes;
 	size_t response_bytes;
 };
@@ -90,6 +94,8 @@ void rpc_call_tag(struct rpc_call *call, const char *handler, const char *sandbo
 /* The backend that serves the call itself (not by relay), for the request
  * log and the metrics; name must outlive the call. */
 void rpc_call_tag_backend(struct rpc_call *call, const char *name);
+/* Served inside crimux, by a backend that waited ns for its engine. */
+void rpc_call_engine_time(struct rpc_call *call, uint64_t ns);
 /* Runs fn(arg) once the call is freed (after the request log). */
 void rpc_call_on_free(struct rpc_call *call, void (*fn)(void *arg), void *arg);
 /* Keeps the call's memory (not the call: it is still completed once) until

@@ -160,6 +160,9 @@ static void log_call(const struct rpc_call_summary *s, void *userdata)
 		const struct cri_method *m = cri_method_find(s->method);
 		crx_metrics_cri_call(m ? m->name : "unknown", s->handler, s->backend,
 				     rpc_code_name(s->code), s->duration_ns, s->backend_ns);
+		if (s->engine_timed)
+			crx_metrics_docker_call(m ? m->name : "unknown", s->backend, s->duration_ns,
+						s->engine_ns);
 	}
 	int level = s->code == RPC_OK || s->code == RPC_NOT_FOUND ? LOG_DEBUG : LOG_INFO;
 	if (!log_enabled(level))

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -511,10 +512,12 @@ static bool call_cancelled(void *arg)
 
 /* Decodes, handles and packs one call; the outcome as a result. */
 /* detach_ms: the work goes on when the client gives up, for the client's
- * deadline but at least that long (creates a retry may come for). */
+ * deadline but at least that long (creates a retry may come for).
+ * engine_ns, if set, gets the time the call's Docker Engine calls took. */
 static void run_method(struct dk_shim *ds, const struct handler *h, const struct cri_method *m,
 		       const uint8_t *data, size_t len, struct rpc_call *parent,
-		       unsigned timeout_ms, unsigned detach_ms, struct rpc_result *res)
+		       unsigned timeout_ms, unsigned detach_ms, struct rpc_result *res,
+		       _Atomic uint64_t *engine_ns)
 {
 	*res = (struct rpc_result){0};
 	struct dk_ctx c = {.ds = ds, .call = parent};
@@ -530,6 +533,7 @@ static void run_method(struct dk_shim *ds, const struct handler *h, const struct
 			c.dl.at_ms = dk_now_ms() + left;
 	}
 	c.dl = dk_deadline_in(&c.dl, timeout_ms);
+	c.dl.engine_ns = engine_ns;
 
 	ProtobufCMessage *req =
 		protobuf_c_message_unpack(h->request ? h->request : m->request, NULL, len, data);
@@ -586,7 +590,9 @@ static void run_job(struct rpc_call *call, void *arg)
 		data = rpc_call_request(call, &len);
 	}
 	struct rpc_result res;
-	run_method(j->ds, j->h, j->m, data, len, call, 0, j->detach_ms, &res);
+	_Atomic uint64_t engine_ns = 0;
+	run_method(j->ds, j->h, j->m, data, len, call, 0, j->detach_ms, &res, &engine_ns);
+	rpc_call_engine_time(call, atomic_load(&engine_ns));
 	if (j->observe)
 		j->observe(res.code, j->m->server_streaming ? NULL : res.reply.data,
 			   j->m->server_streaming ? 0 : res.reply.len, j->observe_arg);
@@ -670,7 +676,7 @@ static int shim_call(struct backend *b, const char *method, const struct rpc_buf
 		return 0;
 	}
 	run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, timeout_ms, 0,
-		   res);
+		   res, NULL);
 	return 0;
 }
 
@@ -701,7 +707,7 @@ static int shim_stream_open(struct backend *b, const char *method, const struct 
 		}
 	} else {
 		run_method(b->priv, h, m, req ? req->data : NULL, req ? req->len : 0, parent, 0, 0,
-			   &s->res);
+			   &s->res, NULL);
 	}
 	*out = s;
 	return 0;

@@ -219,6 +219,16 @@ def test_counters_match_the_calls_made(daemon, mux, lab):
     assert delta("crimux_cri_relay_overhead_seconds_count", method="StartContainer",
                  backend="one") == 1
     assert delta("crimux_cri_relay_overhead_seconds_count", backend="docker") == 0
+    # The dockershim's own part: every call it served, less Docker's time.
+    docker = "crimux_cri_docker_overhead_seconds"
+    for method in ("RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox"):
+        assert delta(docker + "_count", method=method, backend="docker") == 1, method
+    assert delta(docker + "_count") == 4
+    run_total = delta("crimux_cri_call_duration_seconds_sum", method="RunPodSandbox",
+                      backend="docker")
+    run_own = delta(docker + "_sum", method="RunPodSandbox", backend="docker")
+    # Docker's create and start are many milliseconds of a pod's start.
+    assert 0 < run_own < run_total - 0.005, (run_own, run_total)
     assert delta("crimux_cri_call_duration_seconds_sum", method="RunPodSandbox") > 0
     for key, value in after.items():
         if key[0] == "crimux_cri_call_duration_seconds_bucket" and ("le", "+Inf") in key[1]:

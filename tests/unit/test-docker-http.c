@@ -134,6 +134,12 @@ static void *serve_one(void *arg)
 			send_str(fd, "HTTP/1.1 204 No Content\r\n\r\n");
 		else
 			json_reply(fd, 500, "{\"message\": \"meanwhile never ran\"}");
+	} else if (streq(path, "/v1.41/late")) {
+		usleep(50000);
+		json_reply(fd, 200, "{\"a\": 1}");
+	} else if (streq(path, "/v1.41/containers/late?force=1&v=1")) {
+		usleep(50000);
+		send_str(fd, "HTTP/1.1 204 No Content\r\n\r\n");
 	} else if (streq(path, "/v1.41/slow") || streq(path, "/v1.41/cancel")) {
 		sleep(2);
 	} else if (streq(path, "/v1.41/containers/c1/exec")) {
@@ -275,6 +281,51 @@ static void meanwhile(void)
 	ok(!atomic_load(&meanwhile_ran), "nothing sent, nothing done meanwhile");
 }
 
+/* A CRI call learns how long it waited for dockerd: from each request's
+ * start to the end of its answer, once, whatever the framing. */
+static void engine_time(void)
+{
+	struct crx_err err = {0};
+	_Atomic uint64_t ns = 0;
+	struct dk_deadline dl = {.engine_ns = &ns};
+	int64_t t0 = dk_now_ms();
+	is_int(dk_call(sock_path, "GET", "/late", NULL, &dl, NULL, NULL, &err), 0, "a late answer");
+	uint64_t took = (uint64_t)(dk_now_ms() - t0 + 1) * 1000000;
+	ok(ns >= 50000000 && ns <= took, "its wait counted (%.1f ms of %.1f)", ns / 1e6,
+	   took / 1e6);
+
+	atomic_store(&ns, 0);
+	t0 = dk_now_ms();
+	is_int(dk_container_remove(sock_path, "late", &dl, NULL, NULL, &err), 0, "a late 204");
+	took = (uint64_t)(dk_now_ms() - t0 + 1) * 1000000;
+	ok(ns >= 50000000 && ns <= took, "an answer without a body counts too");
+
+	/* Counted when the body ends: what the caller does before it closes
+	 * the connection is its own time, not dockerd's. */
+	atomic_store(&ns, 0);
+	struct dk_http_request req = {.method = "GET", .target = "/v1.41/chunked"};
+	struct dk_http_conn *c = NULL;
+	is_int(dk_http_open(sock_path, &req, &dl, &c, &err), 0, "a chunked answer");
+	char *line;
+	while (dk_http_read_line(c, 1024, &line, NULL, &err) == 1)
+		;
+	uint64_t at_end = atomic_load(&ns);
+	ok(at_end > 0, "counted at the end of the body");
+	usleep(20000);
+	dk_http_close(c);
+	is_int((int64_t)atomic_load(&ns), (int64_t)at_end, "and not again when closed");
+
+	atomic_store(&ns, 0);
+	is_int(dk_http_open(sock_path, &req, &dl, &c, &err), 0, "one closed unread");
+	usleep(20000);
+	dk_http_close(c);
+	ok(ns >= 20000000, "counts until it was closed");
+
+	struct dk_deadline none = {0};
+	is_int(dk_call(sock_path, "GET", "/cl", NULL, &none, NULL, NULL, &err), 0,
+	       "no counter: nothing counted, nothing broken");
+}
+
 static void exec_stream(void)
 {
 	struct crx_err err = {0};
@@ -311,6 +362,7 @@ int main(void)
 	pthread_create(&t, NULL, server, NULL);
 	framings();
 	meanwhile();
+	engine_time();
 	exec_stream();
 	unlink(sock_path);
 	rmdir(dir);

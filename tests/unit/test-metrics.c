@@ -114,6 +114,8 @@ static void test_exposition(void)
 	crx_metrics_cri_call("RunPodSandbox", "kata", "containerd", "OK", 2000000, 1500000);
 	crx_metrics_cri_call("RunPodSandbox", "kata", "containerd", "OK", 50000, 20000);
 	crx_metrics_cri_call("Version", NULL, NULL, "OK", 30000, 0);
+	crx_metrics_docker_call("RemoveContainer", "docker", 7400000, 6500000);
+	crx_metrics_docker_call("RemoveContainer", "docker", 1000, 2000); /* parallel calls */
 	crx_metric_add(CRX_M_KATA_REFUSALS, 1,
 		       (const char *[]){"we\"ird\\\nname", "host_namespace"});
 	_cleanup_free_ char *text = render();
@@ -164,6 +166,14 @@ static void test_exposition(void)
 		"crimux's own part: duration less the backend's");
 	ok(!strstr(text, "crimux_cri_relay_overhead_seconds_count{method=\"Version\""),
 	   "no overhead for calls crimux answered");
+	has_str(text,
+		"crimux_cri_docker_overhead_seconds_sum{method=\"RemoveContainer\",backend="
+		"\"docker\"} 0.000900000\n",
+		"the dockershim's own part: duration less Docker's");
+	has_str(text,
+		"crimux_cri_docker_overhead_seconds_bucket{method=\"RemoveContainer\",backend="
+		"\"docker\",le=\"0.0001\"} 1\n",
+		"Docker's calls longer than the CRI call (run side by side): none of it crimux's");
 	has_str(text, "handler=\"we\\\"ird\\\\\\nname\"", "label values escaped");
 	crx_metric_add(CRX_M_KATA_REFUSALS, 1, (const char *[]){"caf\xc3\xa9\xff!", "r"});
 	free(text);

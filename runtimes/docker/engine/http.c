@@ -34,6 +34,8 @@ struct dk_http_conn {
 	size_t pos, len;
 	char *line; /* dk_http_read_line's result */
 	size_t line_cap;
+	_Atomic uint64_t *engine_ns; /* the opener's, counted once */
+	struct timespec opened;
 };
 
 int64_t dk_now_ms(void)
@@ -248,6 +250,19 @@ static int read_head(struct dk_http_conn *c, const struct dk_http_request *req, 
 	return 0;
 }
 
+/* The exchange is over: its answer read to the end, or given up. */
+static void count_engine_time(struct dk_http_conn *c)
+{
+	if (!c->engine_ns)
+		return;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t ns = (int64_t)(now.tv_sec - c->opened.tv_sec) * 1000000000 +
+		     (now.tv_nsec - c->opened.tv_nsec);
+	atomic_fetch_add(c->engine_ns, ns > 0 ? (uint64_t)ns : 0);
+	c->engine_ns = NULL;
+}
+
 int dk_http_open(const char *socket_path, const struct dk_http_request *req,
 		 const struct dk_deadline *dl, struct dk_http_conn **out, struct crx_err *err)
 {
@@ -257,8 +272,11 @@ int dk_http_open(const char *socket_path, const struct dk_http_request *req,
 		return crx_err_set(err, -ENOMEM, "out of memory");
 	}
 	c->fd = -1;
-	if (dl)
+	if (dl) {
 		c->dl = *dl;
+		c->engine_ns = dl->engine_ns;
+		clock_gettime(CLOCK_MONOTONIC, &c->opened);
+	}
 
 	/* One allocation of the exact size, wiped before it is freed: extra
 	 * headers carry registry credentials, and a growing memstream would
@@ -325,6 +343,7 @@ void dk_http_close(struct dk_http_conn *c)
 {
 	if (!c)
 		return;
+	count_engine_time(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	free(c->head);
@@ -400,10 +419,14 @@ static int next_chunk(struct dk_http_conn *c, struct crx_err *err)
 
 ssize_t dk_http_read(struct dk_http_conn *c, void *buf, size_t n, struct crx_err *err)
 {
+	if (c->done)
+		count_engine_time(c);
 	if (c->done || n == 0)
 		return 0;
 	if (c->framing == FRAME_CHUNKED && c->left == 0) {
 		int r = next_chunk(c, err);
+		if (r == 0)
+			count_engine_time(c);
 		if (r <= 0)
 			return r;
 	}
@@ -414,6 +437,7 @@ ssize_t dk_http_read(struct dk_http_conn *c, void *buf, size_t n, struct crx_err
 		if (r == 0) {
 			if (c->framing == FRAME_CLOSE || c->framing == FRAME_RAW) {
 				c->done = true;
+				count_engine_time(c);
 				return 0;
 			}
 			return crx_err_set(

@@ -6,6 +6,7 @@
  * client went away stops waiting for dockerd. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,10 @@ struct dk_deadline {
 	int64_t at_ms; /* CLOCK_MONOTONIC milliseconds; 0: no deadline */
 	bool (*cancelled)(void *arg);
 	void *arg;
+	/* If set, each exchange adds the time from its start until its
+	 * answer was read to the end (or it was closed): how long a CRI
+	 * call waited for dockerd. */
+	_Atomic uint64_t *engine_ns;
 };
 
 int64_t dk_now_ms(void);
