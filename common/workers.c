@@ -74,7 +74,7 @@ int workers_new(unsigned max_threads, struct workers **out)
 	return 0;
 }
 
-int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
+static int submit(struct workers *w, void (*fn)(void *arg), void *arg, bool only_now)
 {
 	struct job *job = malloc(sizeof(*job));
 	if (!job)
@@ -86,16 +86,19 @@ int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
 		free(job);
 		return -ESHUTDOWN;
 	}
-	if (w->idle <= w->queued && w->threads < w->max_threads) {
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		pthread_t t;
-		int r = pthread_create(&t, &attr, worker_main, w);
-		pthread_attr_destroy(&attr);
+	if (w->idle <= w->queued) {
+		int r = w->threads < w->max_threads ? 0 : EBUSY;
+		if (r == 0) {
+			pthread_attr_t attr;
+			pthread_attr_init(&attr);
+			pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+			pthread_t t;
+			r = pthread_create(&t, &attr, worker_main, w);
+			pthread_attr_destroy(&attr);
+		}
 		if (r == 0) {
 			w->threads++;
-		} else if (w->threads == 0) { /* nobody would ever run it */
+		} else if (only_now || w->threads == 0) { /* nobody would run it now, or ever */
 			pthread_mutex_unlock(&w->lock);
 			free(job);
 			return -r;
@@ -112,6 +115,16 @@ int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
 	 * it again, one more wake-up on the way to every job. */
 	pthread_cond_signal(&w->work);
 	return 0;
+}
+
+int workers_submit(struct workers *w, void (*fn)(void *arg), void *arg)
+{
+	return submit(w, fn, arg, false);
+}
+
+int workers_submit_now(struct workers *w, void (*fn)(void *arg), void *arg)
+{
+	return submit(w, fn, arg, true);
 }
 
 void workers_free(struct workers *w)

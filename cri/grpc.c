@@ -1,8 +1,9 @@
 /* The gRPC core adapter: the only file that includes grpc.h.
  *
- * One completion queue and one event thread carry every incoming call and
+ * One completion queue and one event loop carry every incoming call and
  * every relayed call; a relay is a small state machine advanced by the
- * completions of its batches, so the fast path never changes threads. */
+ * completions of its batches, so the fast path never changes threads. The
+ * loop runs on one thread at a time (event_loop_run). */
 #include "config.h"
 
 #include "cri/rpc.h"
@@ -101,7 +102,7 @@ struct rpc_server {
 	struct tag shutdown_tag;
 
 	/* Calls waiting for their request message, oldest first; touched on
-	 * the event thread only. */
+	 * the event loop only. */
 	struct rpc_call *waiting_head, *waiting_tail;
 	unsigned n_waiting;
 	struct timespec last_sweep;
@@ -163,7 +164,7 @@ struct rpc_call {
 	void (*on_free)(void *arg);
 	void *on_free_arg;
 
-	/* relay state, touched only on the event thread once relaying */
+	/* relay state, touched only on the event loop once relaying */
 	struct rpc_relay relay;
 	struct rpc_call *detached_next, **detached_prev; /* under server->lock */
 	grpc_call *up;
@@ -580,7 +581,7 @@ void rpc_call_release(struct rpc_call *call)
 
 void rpc_call_on_close(struct rpc_call *call, void (*fn)(void *arg), void *arg)
 {
-	/* dispatch() and on_close() both run on the event thread */
+	/* dispatch() and on_close() both run on the event loop */
 	if (atomic_load(&call->closed)) {
 		fn(arg);
 		return;
@@ -687,13 +688,22 @@ static void run_deferred(void *arg)
 	free(d);
 }
 
+/* The event loop a thread runs, and a job deferred by one of its
+ * completions, which that thread runs itself once another took the loop
+ * over (see event_loop_run). */
+static __thread struct rpc_server *loop_of;
+static __thread struct deferred *loop_job;
+
 int rpc_call_defer(struct rpc_call *call, void (*fn)(struct rpc_call *call, void *arg), void *arg)
 {
 	struct deferred *d = malloc(sizeof(*d));
 	int r = d ? 0 : -ENOMEM;
 	if (d) {
 		*d = (struct deferred){call, fn, arg};
-		r = workers_submit(call->server->workers, run_deferred, d);
+		if (loop_of == call->server && !loop_job)
+			loop_job = d;
+		else
+			r = workers_submit(call->server->workers, run_deferred, d);
 	}
 	if (r < 0) {
 		free(d);
@@ -1210,10 +1220,16 @@ static void on_shutdown(void *obj, bool ok)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static void *event_loop(void *arg)
+static void loop_on_worker(void *arg);
+
+/* Runs the server's completions until the queue shuts down, or until one of
+ * them deferred a job: then a free pool thread takes the loop over and this
+ * thread runs the job itself, so the call goes on where it arrived instead
+ * of waiting for a sleeping worker to wake. One thread at a time runs the
+ * loop, so what the loop owns needs no lock. */
+static void event_loop_run(struct rpc_server *s)
 {
-	struct rpc_server *s = arg;
-	clock_gettime(CLOCK_MONOTONIC, &s->last_sweep);
+	loop_of = s;
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
 			s->cq,
@@ -1230,7 +1246,30 @@ static void *event_loop(void *arg)
 			clock_gettime(CLOCK_MONOTONIC, &s->last_sweep);
 			sweep_waiting(s);
 		}
+		struct deferred *d = loop_job;
+		if (!d)
+			continue;
+		loop_job = NULL;
+		if (workers_submit_now(s->workers, loop_on_worker, s) == 0) {
+			loop_of = NULL;
+			run_deferred(d);
+			return;
+		}
+		/* No thread free to take the loop over: the job waits its turn. */
+		if (workers_submit(s->workers, run_deferred, d) < 0)
+			run_deferred(d); /* shutting down: nobody else would run it */
 	}
+	loop_of = NULL;
+}
+
+static void loop_on_worker(void *arg)
+{
+	event_loop_run(arg);
+}
+
+static void *event_loop(void *arg)
+{
+	event_loop_run(arg);
 	return NULL;
 }
 
@@ -1327,9 +1366,11 @@ int rpc_server_start(struct rpc_server *s, struct crx_err *err)
 	for (int i = 0; i < PENDING_REQUESTS; i++)
 		if (request_call(s) < 0)
 			return crx_err_set(err, -EIO, "cannot request calls from gRPC");
-	int r = workers_new(s->opts.workers ? s->opts.workers : DEFAULT_WORKERS, &s->workers);
+	/* one more thread than jobs: the event loop runs on the pool too */
+	int r = workers_new((s->opts.workers ? s->opts.workers : DEFAULT_WORKERS) + 1, &s->workers);
 	if (r < 0)
 		return crx_err_set(err, r, "cannot create the worker pool");
+	clock_gettime(CLOCK_MONOTONIC, &s->last_sweep);
 	r = pthread_create(&s->event_thread, NULL, event_loop, s);
 	if (r != 0)
 		return crx_err_set(err, -r, "cannot start the event thread: %s", strerror(r));

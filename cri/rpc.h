@@ -4,12 +4,14 @@
  * This header hides gRPC core; cri/grpc.c is the only file that includes
  * grpc.h, because its API changes between minor releases.
  *
- * Threading: the server runs one event thread that owns every completion.
- * dispatch() runs on it and must not block: it answers, relays, or defers the
- * call to a worker thread. Each incoming call is completed exactly once, with
- * rpc_call_reply(), rpc_call_fail(), rpc_call_relay() or, for a server stream
- * crimux produces itself, rpc_call_send()... rpc_call_finish(); these may be
- * called from any thread. */
+ * Threading: the server runs one event loop that owns every completion, on
+ * one thread at a time. dispatch() runs on it and must not block: it
+ * answers, relays, or defers the call to a worker thread (the loop moves to
+ * another thread and the one that had it runs the job). Each incoming call
+ * is completed exactly once, with rpc_call_reply(), rpc_call_fail(),
+ * rpc_call_relay() or, for a server stream crimux produces itself,
+ * rpc_call_send()... rpc_call_finish(); these may be called from any
+ * thread. */
 #pragma once
 
 #include <stdbool.h>
@@ -132,11 +134,11 @@ struct rpc_relay {
 };
 void rpc_call_relay(struct rpc_call *call, const struct rpc_relay *relay);
 
-/* Sends the call's request to every channel at once, on the event thread,
+/* Sends the call's request to every channel at once, on the event loop,
  * and completes the call with what combine() makes of the replies, given in
  * channel order (a backend that cannot be reached shows as UNAVAILABLE with
  * its name). timeout_ms bounds each leg (0: only the client's deadline).
- * combine runs on the event thread and must not block; when the replies
+ * combine runs on the event loop and must not block; when the replies
  * call for more work, it may hand the call to a worker (rpc_call_defer())
  * and set out->code to RPC_HANDED_ON: the worker completes it. */
 typedef void (*rpc_combine_fn)(struct rpc_call *call, const struct rpc_result *replies, size_t n,
@@ -167,7 +169,7 @@ int rpc_call_post(struct rpc_call *call, const void *msg, size_t len, size_t max
 /* Sends the response headers now, without waiting: the client learns that
  * the stream is established before its first message. */
 int rpc_call_post_headers(struct rpc_call *call);
-/* Runs fn(arg) on the event thread when the call ends for the client:
+/* Runs fn(arg) on the event loop when the call ends for the client:
  * cancelled, past its deadline, or complete (then after its status is
  * out). Call from dispatch(); runs at once if that has happened already. */
 void rpc_call_on_close(struct rpc_call *call, void (*fn)(void *arg), void *arg);
