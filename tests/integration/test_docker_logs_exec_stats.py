@@ -70,6 +70,21 @@ def test_cri_log_format(dcri, lab, log_dir):
     dcri.remove_pod(pod)
 
 
+def test_remove_copies_last_lines(docker_crimuxd_factory, lab, log_dir):
+    """RemoveContainer without a stop first (critest does that): the lines the
+    log pump has not reached yet are copied while dockerd deletes the
+    container, from the file crimux holds open, before the call returns."""
+    daemon = docker_crimuxd_factory(log_poll_interval="10s")  # the pump stays out of it
+    with CRI(daemon.endpoint) as client:
+        pod, cid, path = start_pod(client, lab, log_dir, "sleep 0.5; seq 1 3000")
+        client.wait_container_state(cid, pb().CONTAINER_EXITED)
+        client.RemoveContainer(container_id=cid)
+        assert numbers(texts(read_cri_log(path)), "") == list(range(1, 3001))
+        assert rpc_error(client.ContainerStatus, container_id=cid).code() == \
+            grpc.StatusCode.NOT_FOUND
+        client.remove_pod(pod)
+
+
 def test_docker_rotation_followed(docker_crimuxd_factory, lab, log_dir):
     daemon = docker_crimuxd_factory(log_max_size="8k", log_max_files="5")
     with CRI(daemon.endpoint) as client:
