@@ -26,10 +26,10 @@
  * The kubelet reaches Docker only through a CRI runtime, and a CRI call
  * costs a round trip before the runtime does anything. Each round times
  * that hop, each after 5 ms idle, as every step's call comes to an idle
- * daemon: Version on containerd and on crimuxd (which answers it on its
- * event thread), and PodSandboxStatus on crimuxd (served on a worker, as
- * every docker call is, from the state cache and the pod's checkpoint
- * file: the hand-off and a little work). The last column divides
+ * daemon: Version on containerd and on crimuxd (which answers it in its
+ * event loop), and PodSandboxStatus on crimuxd (a job of the dockershim,
+ * as every docker call is, served from the state cache and the pod's
+ * checkpoint file: a little work). The last column divides
  * crimux's p50 by the Docker floor plus containerd's hop.
  *
  * Then: N pods started at once on both sides; the lists and stats the
@@ -465,10 +465,10 @@ static double mean(const double *v, size_t n)
 
 /* --- the pod life cycle, step by step --- */
 
-/* The CRI hops (see the top): crimuxd's Version, answered on its event
- * thread; crimuxd's PodSandboxStatus, served on a worker as every docker
- * call is; containerd's Version. */
-enum { HOP_CRIMUX, HOP_CRIMUX_WORKER, HOP_CONTAINERD, N_HOPS };
+/* The CRI hops (see the top): crimuxd's Version, answered in its event
+ * loop; crimuxd's PodSandboxStatus, a dockershim job as every docker call
+ * is; containerd's Version. */
+enum { HOP_CRIMUX, HOP_CRIMUX_DOCKER, HOP_CONTAINERD, N_HOPS };
 
 static void lifecycle_round(struct bench *b, const struct side *sides, unsigned round,
 			    double t[2][N_STEPS], double hop[N_HOPS])
@@ -492,7 +492,7 @@ static void lifecycle_round(struct bench *b, const struct side *sides, unsigned 
 			status.pod_sandbox_id = pods[1].id;
 			hop[HOP_CRIMUX] = cri_hop_ms(sides[1].ch, sides[1].label, RT("Version"),
 						     &version.base);
-			hop[HOP_CRIMUX_WORKER] = cri_hop_ms(sides[1].ch, sides[1].label,
+			hop[HOP_CRIMUX_DOCKER] = cri_hop_ms(sides[1].ch, sides[1].label,
 							    RT("PodSandboxStatus"), &status.base);
 			hop[HOP_CONTAINERD] = b->containerd
 						      ? cri_hop_ms(b->containerd, "containerd",
@@ -529,9 +529,9 @@ static void lifecycle(struct bench *b, const struct side *sides)
 	}
 	printf("# pod life cycle, %zu rounds taking turns step by step; milliseconds\n", n);
 	printf("# CRI hop (after 5 ms idle): crimuxd Version p50 %.2f, mean %.2f; "
-	       "crimuxd PodSandboxStatus (a worker, from the cache) p50 %.2f, mean %.2f",
-	       hop[HOP_CRIMUX], hop_mean[HOP_CRIMUX], hop[HOP_CRIMUX_WORKER],
-	       hop_mean[HOP_CRIMUX_WORKER]);
+	       "crimuxd PodSandboxStatus (the dockershim, from the cache) p50 %.2f, mean %.2f",
+	       hop[HOP_CRIMUX], hop_mean[HOP_CRIMUX], hop[HOP_CRIMUX_DOCKER],
+	       hop_mean[HOP_CRIMUX_DOCKER]);
 	if (b->containerd)
 		printf("; containerd Version p50 %.2f, mean %.2f", hop[HOP_CONTAINERD],
 		       hop_mean[HOP_CONTAINERD]);
