@@ -109,9 +109,9 @@ static int teardown_network(struct dk_ctx *c, struct dk_checkpoint *cp, int pid,
 	r = dk_checkpoint_save(c->ds->checkpoint_dir, cp, err);
 	/* The cache reads the new file's flags now, so RemovePodSandbox
 	 * right after the stop finds them with a stat. */
-	bool host_network, network_ready;
+	struct dk_checkpoint_flags flags;
 	if (r == 0 && c->ds->state)
-		dk_state_checkpoint(c->ds->state, cp->sandbox_id, &host_network, &network_ready);
+		dk_state_checkpoint(c->ds->state, cp->sandbox_id, &flags);
 	return r;
 }
 
@@ -224,11 +224,10 @@ static int remove_sandbox(struct dk_ctx *c, const char *id, bool in_docker, stru
 		.dir = c->ds->checkpoint_dir, .id = id, .keep = overlap ? &cp : NULL};
 	/* Only a network still set up needs the whole checkpoint first; the
 	 * cache has its flags (a stat), and a stopped pod's is torn down. */
-	bool host_network = false, network_ready = true;
-	if (c->ds->state &&
-	    dk_state_checkpoint(c->ds->state, id, &host_network, &network_ready) != 1)
-		network_ready = false; /* none, or torn: no network to speak of */
-	if (network_ready && !host_network)
+	struct dk_checkpoint_flags flags = {.network_ready = true};
+	if (c->ds->state && dk_state_checkpoint(c->ds->state, id, &flags) != 1)
+		flags.network_ready = false; /* none, or torn: no network to speak of */
+	if (flags.network_ready && !flags.host_network)
 		drop.kept = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
 	if (drop.kept) {
 		/* The pid names the network namespace DEL enters: Docker's
@@ -333,6 +332,14 @@ static int fill_checkpoint(struct dk_checkpoint *cp, const char *id,
 	return 0;
 }
 
+/* READY: the pause container runs and, unless on the host network, its
+ * network was set up; never once its checkpoint was torn. No checkpoint
+ * (f NULL) is a pod removed without a stop, between delete and unlink. */
+static bool sandbox_ready(bool running, const struct dk_checkpoint_flags *f)
+{
+	return running && (!f || (!f->distrusted && (f->host_network || f->network_ready)));
+}
+
 /* A sandbox of this name exists: ready ones are the answer to a retried
  * call; anything half-made is removed so the call can start over. */
 static int reuse_existing(struct dk_ctx *c, const char *name, char **reuse_id, struct crx_err *err)
@@ -351,9 +358,10 @@ static int reuse_existing(struct dk_ctx *c, const char *name, char **reuse_id, s
 	if (!id || !dk_valid_id(id))
 		return crx_err_set(err, -EBADMSG, "dockerd sent a sandbox without ID");
 	struct dk_checkpoint cp = {0};
-	bool ready = dk_json_bool(dk_json_get(old, "State", NULL), "Running") &&
-		     dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0 &&
-		     (cp.host_network || cp.network_ready);
+	bool loaded = dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL) == 0;
+	struct dk_checkpoint_flags flags = dk_checkpoint_flags(&cp);
+	bool running = dk_json_bool(dk_json_get(old, "State", NULL), "Running");
+	bool ready = loaded && sandbox_ready(running, &flags);
 	dk_checkpoint_clear(&cp);
 	if (ready) {
 		*reuse_id = strdup(id);
@@ -625,15 +633,6 @@ static Runtime__V1__PodSandboxMetadata *checkpoint_meta(struct dk_ctx *c,
 	return m;
 }
 
-/* READY: the pause container runs and, unless on the host network, its
- * network was set up. */
-static bool sandbox_ready(bool running, const struct dk_checkpoint *cp, bool have_cp)
-{
-	if (!running)
-		return false;
-	return !have_cp || cp->host_network || cp->network_ready;
-}
-
 int dk_pod_sandbox_status(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp,
 			  struct crx_err *err)
 {
@@ -675,7 +674,8 @@ int dk_pod_sandbox_status(struct dk_ctx *c, const ProtobufCMessage *req, Protobu
 	running = running && dk_json_bool(dk_json_get(inspect, "State", NULL), "Running");
 	st->metadata = inspect ? sandbox_meta(c, labels, dk_json_str(inspect, "Name"))
 			       : checkpoint_meta(c, &cp);
-	st->state = sandbox_ready(running, &cp, have_cp)
+	struct dk_checkpoint_flags flags = dk_checkpoint_flags(&cp);
+	st->state = sandbox_ready(running, have_cp ? &flags : NULL)
 			    ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
 			    : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
 	st->created_at = inspect ? dk_created_ns(labels, inspect) : cp.created_ns;
@@ -750,11 +750,12 @@ static int by_string(const void *a, const void *b)
 /* One sandbox as the CRI lists it: from an entry of dk_list() (e), or
  * from its checkpoint alone when Docker lost its container (e NULL). NULL
  * when the filter leaves it out (*r < 0 on failure). */
-/* torn: a checkpoint is there but cannot be read; the pod is not ready. */
+/* flags: the checkpoint's, NULL when there is none; torn: a checkpoint is
+ * there but cannot be read, and the pod is not ready. */
 static Runtime__V1__PodSandbox *sandbox_item(struct dk_ctx *c, json_object *e, const char *id,
-					     const struct dk_checkpoint *cp, bool have_cp,
-					     bool torn, const Runtime__V1__PodSandboxFilter *f,
-					     int *r)
+					     const struct dk_checkpoint *cp,
+					     const struct dk_checkpoint_flags *flags, bool torn,
+					     const Runtime__V1__PodSandboxFilter *f, int *r)
 {
 	struct dk_arena *a = &c->arena;
 	json_object *labels = e ? dk_json_get(e, "Labels", NULL) : cp->labels;
@@ -770,10 +771,9 @@ static Runtime__V1__PodSandbox *sandbox_item(struct dk_ctx *c, json_object *e, c
 	if (names && json_object_array_length(names))
 		name = json_object_get_string(json_object_array_get_idx(names, 0));
 	p->metadata = e ? sandbox_meta(c, labels, name) : checkpoint_meta(c, cp);
-	p->state =
-		sandbox_ready(e && !torn && streq(dk_json_str(e, "State"), "running"), cp, have_cp)
-			? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
-			: RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
+	p->state = sandbox_ready(e && !torn && streq(dk_json_str(e, "State"), "running"), flags)
+			   ? RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_READY
+			   : RUNTIME__V1__POD_SANDBOX_STATE__SANDBOX_NOTREADY;
 	p->created_at = e ? dk_created_ns(labels, e) : cp->created_ns;
 	if (p->created_at <= 0)
 		p->created_at = 1;
@@ -816,11 +816,10 @@ static int sandbox_visit(struct dk_state_view *v, void *arg)
 	if (v->memo)
 		return v->memo_len ? dk_packed_add(&w->packed, v->memo, v->memo_len) : 0;
 	_cleanup_json_ json_object *e = dk_state_view_item(v);
-	struct dk_checkpoint cp = {.host_network = v->host_network,
-				   .network_ready = v->network_ready};
 	int r = e ? 0 : -ENOMEM;
 	Runtime__V1__PodSandbox *p =
-		e ? sandbox_item(c, e, v->id, &cp, v->have_checkpoint, v->checkpoint_torn, NULL, &r)
+		e ? sandbox_item(c, e, v->id, NULL, v->have_checkpoint ? &v->checkpoint : NULL,
+				 v->checkpoint_torn, NULL, &r)
 		  : NULL;
 	uint8_t *data = NULL;
 	size_t len = 0;
@@ -891,12 +890,15 @@ int dk_list_pod_sandbox(struct dk_ctx *c, const ProtobufCMessage *req, ProtobufC
 		/* A listed container needs only the checkpoint's flags (cached by
 		 * file); one Docker lost needs the whole checkpoint. */
 		struct dk_checkpoint cp = {0};
-		int cpr = e ? dk_state_checkpoint(c->ds->state, id, &cp.host_network,
-						  &cp.network_ready)
+		struct dk_checkpoint_flags flags = {0};
+		int cpr = e ? dk_state_checkpoint(c->ds->state, id, &flags)
 			    : dk_checkpoint_load(c->ds->checkpoint_dir, id, &cp, NULL);
+		if (!e)
+			flags = dk_checkpoint_flags(&cp);
 		bool have_cp = e ? cpr == 1 : cpr == 0, torn = cpr < 0 && cpr != -ENOENT;
+		const struct dk_checkpoint_flags *known = have_cp ? &flags : NULL;
 		Runtime__V1__PodSandbox *p =
-			e || have_cp ? sandbox_item(c, e, id, &cp, have_cp, torn, f, &r) : NULL;
+			e || have_cp ? sandbox_item(c, e, id, &cp, known, torn, f, &r) : NULL;
 		if (r == 0 && p)
 			r = DK_PUSH(a, &out->n_items, &out->items, p);
 		dk_checkpoint_clear(&cp);
@@ -965,6 +967,7 @@ static void distrust(struct dk_ctx *c, const char *id)
 	cp.host_network =
 		streq(dk_json_str(dk_json_get(inspect, "HostConfig", NULL), "NetworkMode"), "host");
 	cp.labels = labels ? json_object_get(labels) : NULL;
+	cp.distrusted = true;
 	/* DEL is idempotent: run it whether or not ADD had happened. */
 	cp.network_ready = true;
 	if (!cp.sandbox_id || !cp.name || !cp.ns || !cp.uid) {
@@ -973,8 +976,9 @@ static void distrust(struct dk_ctx *c, const char *id)
 	}
 	int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
 	struct crx_err err = {0};
-	/* teardown_network saves the checkpoint anew (network_ready false):
-	 * the pod lists NOTREADY until the kubelet removes it. */
+	/* Each way saves the checkpoint anew over the torn one: the pod lists
+	 * NOTREADY until the kubelet removes it (teardown_network saves it
+	 * with network_ready false). */
 	if (teardown_network(c, &cp, pid, &err) < 0) {
 		report_corrupt(c->ds, id, err.msg);
 		dk_checkpoint_save(c->ds->checkpoint_dir, &cp, NULL); /* DEL again on removal */
@@ -1008,11 +1012,14 @@ void dk_sandbox_recover_checkpoints(struct dk_ctx *c)
 			continue;
 		}
 		report_corrupt(ds, id, err.msg);
-		/* Kept aside for a post-mortem, out of the way of the listing. */
+		/* A copy is kept for a post-mortem. The torn file stays until
+		 * distrust replaces it: until then the pod lists as not ready,
+		 * and a crash finds it torn again on the next start. */
 		_cleanup_free_ char *from = NULL, *to = NULL;
 		if (asprintf(&from, "%s/%s.json", ds->checkpoint_dir, id) >= 0 &&
 		    asprintf(&to, "%s/%s.json.corrupt", ds->checkpoint_dir, id) >= 0 &&
-		    rename(from, to) == 0)
+		    (unlink(to) == 0 || errno == ENOENT) &&
+		    (dk_valid_id(id) ? link(from, to) : rename(from, to)) == 0)
 			crx_fsync_parent(to);
 		if (dk_valid_id(id))
 			distrust(c, id);

@@ -3,13 +3,14 @@ what a pod's owner controls (its writable layer, its log path, its labels,
 its image's labels, its sysctls) must not crash crimuxd, write outside the
 pod's log directory, or change what crimux believes after a restart."""
 
+import json
 import os
 import uuid
 
 import grpc
 
 from lab.cri import CRI, container_config, pb, sandbox_config
-from lab.env import wait_for
+from lab.env import CNI_BIN_DIR, wait_for
 from conftest import rpc_error
 
 
@@ -226,8 +227,38 @@ def ipam_ips(net):
     return {f for f in os.listdir(d) if f[0].isdigit()} if os.path.isdir(d) else set()
 
 
+def cni_with_plugin(lab, tmp_path, script):
+    """The lab's CNI configuration with a plugin of ours last in the list
+    (first on DEL), whose shell body is `script`: (conf dir, bin dir)."""
+    bins, confs = tmp_path / "cni-bin", tmp_path / "cni-conf"
+    bins.mkdir()
+    confs.mkdir()
+    for plugin in os.listdir(CNI_BIN_DIR):
+        os.symlink(os.path.join(CNI_BIN_DIR, plugin), bins / plugin)
+    (bins / "ours").write_text("#!/bin/sh\n" + script)
+    (bins / "ours").chmod(0o755)
+    for conf in os.listdir(lab.net.conf_dir):
+        with open(os.path.join(lab.net.conf_dir, conf)) as f:
+            conflist = json.load(f)
+        conflist["plugins"].append({"type": "ours"})
+        (confs / conf).write_text(json.dumps(conflist))
+    return str(confs), str(bins)
+
+
+def tear(path):
+    """What a power loss half-way through writing leaves."""
+    with open(path, "rb") as f:
+        text = f.read()
+    with open(path, "wb") as f:
+        f.write(text[:len(text) // 2])
+
+
+def recovery_report(cri):
+    return json.loads(next(v for k, v in cri.Status(verbose=True).info.items()
+                           if k == "recovery" or k.endswith("/recovery")))
+
+
 def test_torn_checkpoint_on_start(docker_crimuxd_factory, lab, log_dir, tmp_path):
-    import json
     state = str(tmp_path / "state")
     first = docker_crimuxd_factory(state_dir=state)
     with CRI(first.endpoint) as cri:
@@ -237,30 +268,36 @@ def test_torn_checkpoint_on_start(docker_crimuxd_factory, lab, log_dir, tmp_path
     first.kill()
     cpdir = os.path.join(state, "sandboxes")
     path = os.path.join(cpdir, pod + ".json")
-    with open(path, "rb") as f:
-        text = f.read()
-    with open(path, "wb") as f:  # torn by a power loss half-way
-        f.write(text[:len(text) // 2])
+    tear(path)
     ghost = "0" * 64  # no container left, and garbage for a checkpoint
     with open(os.path.join(cpdir, ghost + ".json"), "w") as f:
         f.write('{"version": 1, "sandbox_id": ')
     with open(os.path.join(cpdir, pod + ".json.tmp-AbCdEf"), "w") as f:
         f.write("{")  # a temporary file a crash left behind
 
-    second = docker_crimuxd_factory(state_dir=state)
+    # The pod's DEL takes a while (a plugin of ours that sleeps first): a
+    # window in which it must not look ready.
+    confs, bins = cni_with_plugin(
+        lab, tmp_path, f'[ "$CNI_COMMAND-$CNI_CONTAINERID" = DEL-{pod} ] && sleep 1\nexit 0\n')
+    second = docker_crimuxd_factory(state_dir=state, cni_conf_dir=confs, cni_bin_dir=bins)
     with CRI(second.endpoint) as cri:
-        cri.wait_ready()
         # Not trusted: the pod is not ready, its network was torn down (the
-        # address is free again), and the problem is reported.
-        wait_for(lambda: ip not in ipam_ips(lab.net), 20, "CNI DEL of the torn pod")
+        # address is free again), and the problem is reported. Not ready at
+        # any moment either, while the recovery runs, lists race it.
+        seen = set()
+        wait_for(lambda: os.path.exists(path + ".corrupt"), 20, "the torn file kept aside")
+
+        def listed_then_torn_down():
+            seen.update(p.state for p in cri.ListPodSandbox().items if p.id == pod)
+            return ip not in ipam_ips(lab.net)
+        wait_for(listed_then_torn_down, 20, "CNI DEL of the torn pod", interval=0)
+        assert seen <= {pb().SANDBOX_NOTREADY}, seen
         pods = {p.id: p for p in cri.ListPodSandbox().items}
         assert pod in pods and pods[pod].state == pb().SANDBOX_NOTREADY
         assert ghost not in pods
         st = cri.PodSandboxStatus(pod_sandbox_id=pod).status
         assert st.state == pb().SANDBOX_NOTREADY
-        info = json.loads(next(v for k, v in cri.Status(verbose=True).info.items()
-                               if k == "recovery" or k.endswith("/recovery")))
-        reported = {e["sandbox"] for e in info["corruptCheckpoints"]}
+        reported = {e["sandbox"] for e in recovery_report(cri)["corruptCheckpoints"]}
         assert reported == {pod, ghost}
         left = sorted(os.listdir(cpdir))
         assert not any(".tmp-" in f for f in left), left
@@ -269,6 +306,57 @@ def test_torn_checkpoint_on_start(docker_crimuxd_factory, lab, log_dir, tmp_path
         cri.StopPodSandbox(pod_sandbox_id=pod)
         cri.RemovePodSandbox(pod_sandbox_id=pod)
         assert pod not in {p.id for p in cri.ListPodSandbox().items}
+
+
+def test_a_distrusted_pod_stays_not_ready(docker_crimuxd_factory, lab, log_dir, tmp_path):
+    """A checkpoint rebuilt from Docker keeps its pod NOTREADY whichever way
+    the teardown went, and across another restart: on the host network
+    (nothing to tear down), and when DEL fails (the stop runs it again)."""
+    state = str(tmp_path / "state")
+    first = docker_crimuxd_factory(state_dir=state)
+    with CRI(first.endpoint) as cri:
+        host, _ = run_pod(cri, lab, log_dir, name="torn-host", host_network=True)
+        failing, _ = run_pod(cri, lab, log_dir, name="torn-del")
+        ip = cri.PodSandboxStatus(pod_sandbox_id=failing).status.network.ip
+    first.kill()
+    cpdir = os.path.join(state, "sandboxes")
+    for pod in (host, failing):
+        tear(os.path.join(cpdir, pod + ".json"))
+    refuse, dels = tmp_path / "refuse-del", tmp_path / "dels"
+    refuse.touch()
+    dels.touch()
+    confs, bins = cni_with_plugin(lab, tmp_path, (
+        f'[ "$CNI_COMMAND" = DEL ] || exit 0\necho "$CNI_CONTAINERID" >> {dels}\n'
+        f'[ -e {refuse} ] || exit 0\n'
+        'echo \'{"cniVersion":"1.0.0","code":11,"msg":"DEL refused"}\'; exit 1\n'))
+    for restart in ("the one that finds them torn", "the next"):
+        daemon = docker_crimuxd_factory(state_dir=state, cni_conf_dir=confs, cni_bin_dir=bins)
+        with CRI(daemon.endpoint) as cri:
+            states = {p.id: p.state for p in cri.ListPodSandbox().items}
+            assert states == {host: pb().SANDBOX_NOTREADY,
+                              failing: pb().SANDBOX_NOTREADY}, (restart, states)
+            for pod in (host, failing):
+                st = cri.PodSandboxStatus(pod_sandbox_id=pod).status
+                assert st.state == pb().SANDBOX_NOTREADY, restart
+            reported = recovery_report(cri)["corruptCheckpoints"]
+            if restart.endswith("torn"):
+                assert {e["sandbox"] for e in reported} == {host, failing}
+                assert any(e["sandbox"] == failing and "DEL refused" in e["error"]
+                           for e in reported), reported
+            else:
+                assert reported == []
+            assert dels.read_text().split() == [failing], restart
+        daemon.kill()
+    refuse.unlink()
+    daemon = docker_crimuxd_factory(state_dir=state, cni_conf_dir=confs, cni_bin_dir=bins)
+    with CRI(daemon.endpoint) as cri:
+        for pod in (host, failing):
+            cri.StopPodSandbox(pod_sandbox_id=pod)
+        assert dels.read_text().split() == [failing, failing], "the stop runs DEL again"
+        assert ip not in ipam_ips(lab.net)
+        for pod in (host, failing):
+            cri.RemovePodSandbox(pod_sandbox_id=pod)
+        assert not cri.ListPodSandbox().items
 
 
 # --- item 8: sysctls -----------------------------------------------------------

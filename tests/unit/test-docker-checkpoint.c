@@ -56,6 +56,7 @@ int main(void)
 	   "metadata");
 	ok(back.network_ready && !back.host_network && streq(back.netns, "/proc/42/ns/net"),
 	   "network state");
+	ok(!back.distrusted, "trusted");
 	ok(back.n_ports == 2 && back.ports[0].host_port == 8080 &&
 		   streq(back.ports[0].host_ip, "127.0.0.1") && back.ports[1].protocol == 1 &&
 		   back.ports[1].container_port == 53,
@@ -65,6 +66,12 @@ int main(void)
 	ok(dk_json_get(back.cni_result, "ips", NULL) != NULL, "CNI result");
 	is_str(dk_json_str(back.labels, "annotation.x"), "y", "labels");
 	dk_checkpoint_clear(&back);
+	cp.distrusted = true;
+	is_int(dk_checkpoint_save(sub, &cp, &err), 0, "saved again, distrusted");
+	is_int(dk_checkpoint_load(sub, "abc123", &back, &err), 0, "loaded");
+	ok(back.distrusted, "distrust survives a restart");
+	dk_checkpoint_clear(&back);
+	cp.distrusted = false;
 
 	char **ids;
 	size_t n;

@@ -79,6 +79,8 @@ int dk_checkpoint_to_json(const struct dk_checkpoint *cp, json_object **out)
 		r |= dk_json_append_str(ips, cp->ips[i]);
 	if (cp->labels)
 		r |= dk_json_add(o, "labels", json_object_get(cp->labels));
+	if (cp->distrusted)
+		r |= dk_json_add_bool(o, "distrusted", true);
 	if (r)
 		return -ENOMEM;
 	*out = TAKE_PTR(o);
@@ -112,6 +114,7 @@ int dk_checkpoint_from_json(json_object *o, struct dk_checkpoint *out, struct cr
 	cp.created_ns = dk_json_int(o, "created", 0);
 	cp.host_network = dk_json_bool(o, "host_network");
 	cp.network_ready = dk_json_bool(o, "network_ready");
+	cp.distrusted = dk_json_bool(o, "distrusted");
 	json_object *ports = dk_json_get(o, "port_mappings", NULL);
 	size_t n = ports && json_object_is_type(ports, json_type_array)
 			   ? json_object_array_length(ports)

@@ -36,7 +36,21 @@ struct dk_checkpoint {
 	/* The sandbox's CRI labels and annotations, as Docker labels, so a
 	 * sandbox whose container vanished can still be listed. */
 	json_object *labels;
+	/* Rebuilt from Docker after the file was torn: never ready again. */
+	bool distrusted;
 };
+
+/* What lists and removals need of a checkpoint (the state cache keeps them). */
+struct dk_checkpoint_flags {
+	bool host_network, network_ready, distrusted;
+};
+
+static inline struct dk_checkpoint_flags dk_checkpoint_flags(const struct dk_checkpoint *cp)
+{
+	return (struct dk_checkpoint_flags){.host_network = cp->host_network,
+					    .network_ready = cp->network_ready,
+					    .distrusted = cp->distrusted};
+}
 
 void dk_checkpoint_clear(struct dk_checkpoint *cp);
 

@@ -53,11 +53,10 @@ struct cp_entry {
 	dev_t dev;
 	ino_t ino;
 	struct timespec mtime;
-	bool host_network, network_ready;
+	struct dk_checkpoint_flags flags;
 };
 
-static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
-			   bool *network_ready);
+static int cp_flags_locked(struct dk_state *s, const char *id, struct dk_checkpoint_flags *out);
 
 struct dk_state {
 	char *sock, *checkpoint_dir;
@@ -557,10 +556,11 @@ int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void 
 		struct entry *e = s->entries[i];
 		if (!e->inspect || e->sandbox != sandbox)
 			continue;
-		bool host = false, ready = false;
-		int have = sandbox ? cp_flags_locked(s, e->id, &host, &ready) : 0;
-		uint64_t tag = (uint64_t)(have == 1) | (uint64_t)host << 1 | (uint64_t)ready << 2 |
-			       (uint64_t)(have < 0) << 3;
+		struct dk_checkpoint_flags f = {0};
+		int have = sandbox ? cp_flags_locked(s, e->id, &f) : 0;
+		uint64_t tag = (uint64_t)(have == 1) | (uint64_t)f.host_network << 1 |
+			       (uint64_t)f.network_ready << 2 | (uint64_t)(have < 0) << 3 |
+			       (uint64_t)f.distrusted << 4;
 		bool fresh = e->memo && e->memo_seq == e->seq && e->memo_tag == tag;
 		struct dk_state_view v = {.id = e->id,
 					  .status = e->status,
@@ -570,8 +570,7 @@ int dk_state_each(struct dk_state *s, const char *type, dk_state_visit fn, void 
 					  .memo_tag = tag,
 					  .have_checkpoint = have == 1,
 					  .checkpoint_torn = have < 0,
-					  .host_network = host,
-					  .network_ready = ready,
+					  .checkpoint = f,
 					  .priv = e};
 		r = fn(&v, arg);
 	}
@@ -836,21 +835,19 @@ void dk_state_removed(struct dk_state *s, const char *id)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static int load_flags(const char *dir, const char *id, bool *host_network, bool *network_ready)
+static int load_flags(const char *dir, const char *id, struct dk_checkpoint_flags *out)
 {
 	struct dk_checkpoint cp = {0};
 	if (dk_checkpoint_load(dir, id, &cp, NULL) < 0)
 		return 0;
-	*host_network = cp.host_network;
-	*network_ready = cp.network_ready;
+	*out = dk_checkpoint_flags(&cp);
 	dk_checkpoint_clear(&cp);
 	return 1;
 }
 
 /* Called with the lock held: a stat, and a read only when the file
  * changed (written by rename: another file is another inode). */
-static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_network,
-			   bool *network_ready)
+static int cp_flags_locked(struct dk_state *s, const char *id, struct dk_checkpoint_flags *out)
 {
 	char path[PATH_MAX];
 	struct stat st;
@@ -867,11 +864,10 @@ static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_networ
 	}
 	if (c && c->dev == st.st_dev && c->ino == st.st_ino &&
 	    c->mtime.tv_sec == st.st_mtim.tv_sec && c->mtime.tv_nsec == st.st_mtim.tv_nsec) {
-		*host_network = c->host_network;
-		*network_ready = c->network_ready;
+		*out = c->flags;
 		return 1;
 	}
-	if (!load_flags(s->checkpoint_dir, id, host_network, network_ready))
+	if (!load_flags(s->checkpoint_dir, id, out))
 		return -EIO; /* there, but torn */
 	if (!c && s->n_cps == s->cap_cps) {
 		size_t cap = s->cap_cps ? s->cap_cps * 2 : 64;
@@ -889,16 +885,15 @@ static int cp_flags_locked(struct dk_state *s, const char *id, bool *host_networ
 		c->dev = st.st_dev;
 		c->ino = st.st_ino;
 		c->mtime = st.st_mtim;
-		c->host_network = *host_network;
-		c->network_ready = *network_ready;
+		c->flags = *out;
 	}
 	return 1;
 }
 
-int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network, bool *network_ready)
+int dk_state_checkpoint(struct dk_state *s, const char *id, struct dk_checkpoint_flags *out)
 {
 	pthread_mutex_lock(&s->lock);
-	int r = cp_flags_locked(s, id, host_network, network_ready);
+	int r = cp_flags_locked(s, id, out);
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }

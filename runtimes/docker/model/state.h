@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "runtimes/docker/model/checkpoint.h"
 
 struct dk_state;
 
@@ -42,7 +43,8 @@ struct dk_state_view {
 	size_t memo_len;
 	uint64_t memo_tag;
 	/* sandboxes: their checkpoint's flags (dk_state_checkpoint) */
-	bool have_checkpoint, checkpoint_torn, host_network, network_ready;
+	bool have_checkpoint, checkpoint_torn;
+	struct dk_checkpoint_flags checkpoint;
 	void *priv;
 };
 typedef int (*dk_state_visit)(struct dk_state_view *v, void *arg);
@@ -90,8 +92,7 @@ void dk_state_removed(struct dk_state *s, const char *id);
 
 /* A sandbox's checkpoint flags, read again only when its file changed:
  * 1 found, 0 no checkpoint, -EIO one that cannot be read (torn). */
-int dk_state_checkpoint(struct dk_state *s, const char *id, bool *host_network,
-			bool *network_ready);
+int dk_state_checkpoint(struct dk_state *s, const char *id, struct dk_checkpoint_flags *out);
 
 /* Counters for tests and the benchmark: Docker calls the cache made. */
 struct dk_state_counts {
