@@ -219,7 +219,7 @@ static void shim_free(struct dk_shim *ds)
 	if (ds->recovery_started) {
 		pthread_mutex_lock(&ds->lock);
 		ds->closing = true;
-		pthread_cond_signal(&ds->wake);
+		pthread_cond_broadcast(&ds->wake);
 		pthread_mutex_unlock(&ds->lock);
 		pthread_join(ds->recovery, NULL);
 	}
@@ -358,23 +358,30 @@ static void shim_close(struct backend *b)
 	shim_free(b->priv);
 }
 
-/* After a crimuxd restart: follow the logs of every container again. The
- * checkpoints need nothing: they are read when used. Following twice is
- * harmless, so a call and the recovery thread may both get here. */
-static void recover(struct dk_ctx *c)
+static bool shim_closing(void *arg)
+{
+	struct dk_shim *ds = arg;
+	pthread_mutex_lock(&ds->lock);
+	bool closing = ds->closing;
+	pthread_mutex_unlock(&ds->lock);
+	return closing;
+}
+
+/* After a crimuxd restart: distrust torn checkpoints (the others are read
+ * when used) and follow the logs of every container again. Each Docker
+ * request has a deadline of its own, so a node with many containers still
+ * recovers. < 0: dockerd did not answer; 1: it did, but not about every
+ * container, which is left for another try; 0: all done. */
+static int recover_now(struct dk_ctx *c)
 {
 	struct dk_shim *ds = c->ds;
-	pthread_mutex_lock(&ds->lock);
-	bool done = ds->recovered;
-	pthread_mutex_unlock(&ds->lock);
-	if (done)
-		return;
+	const struct dk_deadline base = c->dl;
 	_cleanup_json_ json_object *filters = dk_filters(DK_TYPE_CONTAINER, NULL, NULL, NULL);
 	_cleanup_json_ json_object *list = NULL;
-	struct dk_deadline dl = dk_deadline_in(&c->dl, 10000);
-	if (!filters || dk_container_list(ds->sock, filters, &dl, &list, NULL) < 0)
-		return; /* dockerd is not there: the next call tries again */
-	dk_sandbox_recover_checkpoints(c);
+	c->dl = dk_deadline_in(&base, 10000);
+	if (!filters || dk_container_list(ds->sock, filters, &c->dl, &list, NULL) < 0)
+		return -EAGAIN;
+	bool done = dk_sandbox_recover_checkpoints(c, &base) == 0;
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		json_object *e = json_object_array_get_idx(list, i);
 		const char *id = dk_json_str(e, "Id");
@@ -385,34 +392,83 @@ static void recover(struct dk_ctx *c)
 		if (dk_logs_location(ds->logs, id, dk_json_get(e, "Labels", NULL), &dir, &rel) < 0)
 			continue; /* logs nowhere */
 		_cleanup_json_ json_object *inspect = NULL;
-		if (dk_container_inspect(ds->sock, id, &dl, &inspect, NULL) == 0)
-			dk_follow_log(c, inspect, NULL);
+		c->dl = dk_deadline_in(&base, 10000);
+		int r = dk_container_inspect(ds->sock, id, &c->dl, &inspect, NULL);
+		if (r == 0)
+			dk_follow_log(c, inspect, NULL); /* following twice is harmless */
+		else if (r != -ENOENT)
+			done = false;
 	}
-	pthread_mutex_lock(&ds->lock);
-	ds->recovered = true;
-	pthread_mutex_unlock(&ds->lock);
+	return done ? 0 : 1;
 }
 
-/* Tries every second until dockerd answers once. */
+/* The recovery thread alone recovers, so a call never sees one half done
+ * and none is cut short by a call's deadline or cancellation. Until
+ * dockerd answers it tries every second, or at once when a call asks.
+ * What one pass could not do (a container dockerd did not answer about)
+ * is tried again, after 1, 2, 4 ... 60 s, while calls no longer wait. */
 static void *recovery_thread(void *arg)
 {
 	struct dk_shim *ds = arg;
+	unsigned backoff_s = 1;
 	pthread_mutex_lock(&ds->lock);
-	while (!ds->recovered && !ds->closing) {
+	while (!ds->closing) {
+		ds->recovering = true;
 		pthread_mutex_unlock(&ds->lock);
-		struct dk_ctx c = {.ds = ds, .dl = dk_deadline_in(NULL, 10000)};
-		recover(&c);
+		struct dk_ctx c = {.ds = ds, .dl = {.cancelled = shim_closing, .arg = ds}};
+		int r = recover_now(&c);
 		dk_arena_clear(&c.arena);
 		pthread_mutex_lock(&ds->lock);
-		if (ds->recovered || ds->closing)
+		ds->recovering = false;
+		ds->recovered |= r >= 0;
+		ds->attempts++;
+		pthread_cond_broadcast(&ds->wake);
+		if (r == 0 || ds->closing)
 			break;
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += 1;
-		pthread_cond_timedwait(&ds->wake, &ds->lock, &ts);
+		unsigned wait_s = r < 0 ? 1 : backoff_s;
+		if (r > 0 && backoff_s < 60)
+			backoff_s = backoff_s * 2 > 60 ? 60 : backoff_s * 2;
+		if (!ds->retry_now) {
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_sec += wait_s;
+			pthread_cond_timedwait(&ds->wake, &ds->lock, &ts);
+		}
+		ds->retry_now = false;
 	}
 	pthread_mutex_unlock(&ds->lock);
 	return NULL;
+}
+
+static bool given_up(const struct dk_ctx *c)
+{
+	return (c->dl.at_ms && dk_now_ms() >= c->dl.at_ms) ||
+	       (c->dl.cancelled && c->dl.cancelled(c->dl.arg));
+}
+
+/* Until a recovery succeeded, a call waits for the end of the attempt in
+ * flight, or of one it asks for, each until its own deadline: it then
+ * goes on, and a dockerd that is not there fails it quickly. */
+static void await_recovery(struct dk_ctx *c)
+{
+	struct dk_shim *ds = c->ds;
+	pthread_mutex_lock(&ds->lock);
+	uint64_t seen = ds->attempts;
+	if (!ds->recovered && !ds->recovering) {
+		ds->retry_now = true;
+		pthread_cond_broadcast(&ds->wake);
+	}
+	while (!ds->recovered && ds->attempts == seen && !ds->closing && !given_up(c)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 50 * 1000000L; /* a look at the call's cancellation */
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&ds->wake, &ds->lock, &ts);
+	}
+	pthread_mutex_unlock(&ds->lock);
 }
 
 /* --- dispatch --- */
@@ -543,7 +599,7 @@ static void run_method(struct dk_shim *ds, const struct handler *h, const struct
 			res->details = NULL;
 		return;
 	}
-	recover(&c);
+	await_recovery(&c);
 	struct crx_err err = {0};
 	ProtobufCMessage *resp = NULL;
 	int r = h->fn(&c, req, &resp, &err);

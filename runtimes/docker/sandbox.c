@@ -923,7 +923,13 @@ static void report_corrupt(struct dk_shim *ds, const char *id, const char *msg)
 	pthread_mutex_lock(&ds->lock);
 	if (!ds->corrupt)
 		ds->corrupt = json_object_new_array();
-	if (!ds->corrupt || json_object_array_add(ds->corrupt, e) < 0)
+	bool known = false; /* a recovery tried again finds it again */
+	for (size_t i = 0; ds->corrupt && i < json_object_array_length(ds->corrupt); i++) {
+		json_object *old = json_object_array_get_idx(ds->corrupt, i);
+		known |= streq(dk_json_str(old, "sandbox"), id) &&
+			 streq(dk_json_str(old, "error"), msg);
+	}
+	if (known || !ds->corrupt || json_object_array_add(ds->corrupt, e) < 0)
 		json_object_put(e);
 	pthread_mutex_unlock(&ds->lock);
 }
@@ -940,12 +946,14 @@ static void remove_temporaries(const char *dir)
 		closedir(d);
 }
 
-/* Not trusted: torn down from what Docker says, and marked not ready. */
-static void distrust(struct dk_ctx *c, const char *id)
+/* Not trusted: torn down from what Docker says, and marked not ready.
+ * Left torn for another try when Docker cannot say (< 0). */
+static int distrust(struct dk_ctx *c, const char *id)
 {
 	_cleanup_json_ json_object *inspect = NULL;
-	if (dk_container_inspect(c->ds->sock, id, &c->dl, &inspect, NULL) < 0)
-		inspect = NULL;
+	int r = dk_container_inspect(c->ds->sock, id, &c->dl, &inspect, NULL);
+	if (r < 0 && r != -ENOENT)
+		return r; /* no answer is not "no container": that would lose a pod */
 	json_object *labels = dk_json_get(inspect, "Config", "Labels", NULL);
 	if (inspect && !streq(dk_json_str(labels, DK_LABEL_TYPE), DK_TYPE_SANDBOX)) {
 		json_object_put(inspect);
@@ -972,7 +980,7 @@ static void distrust(struct dk_ctx *c, const char *id)
 	cp.network_ready = true;
 	if (!cp.sandbox_id || !cp.name || !cp.ns || !cp.uid) {
 		dk_checkpoint_clear(&cp);
-		return;
+		return -ENOMEM;
 	}
 	int pid = (int)dk_json_int(dk_json_get(inspect, "State", NULL), "Pid", 0);
 	struct crx_err err = {0};
@@ -989,17 +997,17 @@ static void distrust(struct dk_ctx *c, const char *id)
 	if (!inspect)
 		dk_checkpoint_remove(c->ds->checkpoint_dir, id, NULL);
 	dk_checkpoint_clear(&cp);
+	return 0;
 }
 
-void dk_sandbox_recover_checkpoints(struct dk_ctx *c)
+int dk_sandbox_recover_checkpoints(struct dk_ctx *c, const struct dk_deadline *base)
 {
 	struct dk_shim *ds = c->ds;
 	remove_temporaries(ds->checkpoint_dir);
 	remove_temporaries(ds->log_state_dir);
 	char **ids = NULL;
 	size_t n = 0;
-	if (dk_checkpoint_list(ds->checkpoint_dir, &ids, &n, NULL) < 0)
-		return;
+	int left = dk_checkpoint_list(ds->checkpoint_dir, &ids, &n, NULL);
 	for (size_t i = 0; i < n; i++) {
 		const char *id = ids[i];
 		struct dk_checkpoint cp = {0};
@@ -1007,6 +1015,8 @@ void dk_sandbox_recover_checkpoints(struct dk_ctx *c)
 		dk_sandbox_lock(ds, id);
 		int r = dk_checkpoint_load(ds->checkpoint_dir, id, &cp, &err);
 		dk_checkpoint_clear(&cp);
+		if (r == -ENOMEM)
+			left = r;
 		if (r == 0 || r == -ENOENT || r == -ENOMEM) {
 			dk_sandbox_unlock(ds, id);
 			continue;
@@ -1021,9 +1031,11 @@ void dk_sandbox_recover_checkpoints(struct dk_ctx *c)
 		    (unlink(to) == 0 || errno == ENOENT) &&
 		    (dk_valid_id(id) ? link(from, to) : rename(from, to)) == 0)
 			crx_fsync_parent(to);
-		if (dk_valid_id(id))
-			distrust(c, id);
+		c->dl = dk_deadline_in(base, 10000);
+		if (dk_valid_id(id) && distrust(c, id) < 0)
+			left = -EAGAIN;
 		dk_sandbox_unlock(ds, id);
 	}
 	dk_strv_free(ids, n);
+	return left;
 }

@@ -25,5 +25,6 @@ int dk_cni_ready(struct dk_shim *ds, struct crx_err *err);
  * aside as <id>.json.corrupt, and not trusted: the pod's network is torn
  * down with the current CNI configuration (DEL by sandbox ID) and, if its
  * container still exists, a fresh checkpoint says NOTREADY. Temporary
- * files a crash left behind are removed. */
-void dk_sandbox_recover_checkpoints(struct dk_ctx *c);
+ * files a crash left behind are removed. Each sandbox's Docker requests
+ * get 10 s from base. < 0: some are left torn, for another try. */
+int dk_sandbox_recover_checkpoints(struct dk_ctx *c, const struct dk_deadline *base);

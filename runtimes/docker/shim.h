@@ -54,13 +54,16 @@ struct dk_shim {
 	char cgroup_driver[16];
 	char *docker_root; /* Docker's DockerRootDir, asked with the driver */
 	char *pod_cidr;
-	bool recovered;
+	bool recovered;     /* a recovery went through: calls wait no more */
+	bool recovering;    /* an attempt is in flight */
+	bool retry_now;     /* a call waits for another attempt */
+	uint64_t attempts;  /* ended */
 	bool pause_present; /* the sandbox image was there at the last look */
 	bool closing;
 	/* Checkpoints found torn or corrupt at start: [{"sandbox","error"}],
 	 * reported in the verbose Status. */
 	json_object *corrupt;
-	pthread_cond_t wake; /* for the recovery thread */
+	pthread_cond_t wake; /* the recovery thread's, and a recovery's end */
 	pthread_t recovery;
 	bool recovery_started;
 	pthread_mutex_t pause_lock; /* one pause image load at a time */

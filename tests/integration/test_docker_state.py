@@ -31,7 +31,9 @@ class CountingProxy:
         self.lines = []
         self.lock = threading.Lock()
         self.hold_cache_inspects = 0.0  # seconds each of the cache's inspects waits
+        self.hold_inspects = 0.0  # the same for every other inspect
         self.fail_deletes = False  # answer every DELETE with a 500, dockerd never sees it
+        self.fail_inspects = set()  # IDs whose inspects (not the cache's) get a 500
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(64)
@@ -66,9 +68,13 @@ class CountingProxy:
                         line = data.split(b"\r\n", 1)[0].decode(errors="replace")
                         with self.lock:
                             self.lines.append(line)
+                        inspect = self.inspected(line)
                         if self.hold_cache_inspects and "/json?size=0" in line:
                             time.sleep(self.hold_cache_inspects)
-                        if self.fail_deletes and line.startswith("DELETE "):
+                        if self.hold_inspects and inspect:
+                            time.sleep(self.hold_inspects)
+                        if (self.fail_deletes and line.startswith("DELETE ")) or \
+                                inspect in self.fail_inspects:
                             body = b'{"message": "injected failure"}'
                             src.sendall(b"HTTP/1.1 500 Internal Server Error\r\n"
                                         b"Content-Type: application/json\r\n"
@@ -90,6 +96,16 @@ class CountingProxy:
         t.join(5)
         client.close()
         upstream.close()
+
+    @staticmethod
+    def inspected(line):
+        """The container an inspect that is not the cache's asks about."""
+        method, target = line.split(" ")[:2]
+        parts = target.split("/")
+        if method == "GET" and len(parts) == 5 and parts[2] == "containers" and \
+                parts[4] == "json":
+            return parts[3]
+        return None
 
     def take(self):
         """The calls since the last take, without the cache's own."""
@@ -561,3 +577,93 @@ def test_stats_are_the_cgroup_values(proxied, lab, dockerd):
     [c] = [c for c in p.linux.containers if c.attributes.id == cid]
     assert p.linux.cpu.usage_core_nano_seconds.value >= c.cpu.usage_core_nano_seconds.value
     assert p.linux.process.process_count.value >= 3  # pause, sh, the loop (and sleep)
+
+
+# --- recovery after a restart -------------------------------------------------
+
+@pytest.fixture
+def restartable(lab, dockerd, crimuxd_binary, tmp_path):
+    """(start, proxy, state dir): start() runs a crimuxd on the same state
+    behind the counting proxy; each is stopped after the test."""
+    from conftest import docker_backend_config, stop_checked
+    proxy = CountingProxy(str(tmp_path / "docker.sock"), dockerd.socket)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = docker_backend_config(lab, str(state), state_reconcile_interval="3600s")
+    started = []
+
+    def start():
+        started.append(lab.crimuxd(crimuxd_binary, {"docker": "unix://" + proxy.path}, config))
+        return started[-1]
+    try:
+        yield start, proxy, state
+    finally:
+        if started:
+            with CRI(started[-1].endpoint) as cri:
+                cri.remove_all_pods()
+        stop_checked(started)
+        proxy.close()
+
+
+def test_calls_wait_for_the_one_recovery(restartable, lab, log_dir):
+    """The kubelet's first calls after a restart wait for the recovery
+    thread instead of each making the recovery again (an inspect of every
+    container whose log it follows, when dockerd is busiest); all are
+    answered."""
+    start, proxy, _ = restartable
+    first = start()
+    cids = set()
+    with CRI(first.endpoint) as cri:
+        cri.pull(lab.busybox_ref)
+        for i in range(3):
+            sb = sandbox_config(f"again{i}-" + uuid.uuid4().hex[:6], log_directory=log_dir)
+            cids.add(cri.start_container(cri.run_pod(sb), sb, container_config(
+                "main", lab.busybox_ref, ["sleep", "1000"], log_path=f"again{i}.log")))
+    first.kill()
+    proxy.hold_inspects = 1.0  # a recovery of 3 s at least
+    proxy.take()
+    second = start()
+    answers, errors = [], []
+
+    def kubelet_call():
+        try:
+            with CRI(second.endpoint) as cri:
+                answers.append({c.id for c in cri.ListContainers(timeout=60).containers})
+        except grpc.RpcError as e:
+            errors.append(e)
+    calls = [threading.Thread(target=kubelet_call) for _ in range(6)]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(90)
+    proxy.hold_inspects = 0.0
+    assert not errors, errors
+    assert answers == [cids] * 6
+    inspects = [CountingProxy.inspected(line) for line in proxy.take()]
+    assert sorted(i for i in inspects if i in cids) == sorted(cids), inspects
+
+
+def test_no_answer_is_not_a_pod_gone(restartable, lab, dockerd):
+    """A torn checkpoint's pod whose inspect gets no answer is left torn for
+    the next attempt, not taken for a pod Docker lost (its checkpoint
+    dropped, and its running pause container listed READY)."""
+    start, proxy, state = restartable
+    first = start()
+    with CRI(first.endpoint) as cri:
+        cri.pull(lab.busybox_ref)
+        pod, _ = pod_with_container(cri, lab, "noanswer")
+    first.kill()
+    checkpoint = state / "sandboxes" / (pod + ".json")
+    text = checkpoint.read_bytes()
+    checkpoint.write_bytes(text[:len(text) // 2])
+    proxy.fail_inspects = {pod}
+    with CRI(start().endpoint) as cri:
+        for _ in range(3):  # each waits for an attempt, which fails
+            assert sandbox_state(cri, pod) == pb().SANDBOX_NOTREADY
+            assert checkpoint.read_bytes() == text[:len(text) // 2]
+            time.sleep(0.5)
+        proxy.fail_inspects = set()
+        wait_for(lambda: checkpoint.read_bytes() != text[:len(text) // 2], 10,
+                 "the next attempt")
+        assert json.loads(checkpoint.read_text())["distrusted"] is True
+        assert sandbox_state(cri, pod) == pb().SANDBOX_NOTREADY
