@@ -749,9 +749,9 @@ static int by_string(const void *a, const void *b)
 
 /* One sandbox as the CRI lists it: from an entry of dk_list() (e), or
  * from its checkpoint alone when Docker lost its container (e NULL). NULL
- * when the filter leaves it out (*r < 0 on failure). */
-/* flags: the checkpoint's, NULL when there is none; torn: a checkpoint is
- * there but cannot be read, and the pod is not ready. */
+ * when the filter leaves it out (*r < 0 on failure). flags: the
+ * checkpoint's, NULL when there is none; torn: a checkpoint is there but
+ * cannot be read, and the pod is not ready. */
 static Runtime__V1__PodSandbox *sandbox_item(struct dk_ctx *c, json_object *e, const char *id,
 					     const struct dk_checkpoint *cp,
 					     const struct dk_checkpoint_flags *flags, bool torn,
