@@ -429,9 +429,7 @@ static void *recovery_thread(void *arg)
 		if (r > 0 && backoff_s < 60)
 			backoff_s = backoff_s * 2 > 60 ? 60 : backoff_s * 2;
 		if (!ds->retry_now) {
-			struct timespec ts;
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_sec += wait_s;
+			struct timespec ts = monotonic_in(wait_s * 1000);
 			pthread_cond_timedwait(&ds->wake, &ds->lock, &ts);
 		}
 		ds->retry_now = false;
@@ -459,13 +457,7 @@ static void await_recovery(struct dk_ctx *c)
 		pthread_cond_broadcast(&ds->wake);
 	}
 	while (!ds->recovered && ds->attempts == seen && !ds->closing && !given_up(c)) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 50 * 1000000L; /* a look at the call's cancellation */
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = monotonic_in(50); /* a look at the call's cancellation */
 		pthread_cond_timedwait(&ds->wake, &ds->lock, &ts);
 	}
 	pthread_mutex_unlock(&ds->lock);

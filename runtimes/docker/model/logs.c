@@ -414,11 +414,7 @@ static void *pump(void *arg)
 				unlink(path);
 			entry_free(e);
 		}
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += (long)(l->interval_ms % 1000) * 1000000;
-		ts.tv_sec += l->interval_ms / 1000 + ts.tv_nsec / 1000000000;
-		ts.tv_nsec %= 1000000000;
+		struct timespec ts = monotonic_in(l->interval_ms);
 		pthread_cond_timedwait(&l->wake, &l->lock, &ts);
 	}
 	pthread_mutex_unlock(&l->lock);

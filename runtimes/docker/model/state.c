@@ -438,20 +438,6 @@ static void handle_event(struct dk_state *s, json_object *ev)
 	refresh(s, id);
 }
 
-/* The CLOCK_MONOTONIC time ms from now, for the cache's condition waits. */
-static struct timespec monotonic_in(unsigned ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	return ts;
-}
-
 static void wait_ms(struct dk_state *s, unsigned ms)
 {
 	struct timespec ts = monotonic_in(ms);
