@@ -35,7 +35,10 @@
  * Then: N pods started at once on both sides; the lists and stats the
  * kubelet polls at 10 and 100 running containers, against one Docker list
  * call and against containerd with as many pods; the PLEG relist
- * (ListPodSandbox + ListContainers) at 110 pods against containerd. */
+ * (ListPodSandbox + ListContainers) at 110 pods against containerd.
+ *
+ * --control runs the life cycle with the raw calls on both sides: the
+ * ratios it prints are the run's noise, what a difference must exceed. */
 #include "config.h"
 
 #include <dirent.h>
@@ -79,6 +82,7 @@ struct bench {
 	unsigned counts[8];
 	size_t n_counts;
 	unsigned seq;   /* pod names */
+	bool control;   /* both sides make the raw calls (--control) */
 	int crimux_pid; /* for its CPU time per call (0: not shown) */
 	pthread_mutex_t lock;
 };
@@ -479,13 +483,13 @@ static void lifecycle_round(struct bench *b, const struct side *sides, unsigned 
 	for (size_t k = 0; k < N_STEPS; k++) {
 		for (unsigned j = 0; j < 2; j++) {
 			unsigned i = (round + k + j) % 2; /* who goes first alternates */
-			step_fn fn = i == 0 ? steps[k].raw : steps[k].crx;
+			step_fn fn = i == 0 || b->control ? steps[k].raw : steps[k].crx;
 			double t0 = now_ms();
 			if (fn(b, &sides[i], &pods[i]) < 0)
 				die(steps[k].name, sides[i].label);
 			t[i][k] = now_ms() - t0;
 		}
-		if (steps[k].crx == crx_start) {
+		if (steps[k].crx == crx_start && !b->control) {
 			Runtime__V1__VersionRequest version = RUNTIME__V1__VERSION_REQUEST__INIT;
 			Runtime__V1__PodSandboxStatusRequest status =
 				RUNTIME__V1__POD_SANDBOX_STATUS_REQUEST__INIT;
@@ -528,18 +532,26 @@ static void lifecycle(struct bench *b, const struct side *sides)
 		hop_mean[h] = mean(v, n);
 	}
 	printf("# pod life cycle, %zu rounds taking turns step by step; milliseconds\n", n);
-	printf("# CRI hop (after 5 ms idle): crimuxd Version p50 %.2f, mean %.2f; "
-	       "crimuxd PodSandboxStatus (the dockershim, from the cache) p50 %.2f, mean %.2f",
-	       hop[HOP_CRIMUX], hop_mean[HOP_CRIMUX], hop[HOP_CRIMUX_DOCKER],
-	       hop_mean[HOP_CRIMUX_DOCKER]);
-	if (b->containerd)
-		printf("; containerd Version p50 %.2f, mean %.2f", hop[HOP_CONTAINERD],
-		       hop_mean[HOP_CONTAINERD]);
-	printf("\n");
 	/* The last column: against the Docker floor plus the hop any CRI
 	 * runtime costs the kubelet, containerd's. */
-	printf("%-20s %10s %10s %7s %10s %10s %7s %10s\n", "step", "raw p50", "crimux p50", "ratio",
-	       "raw mean", "crx mean", "ratio", "+CRI hop");
+	bool with_hop = b->containerd && !b->control;
+	if (b->control) {
+		printf("# control run: both sides make the raw calls, so each ratio is what "
+		       "the run's noise alone does\n");
+	} else {
+		printf("# CRI hop (after 5 ms idle): crimuxd Version p50 %.2f, mean %.2f; "
+		       "crimuxd PodSandboxStatus (the dockershim, from the cache) p50 %.2f, "
+		       "mean %.2f",
+		       hop[HOP_CRIMUX], hop_mean[HOP_CRIMUX], hop[HOP_CRIMUX_DOCKER],
+		       hop_mean[HOP_CRIMUX_DOCKER]);
+		if (with_hop)
+			printf("; containerd Version p50 %.2f, mean %.2f", hop[HOP_CONTAINERD],
+			       hop_mean[HOP_CONTAINERD]);
+		printf("\n");
+	}
+	printf("%-20s %10s %10s %7s %10s %10s %7s%s\n", "step", "raw p50",
+	       b->control ? "raw p50" : "crimux p50", "ratio", "raw mean",
+	       b->control ? "raw mean" : "crx mean", "ratio", with_hop ? "   +CRI hop" : "");
 	for (size_t k = 0; k <= N_STEPS; k++) {
 		double v[2][n];
 		for (unsigned r = 0; r < n; r++)
@@ -550,7 +562,7 @@ static void lifecycle(struct bench *b, const struct side *sides)
 		printf("%-20s %10.1f %10.1f %6.2fx %10.1f %10.1f %6.2fx",
 		       k < N_STEPS ? steps[k].name : "whole life cycle", m0, m1, m1 / m0, a0, a1,
 		       a1 / a0);
-		if (b->containerd)
+		if (with_hop)
 			printf(" %9.2fx",
 			       m1 / (m0 + hop[HOP_CONTAINERD] * (k < N_STEPS ? 1 : N_STEPS)));
 		printf("\n");
@@ -1091,7 +1103,7 @@ static void usage(FILE *out)
 		"         --cni-conf-dir DIR --cni-bin-dir PATH --log-dir DIR\n"
 		"         [--containerd TARGET] [--crimux-runc TARGET] [--handler NAME]\n"
 		"         [--rounds N] [--parallel N] [--parallel-rounds N] [--counts N,N]\n"
-		"         [--pleg-pods N] [--samples N]\n"
+		"         [--pleg-pods N] [--samples N] [--control]\n"
 		"  --docker        dockerd's socket path (the raw side)\n"
 		"  --crimux        a crimuxd whose only backend is that dockerd\n"
 		"  --containerd    containerd's CRI endpoint, for the list comparisons\n"
@@ -1102,7 +1114,9 @@ static void usage(FILE *out)
 		"  --counts        running containers for the list figures (default 10,100)\n"
 		"  --pleg-pods     pods for the PLEG relist figure (default 110; 0: none)\n"
 		"  --samples       calls per list figure and side (default 30)\n"
-		"  --crimux-pid    crimuxd's pid: its CPU time per list call (crx cpu)\n");
+		"  --crimux-pid    crimuxd's pid: its CPU time per list call (crx cpu)\n"
+		"  --control       the life cycle only, both sides making the raw calls: how far\n"
+		"                  apart two identical sides land in this run (its noise)\n");
 }
 
 int main(int argc, char **argv)
@@ -1124,6 +1138,7 @@ int main(int argc, char **argv)
 		{"pleg-pods", required_argument, NULL, 'g'},
 		{"samples", required_argument, NULL, 's'},
 		{"crimux-pid", required_argument, NULL, 'x'},
+		{"control", no_argument, NULL, 'A'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -1191,6 +1206,9 @@ int main(int argc, char **argv)
 		case 'x':
 			b.crimux_pid = atoi(optarg);
 			break;
+		case 'A':
+			b.control = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -1215,8 +1233,10 @@ int main(int argc, char **argv)
 	printf("# crimux-bench-docker: raw = the Docker Engine calls a step needs, made "
 	       "directly; crimux = the CRI call\n");
 	lifecycle(&b, sides);
-	parallel(&b, sides);
-	lists(&b, sides);
+	if (!b.control) {
+		parallel(&b, sides);
+		lists(&b, sides);
+	}
 	rpc_channel_free(b.crimux);
 	rpc_channel_free(b.containerd);
 	rpc_channel_free(b.crimux_runc);
