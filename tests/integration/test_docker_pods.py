@@ -259,9 +259,14 @@ def test_network_teardown_after_pause_vanished(dcri, dockerd, lab, docker_crimux
     ip = dcri.PodSandboxStatus(pod_sandbox_id=pod).status.network.ip
     assert ip in ipam_ips(lab.net)
     dockerd.remove_container(pod)  # behind crimux's back
-    # Still listed (from its checkpoint), not ready, so the kubelet cleans up.
-    listed = {p.id: p for p in dcri.ListPodSandbox().items}
-    assert listed[pod].state == api.SANDBOX_NOTREADY and listed[pod].metadata == sb.metadata
+    # Still listed (from its checkpoint), not ready, so the kubelet cleans
+    # up. crimux learns of the removal from Docker's event, a moment after
+    # Docker's answer (docs/docker.md, The state cache).
+    listed = wait_for(
+        lambda: [p for p in dcri.ListPodSandbox().items
+                 if p.id == pod and p.state == api.SANDBOX_NOTREADY],
+        10, "the pod not ready after its pause container was removed")
+    assert listed[0].metadata == sb.metadata
     st = dcri.PodSandboxStatus(pod_sandbox_id=pod).status
     assert st.state == api.SANDBOX_NOTREADY and st.network.ip == ip
     dcri.StopPodSandbox(pod_sandbox_id=pod)
