@@ -1305,7 +1305,12 @@ int rpc_server_new(const struct rpc_server_options *opts, struct rpc_server **ou
 	s->opts = *opts;
 	s->opts.address = s->address;
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->changed, NULL);
+	/* Shutdown's grace is a duration: a clock step must not stretch it. */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->changed, &ca);
+	pthread_condattr_destroy(&ca);
 	s->shutdown_tag = (struct tag){on_shutdown, s};
 
 	/* Only a receive limit: crimux relays whatever its backends send. The
@@ -1385,14 +1390,7 @@ int rpc_server_start(struct rpc_server *s, struct crx_err *err)
 
 static bool wait_until(struct rpc_server *s, bool (*done)(struct rpc_server *), unsigned ms)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	struct timespec until = monotonic_in(ms);
 	pthread_mutex_lock(&s->lock);
 	int r = 0;
 	while (!done(s) && r == 0)
