@@ -38,7 +38,16 @@
  * (ListPodSandbox + ListContainers) at 110 pods against containerd.
  *
  * --control runs the life cycle with the raw calls on both sides: the
- * ratios it prints are the run's noise, what a difference must exceed. */
+ * ratios it prints are the run's noise, what a difference must exceed.
+ *
+ * --bare-server adds a third pod to each round of the life cycle: the raw
+ * calls, but its removals go through the least a CRI runtime can be, a
+ * gRPC server (this program again, in a process of its own, on crimux's
+ * gRPC module) that unpacks the request, makes the one DELETE on the
+ * thread that received the call and replies: no state, no log, no
+ * hand-off. crimux's removals against that server's are what crimux adds
+ * beyond a CRI round trip; the bare server's against the raw DELETE are
+ * what the round trip itself costs. */
 #include "config.h"
 
 #include <dirent.h>
@@ -46,12 +55,17 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "cri/api.pb-c.h"
@@ -72,6 +86,7 @@ struct bench {
 	struct rpc_channel *crimux;      /* crimuxd, docker backend only */
 	struct rpc_channel *containerd;  /* containerd's CRI, directly (optional) */
 	struct rpc_channel *crimux_runc; /* crimuxd in front of containerd (optional) */
+	struct rpc_channel *bare;        /* the bare CRI server (--bare-server) */
 	const char *handler;             /* RuntimeClass handler of the docker pods */
 	const char *image;
 	const char *cni_conf_dir, *cni_bin_dir, *log_dir;
@@ -427,19 +442,33 @@ static int raw_remove_pod(struct bench *b, const struct side *s, struct pod *p)
 		       : 0;
 }
 
+/* The raw side's removals through the bare CRI server. */
+
+static int bare_remove(struct bench *b, const struct side *s, struct pod *p)
+{
+	const struct side bare = {.label = "bare server", .ch = b->bare};
+	return crx_remove(b, &bare, p);
+}
+
+static int bare_remove_pod(struct bench *b, const struct side *s, struct pod *p)
+{
+	const struct side bare = {.label = "bare server", .ch = b->bare};
+	return crx_remove_pod(b, &bare, p);
+}
+
 typedef int (*step_fn)(struct bench *b, const struct side *s, struct pod *p);
 
 static const struct step {
 	const char *name;
-	step_fn raw, crx;
+	step_fn raw, crx, bare; /* bare: NULL where the bare server has no part */
 } steps[] = {
-	{"RunPodSandbox", raw_run_pod, crx_run_pod},
-	{"CreateContainer", raw_create, crx_create},
-	{"StartContainer", raw_start, crx_start},
-	{"StopContainer t=0", raw_stop, crx_stop},
-	{"RemoveContainer", raw_remove, crx_remove},
-	{"StopPodSandbox", raw_stop_pod, crx_stop_pod},
-	{"RemovePodSandbox", raw_remove_pod, crx_remove_pod},
+	{"RunPodSandbox", raw_run_pod, crx_run_pod, NULL},
+	{"CreateContainer", raw_create, crx_create, NULL},
+	{"StartContainer", raw_start, crx_start, NULL},
+	{"StopContainer t=0", raw_stop, crx_stop, NULL},
+	{"RemoveContainer", raw_remove, crx_remove, bare_remove},
+	{"StopPodSandbox", raw_stop_pod, crx_stop_pod, NULL},
+	{"RemovePodSandbox", raw_remove_pod, crx_remove_pod, bare_remove_pod},
 };
 #define N_STEPS ARRAY_SIZE(steps)
 
@@ -474,54 +503,72 @@ static double mean(const double *v, size_t n)
  * is; containerd's Version. */
 enum { HOP_CRIMUX, HOP_CRIMUX_DOCKER, HOP_CONTAINERD, N_HOPS };
 
-static void lifecycle_round(struct bench *b, const struct side *sides, unsigned round,
-			    double t[2][N_STEPS], double hop[N_HOPS])
+/* Sides of the life cycle: the raw calls, crimux, and with --bare-server
+ * the raw calls again with the removals through the bare server. */
+enum { SIDE_RAW, SIDE_CRIMUX, SIDE_BARE, N_SIDES };
+
+static step_fn step_of(const struct bench *b, size_t k, unsigned side)
 {
-	struct pod pods[2] = {0};
-	pod_init(b, &pods[0], "raw");
-	pod_init(b, &pods[1], "crx");
+	if (side == SIDE_CRIMUX && !b->control)
+		return steps[k].crx;
+	if (side == SIDE_BARE && steps[k].bare)
+		return steps[k].bare;
+	return steps[k].raw;
+}
+
+static void lifecycle_round(struct bench *b, const struct side *sides, unsigned round,
+			    double t[N_SIDES][N_STEPS], double hop[N_HOPS])
+{
+	unsigned n_sides = b->bare ? 3 : 2;
+	struct pod pods[N_SIDES] = {0};
+	pod_init(b, &pods[SIDE_RAW], "raw");
+	pod_init(b, &pods[SIDE_CRIMUX], "crx");
+	pod_init(b, &pods[SIDE_BARE], "bare");
 	for (size_t k = 0; k < N_STEPS; k++) {
-		for (unsigned j = 0; j < 2; j++) {
-			unsigned i = (round + k + j) % 2; /* who goes first alternates */
-			step_fn fn = i == 0 || b->control ? steps[k].raw : steps[k].crx;
+		for (unsigned j = 0; j < n_sides; j++) {
+			unsigned i = (round + k + j) % n_sides; /* who goes first rotates */
+			const struct side *s = &sides[i == SIDE_CRIMUX ? SIDE_CRIMUX : SIDE_RAW];
 			double t0 = now_ms();
-			if (fn(b, &sides[i], &pods[i]) < 0)
-				die(steps[k].name, sides[i].label);
+			if (step_of(b, k, i)(b, s, &pods[i]) < 0)
+				die(steps[k].name, i == SIDE_BARE ? "bare server" : s->label);
 			t[i][k] = now_ms() - t0;
 		}
 		if (steps[k].crx == crx_start && !b->control) {
 			Runtime__V1__VersionRequest version = RUNTIME__V1__VERSION_REQUEST__INIT;
 			Runtime__V1__PodSandboxStatusRequest status =
 				RUNTIME__V1__POD_SANDBOX_STATUS_REQUEST__INIT;
-			status.pod_sandbox_id = pods[1].id;
-			hop[HOP_CRIMUX] = cri_hop_ms(sides[1].ch, sides[1].label, RT("Version"),
-						     &version.base);
-			hop[HOP_CRIMUX_DOCKER] = cri_hop_ms(sides[1].ch, sides[1].label,
-							    RT("PodSandboxStatus"), &status.base);
+			status.pod_sandbox_id = pods[SIDE_CRIMUX].id;
+			hop[HOP_CRIMUX] =
+				cri_hop_ms(sides[SIDE_CRIMUX].ch, sides[SIDE_CRIMUX].label,
+					   RT("Version"), &version.base);
+			hop[HOP_CRIMUX_DOCKER] =
+				cri_hop_ms(sides[SIDE_CRIMUX].ch, sides[SIDE_CRIMUX].label,
+					   RT("PodSandboxStatus"), &status.base);
 			hop[HOP_CONTAINERD] = b->containerd
 						      ? cri_hop_ms(b->containerd, "containerd",
 								   RT("Version"), &version.base)
 						      : 0;
 		}
 	}
-	pod_clear(&pods[0]);
+	pod_clear(&pods[SIDE_RAW]);
+	pod_clear(&pods[SIDE_BARE]);
 }
 
 static void lifecycle(struct bench *b, const struct side *sides)
 {
-	double warm[2][N_STEPS], warm_hop[N_HOPS];
+	double warm[N_SIDES][N_STEPS], warm_hop[N_HOPS];
 	lifecycle_round(b, sides, 0, warm, warm_hop);
 	size_t n = b->rounds;
-	double(*t)[2][N_STEPS] = calloc(n, sizeof(*t));
-	double *total[2] = {calloc(n, sizeof(double)), calloc(n, sizeof(double))};
+	double(*t)[N_SIDES][N_STEPS] = calloc(n, sizeof(*t));
+	double(*total)[N_SIDES] = calloc(n, sizeof(*total));
 	double(*hops)[N_HOPS] = calloc(n, sizeof(*hops));
-	if (!t || !total[0] || !total[1] || !hops)
+	if (!t || !total || !hops)
 		die("lifecycle", "out of memory");
 	for (unsigned r = 0; r < n; r++) {
 		lifecycle_round(b, sides, r, t[r], hops[r]);
-		for (int i = 0; i < 2; i++)
+		for (int i = 0; i < N_SIDES; i++)
 			for (size_t k = 0; k < N_STEPS; k++)
-				total[i][r] += t[r][i][k];
+				total[r][i] += t[r][i][k];
 	}
 	double hop[N_HOPS], hop_mean[N_HOPS];
 	for (int h = 0; h < N_HOPS; h++) {
@@ -549,29 +596,37 @@ static void lifecycle(struct bench *b, const struct side *sides)
 			       hop_mean[HOP_CONTAINERD]);
 		printf("\n");
 	}
-	printf("%-20s %10s %10s %7s %10s %10s %7s%s\n", "step", "raw p50",
+	if (b->bare)
+		printf("# bare: a third pod, the raw calls but for the removals, which go "
+		       "through the bare CRI server (in the other steps bare/raw is the "
+		       "run's noise); p50 ratios\n");
+	printf("%-20s %10s %10s %7s %10s %10s %7s%s%s\n", "step", "raw p50",
 	       b->control ? "raw p50" : "crimux p50", "ratio", "raw mean",
-	       b->control ? "raw mean" : "crx mean", "ratio", with_hop ? "   +CRI hop" : "");
+	       b->control ? "raw mean" : "crx mean", "ratio", with_hop ? "   +CRI hop" : "",
+	       b->bare ? "   bare p50  bare/raw  crx/bare" : "");
 	for (size_t k = 0; k <= N_STEPS; k++) {
-		double v[2][n];
+		double v[N_SIDES][n];
 		for (unsigned r = 0; r < n; r++)
-			for (int i = 0; i < 2; i++)
-				v[i][r] = k < N_STEPS ? t[r][i][k] : total[i][r];
-		double m0 = p50(v[0], n), m1 = p50(v[1], n);
-		double a0 = mean(v[0], n), a1 = mean(v[1], n);
+			for (int i = 0; i < N_SIDES; i++)
+				v[i][r] = k < N_STEPS ? t[r][i][k] : total[r][i];
+		double m0 = p50(v[SIDE_RAW], n), m1 = p50(v[SIDE_CRIMUX], n);
+		double a0 = mean(v[SIDE_RAW], n), a1 = mean(v[SIDE_CRIMUX], n);
 		printf("%-20s %10.1f %10.1f %6.2fx %10.1f %10.1f %6.2fx",
 		       k < N_STEPS ? steps[k].name : "whole life cycle", m0, m1, m1 / m0, a0, a1,
 		       a1 / a0);
 		if (with_hop)
 			printf(" %9.2fx",
 			       m1 / (m0 + hop[HOP_CONTAINERD] * (k < N_STEPS ? 1 : N_STEPS)));
+		if (b->bare) {
+			double m2 = p50(v[SIDE_BARE], n);
+			printf(" %10.1f %8.2fx %8.2fx", m2, m2 / m0, m1 / m2);
+		}
 		printf("\n");
 	}
 	fflush(stdout);
 	free(t);
 	free(hops);
-	free(total[0]);
-	free(total[1]);
+	free(total);
 }
 
 /* --- pods started at once --- */
@@ -1071,6 +1126,100 @@ static void setup(struct bench *b, const struct side *sides)
 		die("first pod", "teardown");
 }
 
+/* --- the bare CRI server (--bare-server) --- */
+
+/* The removals' ID, or NULL: any other method is not served. */
+static char *bare_request_id(const char *method, const uint8_t *msg, size_t len)
+{
+	char *id = NULL;
+	if (strcmp(method, RT("RemoveContainer")) == 0) {
+		Runtime__V1__RemoveContainerRequest *req =
+			runtime__v1__remove_container_request__unpack(NULL, len, msg);
+		if (req && *req->container_id)
+			id = strdup(req->container_id);
+		runtime__v1__remove_container_request__free_unpacked(req, NULL);
+	} else if (strcmp(method, RT("RemovePodSandbox")) == 0) {
+		Runtime__V1__RemovePodSandboxRequest *req =
+			runtime__v1__remove_pod_sandbox_request__unpack(NULL, len, msg);
+		if (req && *req->pod_sandbox_id)
+			id = strdup(req->pod_sandbox_id);
+		runtime__v1__remove_pod_sandbox_request__free_unpacked(req, NULL);
+	}
+	return id;
+}
+
+/* Blocks the event loop on purpose: with one client calling at a time,
+ * the DELETE made on the thread that has the call is the least a server
+ * can do (no hand-off, no wake of another thread). */
+static void bare_dispatch(struct rpc_call *call, void *docker_sock)
+{
+	const char *method = rpc_call_method(call);
+	size_t len = 0;
+	const uint8_t *msg = rpc_call_request(call, &len);
+	_cleanup_free_ char *id = bare_request_id(method, msg, len);
+	if (!id) {
+		rpc_call_fail(call, RPC_UNIMPLEMENTED, "the bare server serves %s only with an ID",
+			      method);
+		return;
+	}
+	struct crx_err err = {0};
+	struct dk_deadline dl = dk_deadline_in(NULL, CALL_TIMEOUT_MS);
+	if (dk_container_remove(docker_sock, id, &dl, NULL, NULL, &err) < 0)
+		rpc_call_fail_err(call, &err);
+	else
+		rpc_call_reply(call, "", 0);
+}
+
+__attribute__((noreturn)) static void serve_bare(const char *path, const char *docker_sock)
+{
+	char address[PATH_MAX + 8];
+	snprintf(address, sizeof(address), "unix://%s", path);
+	struct rpc_server_options o = {.address = address,
+				       .max_message = 16 * MIB,
+				       .dispatch = bare_dispatch,
+				       .userdata = (void *)docker_sock};
+	struct rpc_server *server = NULL;
+	struct crx_err err = {0};
+	if (rpc_server_new(&o, &server, &err) < 0 || rpc_server_start(server, &err) < 0)
+		die("bare server", err.msg);
+	for (;;) /* until the benchmark kills it */
+		pause();
+}
+
+static bool accepts(const char *path)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	return fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+}
+
+/* Runs this program again as the bare server, in a process of its own as
+ * crimuxd is; before gRPC starts here, which a fork must not copy. */
+static pid_t spawn_bare(const char *docker_sock, const char *path)
+{
+	unlink(path);
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		die("bare server", strerror(errno));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() == parent)
+			execl("/proc/self/exe", "crimux-bench-docker", "--serve-bare", path,
+			      "--docker", docker_sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && !accepts(path); i++) {
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			die("bare server", "exited at start");
+		usleep(10000);
+	}
+	if (!accepts(path))
+		die("bare server", "not listening after 5 s");
+	return pid;
+}
+
 static int parse_counts(const char *s, struct bench *b)
 {
 	b->n_counts = 0;
@@ -1103,7 +1252,7 @@ static void usage(FILE *out)
 		"         --cni-conf-dir DIR --cni-bin-dir PATH --log-dir DIR\n"
 		"         [--containerd TARGET] [--crimux-runc TARGET] [--handler NAME]\n"
 		"         [--rounds N] [--parallel N] [--parallel-rounds N] [--counts N,N]\n"
-		"         [--pleg-pods N] [--samples N] [--control]\n"
+		"         [--pleg-pods N] [--samples N] [--control | --bare-server]\n"
 		"  --docker        dockerd's socket path (the raw side)\n"
 		"  --crimux        a crimuxd whose only backend is that dockerd\n"
 		"  --containerd    containerd's CRI endpoint, for the list comparisons\n"
@@ -1116,7 +1265,10 @@ static void usage(FILE *out)
 		"  --samples       calls per list figure and side (default 30)\n"
 		"  --crimux-pid    crimuxd's pid: its CPU time per list call (crx cpu)\n"
 		"  --control       the life cycle only, both sides making the raw calls: how far\n"
-		"                  apart two identical sides land in this run (its noise)\n");
+		"                  apart two identical sides land in this run (its noise)\n"
+		"  --bare-server   a third pod per round, its removals through the least a CRI\n"
+		"                  server can be (one DELETE on the thread that has the call):\n"
+		"                  what a CRI round trip costs, and crimux beyond it\n");
 }
 
 int main(int argc, char **argv)
@@ -1139,6 +1291,8 @@ int main(int argc, char **argv)
 		{"samples", required_argument, NULL, 's'},
 		{"crimux-pid", required_argument, NULL, 'x'},
 		{"control", no_argument, NULL, 'A'},
+		{"bare-server", no_argument, NULL, 'B'},
+		{"serve-bare", required_argument, NULL, 'S'}, /* the bare server itself */
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -1151,7 +1305,8 @@ int main(int argc, char **argv)
 			  .counts = {10, 100},
 			  .n_counts = 2};
 	pthread_mutex_init(&b.lock, NULL);
-	const char *crimux = NULL, *containerd = NULL, *crimux_runc = NULL;
+	const char *crimux = NULL, *containerd = NULL, *crimux_runc = NULL, *serve = NULL;
+	bool bare = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
 		switch (opt) {
@@ -1209,6 +1364,12 @@ int main(int argc, char **argv)
 		case 'A':
 			b.control = true;
 			break;
+		case 'B':
+			bare = true;
+			break;
+		case 'S':
+			serve = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -1217,11 +1378,18 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (serve && b.docker_sock)
+		serve_bare(serve, b.docker_sock);
 	if (!b.docker_sock || !crimux || !b.image || !b.cni_conf_dir || !b.cni_bin_dir ||
-	    !b.log_dir || !b.rounds || !b.samples) {
+	    !b.log_dir || !b.rounds || !b.samples || (bare && b.control)) {
 		usage(stderr);
 		return 2;
 	}
+	char bare_path[64], bare_target[80];
+	snprintf(bare_path, sizeof(bare_path), "/tmp/crimux-bench-bare.%ld.sock", (long)getpid());
+	snprintf(bare_target, sizeof(bare_target), "unix://%s", bare_path);
+	pid_t bare_pid = bare ? spawn_bare(b.docker_sock, bare_path) : 0;
+	b.bare = bare ? channel("bare server", bare_target) : NULL;
 	b.crimux = channel("crimux", crimux);
 	b.containerd = channel("containerd", containerd);
 	b.crimux_runc = channel("crimux-runc", crimux_runc);
@@ -1240,6 +1408,12 @@ int main(int argc, char **argv)
 	rpc_channel_free(b.crimux);
 	rpc_channel_free(b.containerd);
 	rpc_channel_free(b.crimux_runc);
+	if (bare_pid) {
+		rpc_channel_free(b.bare);
+		kill(bare_pid, SIGKILL);
+		waitpid(bare_pid, NULL, 0);
+		unlink(bare_path);
+	}
 	free(b.pause_image);
 	return 0;
 }
