@@ -1158,7 +1158,8 @@ static void bare_dispatch(struct rpc_call *call, void *docker_sock)
 	const uint8_t *msg = rpc_call_request(call, &len);
 	_cleanup_free_ char *id = bare_request_id(method, msg, len);
 	if (!id) {
-		rpc_call_fail(call, RPC_UNIMPLEMENTED, "the bare server serves %s only with an ID",
+		rpc_call_fail(call, RPC_UNIMPLEMENTED,
+			      "the bare server serves only the removals, with an ID, not %s",
 			      method);
 		return;
 	}
