@@ -1128,24 +1128,28 @@ static void setup(struct bench *b, const struct side *sides)
 
 /* --- the bare CRI server (--bare-server) --- */
 
-/* The removals' ID, or NULL: any other method is not served. */
-static char *bare_request_id(const char *method, const uint8_t *msg, size_t len)
+/* Whether the method is a removal, the one kind served; *id its ID
+ * (NULL if the request does not unpack). */
+static bool bare_request_id(const char *method, const uint8_t *msg, size_t len, char **id)
 {
-	char *id = NULL;
+	*id = NULL;
 	if (strcmp(method, RT("RemoveContainer")) == 0) {
 		Runtime__V1__RemoveContainerRequest *req =
 			runtime__v1__remove_container_request__unpack(NULL, len, msg);
-		if (req && *req->container_id)
-			id = strdup(req->container_id);
+		if (req)
+			*id = strdup(req->container_id);
 		runtime__v1__remove_container_request__free_unpacked(req, NULL);
-	} else if (strcmp(method, RT("RemovePodSandbox")) == 0) {
+		return true;
+	}
+	if (strcmp(method, RT("RemovePodSandbox")) == 0) {
 		Runtime__V1__RemovePodSandboxRequest *req =
 			runtime__v1__remove_pod_sandbox_request__unpack(NULL, len, msg);
-		if (req && *req->pod_sandbox_id)
-			id = strdup(req->pod_sandbox_id);
+		if (req)
+			*id = strdup(req->pod_sandbox_id);
 		runtime__v1__remove_pod_sandbox_request__free_unpacked(req, NULL);
+		return true;
 	}
-	return id;
+	return false;
 }
 
 /* Blocks the event loop on purpose: with one client calling at a time,
@@ -1156,11 +1160,19 @@ static void bare_dispatch(struct rpc_call *call, void *docker_sock)
 	const char *method = rpc_call_method(call);
 	size_t len = 0;
 	const uint8_t *msg = rpc_call_request(call, &len);
-	_cleanup_free_ char *id = bare_request_id(method, msg, len);
-	if (!id) {
+	_cleanup_free_ char *id = NULL;
+	if (!bare_request_id(method, msg, len, &id)) {
 		rpc_call_fail(call, RPC_UNIMPLEMENTED,
-			      "the bare server serves only the removals, with an ID, not %s",
-			      method);
+			      "the bare server serves only the removals, not %s", method);
+		return;
+	}
+	if (!id) {
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT, "%s: the request does not parse", method);
+		return;
+	}
+	/* As crimux does: what is not a Docker ID never reaches a Docker path. */
+	if (!dk_valid_id(id)) {
+		rpc_call_fail(call, RPC_INVALID_ARGUMENT, "%s: not a Docker ID", method);
 		return;
 	}
 	struct crx_err err = {0};
