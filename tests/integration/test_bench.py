@@ -1,6 +1,6 @@
 """The Docker benchmark's bare CRI server (bench/docker.c, --bare-server),
 against the real dockerd: its figure stands for one DELETE behind a CRI
-round trip, so it must make that DELETE, and nothing else."""
+round trip, so it must make that DELETE, and bad input must reach nothing."""
 import os
 import subprocess
 import uuid
@@ -50,7 +50,7 @@ def gone(dockerd, cid):
         return e.status == 404
 
 
-def test_bare_server_removes_with_one_delete(bare, dcri, dockerd, lab):
+def test_bare_server_removals_delete_the_container(bare, dcri, dockerd, lab):
     dcri.pull(lab.busybox_ref)  # into dockerd, through crimux
     first, second = running_container(dockerd, lab), running_container(dockerd, lab)
     try:
